@@ -1,0 +1,35 @@
+"""xtstream: whole giant images through xT, streamed with bounded memory.
+
+The package reads as the data flow: ``sources`` → ``ingest`` (Zarr) → ``regions`` (the grid) →
+``shards`` → ``encoders`` → ``context`` → ``heads`` → ``models``. Heavy modules (torch) load
+only when first used, so data-side tools start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "RegionGrid": "xtstream.regions",
+    "Window": "xtstream.regions",
+    "open_store": "xtstream.store",
+    "open_source": "xtstream.sources",
+    "RasterSource": "xtstream.sources",
+    "load_spec": "xtstream.specs",
+    "ingest": "xtstream.ingest",
+    "create_model": "xtstream.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xtstream' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
