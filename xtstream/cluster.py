@@ -1,0 +1,57 @@
+"""Where a dask graph runs: the same graph on local threads, a LocalCluster, or a remote scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Sequence
+
+import dask
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` (or ``None`` for the local threaded scheduler).
+
+    ``scheduler``: ``None``/``"threads"`` — threads in this process; ``"sync"`` — one thread,
+    for debugging; ``"local"`` or ``"local:N"`` — a ``LocalCluster`` of N single-threaded worker
+    processes (default: one per core); ``"tcp://host:port"`` (or any address) — an existing
+    ``dask.distributed`` scheduler. Workers of a remote cluster must see the same file paths.
+    """
+    if scheduler in (None, "", "threads"):
+        yield None
+        return
+    if scheduler == "sync":
+        with dask.config.set(scheduler="sync"):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local" or scheduler.startswith("local:"):
+        n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs="error") as cluster, Client(cluster) as client:
+            yield client
+        return
+    with Client(scheduler) as client:
+        yield client
+
+
+def run_tasks(tasks: Sequence[Any], client: Any = None, *, progress: bool = True,
+              desc: str = "") -> list[Any]:
+    """Compute dask ``tasks`` with progress on whichever scheduler is active; return their results."""
+    if not tasks:
+        return []
+    if client is None:
+        if progress:
+            from tqdm.dask import TqdmCallback
+
+            with TqdmCallback(desc=desc or None, unit="task"):
+                return list(dask.compute(*tasks))
+        return list(dask.compute(*tasks))
+    futures = client.compute(list(tasks))
+    if progress:
+        from distributed import progress as dist_progress
+
+        dist_progress(futures)
+    return client.gather(futures)
