@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any, Iterator, Sequence
 
@@ -30,7 +31,7 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
     if scheduler == "local" or scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs="error") as cluster, Client(cluster) as client:
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
         return
     with Client(scheduler) as client:

@@ -84,3 +84,22 @@ def scene_id_of(path: str | Path) -> str:
     """The scene id recorded in a store (falls back to the directory name)."""
     status = read_status(path)
     return str(status.attrs.get("scene_id") or Path(path).name.removesuffix(".zarr"))
+
+
+def describe_store(path: str | Path) -> str:
+    """A few lines saying where a store is and what it holds."""
+    path = Path(path)
+    ds = open_store(path, allow_incomplete=True)
+    info = read_status(path).attrs
+    image = ds[IMAGE_VAR]
+    on_disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    raw = image.size * image.dtype.itemsize
+    crs = image.rio.crs if "spatial_ref" in ds.coords else None
+    return "\n".join([
+        f"{path}  ({'complete' if info.get('complete') else 'INCOMPLETE'})",
+        f"  scene {info.get('scene_id')}: image {dict(image.sizes)} {image.dtype}, "
+        f"bands {[str(b) for b in ds['band'].values]}",
+        f"  chunks {image.data.chunksize}, codec {info.get('codec')}, "
+        f"{on_disk / 2**20:.1f} MiB on disk ({raw / max(on_disk, 1):.2f}x compression)",
+        f"  crs {crs.to_string() if crs else None}, source {info.get('source_paths')}",
+    ])

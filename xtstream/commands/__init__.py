@@ -1,0 +1,1 @@
+"""CLI subcommands for the data side (``synth``, ``ingest``, ``demo``)."""
