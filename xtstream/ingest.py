@@ -63,7 +63,7 @@ def make_codec(codec: str = "blosc-zstd", level: int = 1) -> list[Any]:
 def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
                 bands: Sequence[str] | None = None, chunk: int | None = None,
                 scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
-                overwrite: bool = False) -> ScenePlan:
+                overwrite: bool = False, allow_small: bool = False) -> ScenePlan:
     """Create (or reopen, to resume) the store at ``out`` and return the tasks still to run."""
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
@@ -76,6 +76,11 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         arr = normalize(arr, spec.select(list(bands) if bands else None))
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
+    if spec is not None and not allow_small and max(arr.sizes["y"], arr.sizes["x"]) < spec.region:
+        raise SourceError(
+            f"{src.name}: scene is {arr.sizes['y']}x{arr.sizes['x']} px, smaller than one "
+            f"{spec.region}x{spec.region} region of spec '{spec.name}' (a thumbnail or a wrong file?); "
+            "pass allow_small=True (--allow-small) to ingest it anyway (it becomes one padded region)")
     scene_id = scene_id or getattr(src, "scene_id", None) or _default_scene_id(source, out)
     attrs = _attrs(arr, src, spec, scene_id, chunk, codec, level)
 
@@ -131,14 +136,15 @@ def finalize(plan: ScenePlan) -> Path:
 def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
            bands: Sequence[str] | None = None, chunk: int | None = None, scene_id: str | None = None,
            scheduler: str | None = None, client: Any = None, progress: bool = True,
-           codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False) -> Path:
+           codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False,
+           allow_small: bool = False) -> Path:
     """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
 
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
     """
     plan = plan_ingest(source, out, spec=spec, bands=bands, chunk=chunk, scene_id=scene_id,
-                       codec=codec, level=level, overwrite=overwrite)
+                       codec=codec, level=level, overwrite=overwrite, allow_small=allow_small)
     if plan.tasks:
         if client is not None:
             run_tasks(plan.tasks, client, progress=progress, desc=plan.scene_id)

@@ -22,13 +22,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, default=1, help="compression level (default 1)")
     p.add_argument("--scenes-in-flight", type=int, default=2, help="archives: scenes per graph (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
+    p.add_argument("--allow-small", action="store_true", help="accept a scene smaller than one spec region")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, chunk=args.chunk,
               scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, allow_small=args.allow_small)
     if is_archive(args.src, args.spec):
         stores = ingest_archive(args.src, args.out, scenes_in_flight=args.scenes_in_flight, **kw)
     else:

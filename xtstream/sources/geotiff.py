@@ -140,7 +140,7 @@ def _grid_mismatch(ref: dict, meta: dict) -> str | None:
         return None
     # different shape: acceptable for resampling only if both cover the same bounds
     px = max(abs(ref["transform"].a), abs(ref["transform"].e)) or 1.0
-    if all(abs(a - b) <= px for a, b in zip(ref["bounds"], meta["bounds"])):
+    if all(abs(a - b) < 0.5 * px for a, b in zip(ref["bounds"], meta["bounds"])):
         return "shape"
     return "bounds"
 

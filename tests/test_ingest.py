@@ -1,0 +1,182 @@
+"""Dask → Zarr ingest: exact parallel writes, normalisation, metadata, resumption, refusals."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from xtstream.errors import IncompleteStoreError, SourceError, StoreError
+from xtstream.ingest import ingest, ingest_archive, plan_ingest
+from xtstream.regions import Window
+from xtstream.sources import WindowedSource
+from xtstream.specs import load_spec
+from xtstream.store import DONE_DIR, open_store, read_status
+from xtstream.synth import synth_scene
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def test_parallel_ingest_is_bit_exact_and_plain_xarray(small_scene, tmp_path):
+    store = ingest(small_scene.directory, tmp_path / "raw.zarr", chunk=128, progress=False)
+    ds = xr.open_zarr(store, consolidated=False)  # any xarray user can read it
+    image = ds["image"]
+    assert image.dims == ("band", "y", "x") and image.shape == (3, 700, 900)  # full size, no padding
+    assert image.data.chunksize == (3, 128, 128)
+    assert list(ds.band.values) == ["VH_dB", "VV_dB", "bathymetry"]  # sorted files, no spec
+    expected = np.stack([_read(small_scene.bands[n]) for n in ("VH_dB", "VV_dB", "bathymetry")])
+    assert np.array_equal(image.values, expected)
+
+
+def test_spec_normalisation_metadata_and_crs(small_scene, tmp_path):
+    store = ingest(small_scene.directory, tmp_path / "norm.zarr", spec="xview3", chunk=256, progress=False)
+    ds = open_store(store)
+    vv = _read(small_scene.bands["VV_dB"])
+    got = ds["image"].sel(band="VV").values
+    valid = vv != -32768
+    assert (~valid).any() and valid.any()
+    np.testing.assert_allclose(got[valid], (np.clip(vv[valid], -50, 20) + 40) / 15, rtol=1e-6)
+    assert (got[~valid] == -1.0).all()  # nodata -> the spec's fill value
+    assert ds["image"].dtype == np.float32
+    with rasterio.open(small_scene.bands["VV_dB"]) as src:
+        assert ds["image"].rio.crs == src.crs
+        assert ds["image"].rio.transform().almost_equals(src.transform)
+    info = ds.attrs["xtstream"]
+    assert info["complete"] is True and info["scene_id"] == "scene_a"
+    assert info["band_names"] == ["VV", "VH", "bathymetry"]
+    assert info["spec"]["name"] == "xview3" and info["version"]
+    assert [os.path.basename(p) for p in info["source_paths"]] == ["VV_dB.tif", "VH_dB.tif", "bathymetry.tif"]
+    assert not (store / DONE_DIR).exists()
+
+
+def test_nan_becomes_fill_and_coarse_bathymetry_is_resampled(tmp_path):
+    scene = synth_scene(tmp_path / "coarse", 600, 640, seed=5, bathymetry_factor=4, progress=False)
+    with rasterio.open(scene.bands["VH_dB"], "r+") as ds:
+        block = ds.read(1, window=rasterio.windows.Window(600, 590, 10, 10))
+        block[:] = np.nan
+        ds.write(block, 1, window=rasterio.windows.Window(600, 590, 10, 10))
+    ds = open_store(ingest(scene.directory, tmp_path / "c.zarr", spec="xview3", chunk=256, progress=False))
+    vh = ds["image"].sel(band="VH").values
+    assert (vh[590:600, 600:610] == -1.0).all() and not np.isnan(vh).any()
+    bathy = ds["image"].sel(band="bathymetry").values
+    assert bathy.shape == (600, 640) and np.isfinite(bathy).all() and bathy.std() > 0
+
+
+class Flaky(WindowedSource):
+    """A source that can be told to fail on one window, and counts its reads."""
+
+    name, dtype, band_names = "flaky", np.dtype("f4"), ["a", "b"]
+
+    def __init__(self, data):
+        self.data, self.shape = data, data.shape
+        self.fail_at, self.reads = None, []
+
+    def read_window(self, window):
+        if window == self.fail_at:
+            raise OSError(f"disk vanished at {tuple(window)}")
+        self.reads.append(window)
+        return self.data[:, window.y0:window.y1, window.x0:window.x1].copy()
+
+
+def test_interrupted_ingest_resumes_without_redoing_chunks(tmp_path):
+    data = np.random.default_rng(2).random((2, 300, 500)).astype(np.float32)
+    src = Flaky(data)
+    src.fail_at = Window(200, 300, 300, 400)  # a chunk in the middle of the last row
+    out = tmp_path / "flaky.zarr"
+    with pytest.raises(OSError, match="disk vanished"):
+        ingest(src, out, chunk=100, scheduler="sync", progress=False)
+    status = read_status(out)
+    assert status.ours and not status.complete  # never mistaken for complete
+    with pytest.raises(IncompleteStoreError, match="flaky.zarr: incomplete.*resume"):
+        open_store(out)
+    written_first = {tuple(w) for w in src.reads}
+    assert 0 < len(written_first) < 15
+
+    src.fail_at, src.reads = None, []
+    ingest(src, out, chunk=100, scheduler="sync", progress=False)
+    reread = {tuple(w) for w in src.reads}
+    assert reread == {tuple(Window(y, x, y + 100, x + 100)) for y in (0, 100, 200)
+                      for x in (0, 100, 200, 300, 400)} - written_first  # only the missing chunks
+    assert np.array_equal(open_store(out)["image"].values, data)
+
+
+def test_complete_store_is_not_rewritten(tmp_path):
+    data = np.ones((1, 64, 64), np.float32)
+    src = Flaky(np.concatenate([data, data]))
+    out = ingest(src, tmp_path / "done.zarr", chunk=32, progress=False)
+    src.reads = []
+    plan = plan_ingest(src, out, chunk=32)
+    assert plan.tasks == [] and plan.n_done == plan.n_chunks == 4
+    ingest(src, out, chunk=32, progress=False)
+    assert src.reads == []
+
+
+def test_existing_foreign_path_is_refused_untouched(tmp_path, small_scene):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    with pytest.raises(StoreError, match="mine: exists and is not an xtstream scene store"):
+        ingest(small_scene.directory, foreign, progress=False)
+    assert os.listdir(foreign) == ["notes.txt"]
+    other_zarr = tmp_path / "other.zarr"
+    xr.Dataset({"v": ("x", np.arange(3))}).to_zarr(other_zarr, zarr_format=3, consolidated=False)
+    with pytest.raises(StoreError, match="other.zarr: exists and is not an xtstream"):
+        ingest(small_scene.directory, other_zarr, progress=False)
+
+
+def test_store_of_another_configuration_needs_overwrite(tmp_path, small_scene):
+    out = ingest(small_scene.directory, tmp_path / "s.zarr", chunk=256, progress=False)
+    with pytest.raises(StoreError, match="s.zarr: holds an ingest of another.*differs in chunk"):
+        ingest(small_scene.directory, out, chunk=128, progress=False)
+    ingest(small_scene.directory, out, chunk=128, progress=False, overwrite=True)
+    assert open_store(out)["image"].data.chunksize == (3, 128, 128)
+
+
+def test_bad_inputs_name_the_file(tmp_path, shared_data):
+    with pytest.raises(SourceError, match="corrupt.tif"):
+        ingest(shared_data / "rasterio" / "corrupt.tif", tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+    empty_scene = tmp_path / "scene_without_bands"
+    empty_scene.mkdir()
+    with pytest.raises(SourceError, match="VV_dB.tif: band 'VV' of spec 'xview3' is missing"):
+        ingest(empty_scene, tmp_path / "y.zarr", spec="xview3", progress=False)
+
+
+def test_scene_smaller_than_a_region(tmp_path, shared_data):
+    tiny = shared_data / "rasterio" / "float_nan.tif"
+    spec = load_spec("xview3").select(["VV"])
+    with pytest.raises(SourceError, match=r"float_nan.tif: scene is \d+x\d+ px, smaller than one 512x512 region"):
+        ingest(tiny, tmp_path / "t.zarr", spec=spec, progress=False)
+    store = ingest(tiny, tmp_path / "t.zarr", spec=spec, allow_small=True, progress=False)
+    assert not np.isnan(open_store(store)["image"].values).any()
+    raw = ingest(tiny, tmp_path / "raw.zarr", progress=False)  # no spec: stored as is, NaN kept
+    assert np.isnan(open_store(raw)["image"].values).any()
+
+
+def test_real_landsat_scene_round_trip(tmp_path, shared_data):
+    path = shared_data / "landsat" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+    ds = open_store(ingest(path, tmp_path / "landsat.zarr", chunk=512, progress=False))
+    with rasterio.open(path) as src:
+        assert np.array_equal(ds["image"].values, src.read())
+        assert ds["image"].rio.crs == src.crs
+
+
+def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path):
+    from distributed import LocalCluster
+
+    root = tmp_path / "archive"
+    for k in range(3):
+        synth_scene(root / f"s{k}", 300, 260, seed=k, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        stores = ingest_archive(root, tmp_path / "stores", spec="xview3", chunk=128, allow_small=True,
+                                scenes_in_flight=2, scheduler=cluster.scheduler_address, progress=False)
+    assert [s.name for s in stores] == ["s0.zarr", "s1.zarr", "s2.zarr"]
+    local = ingest(root / "s1", tmp_path / "threads.zarr", spec="xview3", chunk=128, allow_small=True,
+                   progress=False)
+    assert np.array_equal(open_store(stores[1])["image"].values, open_store(local)["image"].values)
+    assert json.loads((stores[2] / "zarr.json").read_text())["attributes"]["xtstream"]["scene_id"] == "s2"

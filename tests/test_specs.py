@@ -1,0 +1,53 @@
+"""Dataset specs: the shipped xView3 spec, validation with clear errors."""
+
+import pytest
+import yaml
+
+from xtstream.errors import SpecError
+from xtstream.specs import load_spec, parse_spec
+
+
+def test_shipped_xview3_spec():
+    spec = load_spec("xview3")
+    assert [b.name for b in spec.bands] == ["VV", "VH", "bathymetry"]
+    assert spec.band("VV").nodata == -32768 and spec.band("VV").clip == (-50.0, 20.0)
+    assert spec.labels.required == ("scene_id", "detect_scene_row", "detect_scene_column")
+    assert {"is_vessel", "is_fishing", "vessel_length_m", "distance_from_shore_km", "confidence"} \
+        <= set(spec.labels.columns)
+    assert [b.name for b in spec.select(["VH", "VV"]).bands] == ["VH", "VV"]
+
+
+def _spec(**over):
+    doc = {"name": "t", "bands": [{"name": "a", "file": "a.tif"}]}
+    doc.update(over)
+    return doc
+
+
+@pytest.mark.parametrize("doc, message", [
+    (_spec(chnk=512), "unknown key 'chnk' .*did you mean 'chunk'"),
+    (_spec(bands=[{"name": "a", "file": "a.tif", "nodta": 0}]), r"bands\[0\]: unknown key 'nodta'.*'nodata'"),
+    (_spec(bands=[]), "non-empty list"),
+    ({"bands": [{"name": "a", "file": "a.tif"}]}, "missing required key 'name'"),
+    (_spec(bands=[{"name": "a", "file": "a.tif", "clip": [5, 1]}]), "low < high"),
+    (_spec(bands=[{"name": "a", "file": "a.tif", "std": 0}]), "std: must not be 0"),
+    (_spec(bands=[{"name": "a", "file": "a.tif"}, {"name": "a", "file": "b.tif"}]), "duplicate band names"),
+    (_spec(dtype="floaty"), "not a numpy dtype"),
+    (_spec(bands=[{"name": "a", "file": "a.tif", "resample": "bicubicc"}]), "resample"),
+    (_spec(labels={"file": "l.csv", "columns": {"x": "integer"}}), "type 'integer'"),
+])
+def test_spec_errors_name_the_problem(doc, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(doc, source="my.yaml")
+
+
+def test_spec_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_spec(chunk=-3)))
+    with pytest.raises(SpecError, match="bad.yaml: spec.chunk"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="no such spec file.*xview3"):
+        load_spec("xveiw3")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="broken.yaml: not valid YAML"):
+        load_spec(broken)
