@@ -1,0 +1,45 @@
+"""The CLI contract: commands, flags, exit codes and error messages users script against."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from xtstream.cli import main
+from xtstream.store import open_store
+
+
+def test_synth_then_ingest_through_the_cli(tmp_path, capsys):
+    scene = tmp_path / "cli_scene"
+    assert main(["synth", str(scene), "--height", "600", "--width", "520", "--seed", "3", "--quiet"]) == 0
+    assert (scene / "VV_dB.tif").is_file() and (scene / "labels.csv").is_file()
+    store = tmp_path / "cli.zarr"
+    assert main(["ingest", str(scene), "--out", str(store), "--spec", "xview3", "--chunk", "256",
+                 "--bands", "VV,VH", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "cli.zarr  (complete)" in out and "'VV', 'VH'" in out
+    ds = open_store(store)
+    assert ds["image"].shape == (2, 600, 520) and np.isfinite(ds["image"].values).all()
+
+
+def test_archive_through_the_cli(tmp_path, capsys):
+    root = tmp_path / "arch"
+    assert main(["synth", str(root), "--height", "520", "--width", "520", "--scenes", "2", "--quiet"]) == 0
+    assert (root / "labels.csv").is_file()
+    assert main(["ingest", str(root), "--out", str(tmp_path / "stores"), "--spec", "xview3", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "stores").iterdir()) == ["synth_0.zarr", "synth_1.zarr"]
+
+
+def test_errors_exit_2_with_the_file_named(tmp_path, capsys, shared_data):
+    code = main(["ingest", str(shared_data / "rasterio" / "corrupt.tif"), "--out", str(tmp_path / "c.zarr")])
+    assert code == 2
+    assert "corrupt.tif" in capsys.readouterr().err
+    code = main(["ingest", str(tmp_path / "missing_dir"), "--out", str(tmp_path / "m.zarr")])
+    assert code == 2 and "missing_dir: no such file" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "xtstream.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("synth", "ingest", "demo"):
+        assert command in out.stdout
