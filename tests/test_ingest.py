@@ -180,3 +180,11 @@ def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path):
                    progress=False)
     assert np.array_equal(open_store(stores[1])["image"].values, open_store(local)["image"].values)
     assert json.loads((stores[2] / "zarr.json").read_text())["attributes"]["xtstream"]["scene_id"] == "s2"
+
+
+def test_changed_source_file_is_not_resumed_into(tmp_path):
+    scene = synth_scene(tmp_path / "changing", 300, 300, seed=1, progress=False)
+    out = ingest(scene.directory, tmp_path / "c.zarr", chunk=128, progress=False)
+    synth_scene(scene.directory, 300, 300, seed=2, progress=False)  # the files are rewritten
+    with pytest.raises(StoreError, match="c.zarr: holds an ingest of another.*source_stamps"):
+        ingest(scene.directory, out, chunk=128, progress=False)

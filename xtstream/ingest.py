@@ -239,6 +239,8 @@ def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str,
         "chunk": chunk,
         "codec": [codec, level],
     }
+    # a rerun on changed files must not resume into chunks written from the old ones
+    ident["source_stamps"] = [_stamp(p) for p in ident["source_paths"]]
     if not arr.attrs.get("source_paths"):
         # in-memory data has no path to compare: fingerprint its values, cheaply, via dask's token
         ident["data_token"] = dask.base.tokenize(arr.data)
@@ -255,8 +257,16 @@ def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str,
     }
 
 
+def _stamp(path: str) -> list | None:
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return None
+
+
 def _diff(old: dict, new: dict) -> str:
-    keys = ("source_paths", "shape", "dtype", "band_names", "chunk", "codec", "spec", "data_token")
+    keys = ("source_paths", "source_stamps", "shape", "dtype", "band_names", "chunk", "codec", "spec", "data_token")
     changed = [k for k in keys if old.get(k) != new.get(k)]
     return "differs in " + ", ".join(changed) if changed else "different fingerprint"
 

@@ -60,7 +60,7 @@ class GeoTIFFSource(WindowedSource):
                  dtype: str | np.dtype | None = None):
         if not paths:
             raise SourceError("GeoTIFFSource: no files given")
-        self.paths = [str(Path(p)) for p in paths]
+        self.paths = [os.path.abspath(p) for p in paths]
         per_file = [resample] * len(self.paths) if resample is None or isinstance(resample, str) else list(resample)
         if len(per_file) != len(self.paths):
             raise SourceError(f"{self.paths}: {len(per_file)} resampling methods for {len(self.paths)} files")

@@ -1,0 +1,70 @@
+"""Peak-RSS measurement of a command's whole process tree (the process and its dask workers)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import psutil
+
+
+def run_measured(args: list[str], interval: float = 0.02) -> dict:
+    """Run ``python args…`` in a fresh process; return its JSON stdout plus ``peak_rss_mib``, ``wall_s``.
+
+    Peak RSS is the largest sum, over one sample, of the RSS of the process and all its
+    descendants, sampled every ``interval`` seconds.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, _ = proc.communicate()
+    stop.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} exited with {proc.returncode}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_rss_mib=peak / 2**20, wall_s=time.perf_counter() - start)
+    return result
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {platform.system()}",
+        "python": platform.python_version(),
+    }
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
