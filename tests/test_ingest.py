@@ -111,7 +111,7 @@ def test_complete_store_is_not_rewritten(tmp_path):
     out = ingest(src, tmp_path / "done.zarr", chunk=32, progress=False)
     src.reads = []
     plan = plan_ingest(src, out, chunk=32)
-    assert plan.tasks == [] and plan.n_done == plan.n_chunks == 4
+    assert plan.keys == [] and plan.n_done == plan.n_chunks == 4
     ingest(src, out, chunk=32, progress=False)
     assert src.reads == []
 

@@ -38,19 +38,24 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
         yield client
 
 
-def run_tasks(tasks: Sequence[Any], client: Any = None, *, progress: bool = True,
+def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress: bool = True,
               desc: str = "") -> list[Any]:
-    """Compute dask ``tasks`` with progress on whichever scheduler is active; return their results."""
-    if not tasks:
+    """Compute ``keys`` of a raw dask ``graph`` (culling the rest) with progress; return results."""
+    if not keys:
         return []
+    keys = list(keys)
     if client is None:
+        from dask.threaded import get as threaded_get
+
+        sync = dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded")
+        getter = dask.get if sync else threaded_get
         if progress:
             from tqdm.dask import TqdmCallback
 
-            with TqdmCallback(desc=desc or None, unit="task"):
-                return list(dask.compute(*tasks))
-        return list(dask.compute(*tasks))
-    futures = client.compute(list(tasks))
+            with TqdmCallback(desc=desc or None, unit="chunk"):
+                return list(getter(graph, keys))
+        return list(getter(graph, keys))
+    futures = client.get(graph, keys, sync=False)
     if progress:
         from distributed import progress as dist_progress
 

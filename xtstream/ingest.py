@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
-from .cluster import dask_client, run_tasks
+from .cluster import dask_client, run_graph
 from .errors import SourceError, StoreError
 from .normalize import normalize
 from .sources import open_source
@@ -39,11 +39,12 @@ _ZARR_CONFIG = {"async.concurrency": 4, "threading.max_workers": 2}
 
 @dataclass
 class ScenePlan:
-    """What is left to do for one store: the write tasks of its missing chunks."""
+    """What is left to do for one store: a fused graph, and the keys of its chunks not yet written."""
 
     out: Path
     scene_id: str
-    tasks: list[Any]
+    graph: dict
+    keys: list[tuple]
     n_chunks: int
     n_done: int
     attrs: dict[str, Any]
@@ -64,7 +65,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
                 bands: Sequence[str] | None = None, chunk: int | None = None,
                 scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
                 overwrite: bool = False, allow_small: bool = False) -> ScenePlan:
-    """Create (or reopen, to resume) the store at ``out`` and return the tasks still to run."""
+    """Create (or reopen, to resume) the store at ``out``; return the graph and the chunk keys left."""
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
     src = open_source(source, spec, bands)
@@ -96,26 +97,23 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         status = read_status(out)
     if status.ours and status.complete:
         n = int(np.prod(arr.data.numblocks))
-        return ScenePlan(out, scene_id, [], n, n, status.attrs)
+        return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
     if not status.exists:
         _write_template(arr, out, attrs, codec, level)
 
     done_dir = out / DONE_DIR
     done_dir.mkdir(exist_ok=True)
     done = {p.name for p in done_dir.iterdir()}
-    data = arr.data
-    _, nby, nbx = data.numblocks
-    ys, xs = np.cumsum((0,) + data.chunks[1]), np.cumsum((0,) + data.chunks[2])
-    tasks = []
-    for i in range(nby):
-        for j in range(nbx):
-            key = f"{i}.{j}"
-            if key in done:
-                continue
-            window = (int(ys[i]), int(ys[i + 1]), int(xs[j]), int(xs[j + 1]))
-            tasks.append(dask.delayed(_write_chunk, pure=False)(
-                data.blocks[0, i, j], str(out), window, key, dask_key_name=f"write-{scene_id}-{key}"))
-    return ScenePlan(out, scene_id, tasks, nby * nbx, nby * nbx - len(tasks), attrs)
+    _, nby, nbx = arr.data.numblocks
+    # one output element per chunk; dask fuses read -> normalise -> write into one task per chunk,
+    # so no block ever travels between workers
+    written = arr.data.map_blocks(_write_chunk, store=str(out), dtype=np.int64,
+                                  chunks=((1,), (1,) * nby, (1,) * nbx),
+                                  name=f"ingest-{scene_id}-{attrs['fingerprint']}")
+    (written,) = dask.optimize(written)
+    graph = dict(written.__dask_graph__())
+    keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if f"{i}.{j}" not in done]
+    return ScenePlan(out, scene_id, graph, keys, nby * nbx, nby * nbx - len(keys), attrs)
 
 
 def finalize(plan: ScenePlan) -> Path:
@@ -145,12 +143,12 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
     """
     plan = plan_ingest(source, out, spec=spec, bands=bands, chunk=chunk, scene_id=scene_id,
                        codec=codec, level=level, overwrite=overwrite, allow_small=allow_small)
-    if plan.tasks:
+    if plan.keys:
         if client is not None:
-            run_tasks(plan.tasks, client, progress=progress, desc=plan.scene_id)
+            run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
         else:
             with dask_client(scheduler) as c:
-                run_tasks(plan.tasks, c, progress=progress, desc=plan.scene_id)
+                run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
     return finalize(plan)
 
 
@@ -197,21 +195,24 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
             group = scenes[start: start + max(1, scenes_in_flight)]
             plans = [plan_ingest(s, out_root / f"{s.name}.zarr", spec=spec, scene_id=s.name, **kw)
                      for s in group]
-            tasks = [t for p in plans for t in p.tasks]
-            run_tasks(tasks, client, progress=progress,
+            graph = {k: v for p in plans for k, v in p.graph.items()}
+            run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
                       desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
             written.extend(finalize(p) for p in plans)
     return written
 
 
-def _write_chunk(block: np.ndarray, store: str, window: tuple[int, int, int, int], key: str) -> int:
-    y0, y1, x0, x1 = window
+def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) -> np.ndarray:
+    """Write one ``(bands, h, w)`` chunk where it belongs; return its byte count as ``(1, 1, 1)``."""
+    info = block_info[0]
+    (_, _), (y0, y1), (x0, x1) = info["array-location"]
+    _, i, j = info["chunk-location"]
     with zarr.config.set(_ZARR_CONFIG):
         arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
         arr[:, y0:y1, x0:x1] = block
     # the marker goes last: a chunk counts as written only once its write has returned
-    (Path(store) / DONE_DIR / key).touch()
-    return int(block.nbytes)
+    (Path(store) / DONE_DIR / f"{i}.{j}").touch()
+    return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
 
 
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, codec: str, level: int) -> None:

@@ -1,0 +1,226 @@
+"""xT models over every backbone family x available context kind: chunks, streaming, training,
+checkpoints, registry and bad configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import xtstream
+from xtstream.errors import ModelConfigError
+from xtstream.models import (ChunkState, XTConfig, list_models, load_checkpoint, save_checkpoint,
+                             token_positions, train_chunks)
+from xtstream.regions import RegionGrid, extract_region
+from xtstream.sample import RegionSample
+
+R = 64
+FAMILIES = {
+    "convnext": ("convnext_atto", {}),
+    "swinv2": ("swinv2_tiny_window8_256", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+                                               drop_path_rate=0.0)),
+    "hiera": ("hiera_tiny_224", dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1))),
+}
+
+
+def _available_contexts() -> list[str]:
+    kinds = ["none"]
+    try:
+        from xtstream.context import create_context
+    except ImportError:
+        return kinds
+    for kind in ("xl", "mamba"):
+        try:
+            create_context(kind=kind, dim=32, depth=1, heads=2)
+        except Exception:  # noqa: BLE001 - a kind this install cannot build is simply not tested
+            continue
+        kinds.append(kind)
+    return kinds
+
+
+CONTEXTS = _available_contexts()
+WITH_STATE = [k for k in CONTEXTS if k != "none"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_model(family: str = "convnext", context: str = "none", head: str = "xview3", **kw):
+    name, tiny = FAMILIES[family]
+    opts = dict(region=R, chunk=2, context=context, dim=32, depth=1, heads=2, head=head, in_chans=2,
+                num_classes=5, head_kwargs={"decoder_channels": [16, 8, 8]} if head == "xview3" else {})
+    opts.update(tiny)
+    opts.update(kw)
+    return xtstream.create_model(name, **opts)
+
+
+def scene(scene_id: str, rows: int, cols: int, seed: int = 0) -> list[RegionSample]:
+    grid = RegionGrid(rows * R - 7, cols * R - 3, R)  # zero padding on both edges
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((2, grid.height, grid.width)).astype(np.float32)
+    centre = np.zeros((grid.height, grid.width), np.float32)
+    centre[10, 10] = 1.0
+    return [RegionSample(scene_id, i, grid, extract_region(image, grid, i),
+                         targets={"centre": extract_region(centre, grid, i),
+                                  "vessel": extract_region(centre > 0, grid, i).astype(np.float32)})
+            for i in range(len(grid))]
+
+
+def projection_loss(outputs) -> torch.Tensor:
+    """A random projection of every output (a plain sum is flat under LayerNorm)."""
+    values = outputs.values() if isinstance(outputs, dict) else [outputs]
+    g = torch.Generator().manual_seed(1)
+    return sum((v * torch.randn(v.shape, generator=g)).sum() for v in values)
+
+
+@pytest.mark.parametrize("head", ["xview3", "classification"])
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_chunk_shapes_finite_and_every_parameter_gets_a_gradient(family, context, head):
+    model = make_model(family, context, head)
+    pixels = torch.randn(2, 2, 2, R, R)  # two scenes in lock step, a chunk of two regions
+    out, state = model(pixels, torch.tensor([[0, 0], [0, 1]]))
+    if head == "xview3":
+        assert all(tuple(v.shape) == (4, 1, R, R) and torch.isfinite(v).all() for v in out.values())
+    else:
+        assert tuple(out.shape) == (2, 5) and torch.isfinite(out).all()
+    projection_loss(out).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert isinstance(state, ChunkState)
+
+
+def test_token_positions_follow_the_scene_token_grid():
+    pos = token_positions(torch.tensor([[0, 1], [2, 0]]), 2, 2)
+    assert pos.tolist() == [[0, 2], [0, 3], [1, 2], [1, 3],
+                            [4, 0], [4, 1], [5, 0], [5, 1]]
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_stream_matches_chunk_by_chunk_forward_and_resets_per_scene(context):
+    model = make_model("convnext", context).eval()
+    a, b = scene("a", 2, 3), scene("b", 2, 2, seed=1)
+    with torch.no_grad():
+        chunks = list(model.stream(iter(a + b)))
+        assert [(c.scene_id, c.indices) for c in chunks] == [
+            ("a", [0, 1]), ("a", [2, 3]), ("a", [4, 5]), ("b", [0, 1]), ("b", [2, 3])]
+        state = None
+        for k, c in enumerate(chunks):
+            if k == 3:
+                state = None  # the second scene starts from nothing
+            pixels = torch.from_numpy(np.stack([s.pixels for s in c.samples]))
+            expected, state = model(pixels, c.positions, state)
+            for name in expected:
+                torch.testing.assert_close(c.outputs[name], expected[name], rtol=1e-4, atol=1e-5)
+        alone = list(model.stream(b))
+    for c, d in zip(chunks[3:], alone):
+        torch.testing.assert_close(c.outputs["centre"], d.outputs["centre"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("context", WITH_STATE)
+def test_the_previous_chunk_reaches_the_next_through_the_context(context):
+    model = make_model("convnext", context).eval()
+    p1, p2 = torch.randn(2, 2, R, R), torch.randn(2, 2, R, R)
+    pos1, pos2 = torch.tensor([[0, 0], [0, 1]]), torch.tensor([[1, 0], [1, 1]])
+    with torch.no_grad():
+        _, state = model(p1, pos1)
+        with_memory, _ = model(p2, pos2, state)
+        without, _ = model(p2, pos2)
+    assert not torch.allclose(with_memory["centre"], without["centre"], atol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["xview3", "classification"])
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_gradient_flows_only_inside_a_chunk(context, head):
+    model = make_model("convnext", context, head)
+    p1 = torch.randn(1, 2, 2, R, R, requires_grad=True)
+    p2 = torch.randn(1, 2, 2, R, R, requires_grad=True)
+    _, state = model(p1, torch.tensor([[0, 0], [0, 1]]))
+    out, _ = model(p2, torch.tensor([[1, 0], [1, 1]]), state)
+    projection_loss(out).backward()
+    assert p1.grad is None
+    assert p2.grad is not None and p2.grad.abs().sum() > 0
+
+
+def test_train_chunks_steps_once_per_chunk_and_changes_weights():
+    model = make_model("convnext", CONTEXTS[-1])
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    records = list(train_chunks(model, scene("a", 2, 2) + scene("b", 1, 3), opt))
+    assert [(r["scene_id"], r["indices"]) for r in records] == [
+        ("a", [0, 1]), ("a", [2, 3]), ("b", [0, 1]), ("b", [2])]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    model = make_model("convnext", CONTEXTS[-1]).eval()
+    path = save_checkpoint(model, tmp_path / "m.pt", epoch=3)
+    loaded = load_checkpoint(path).eval()
+    assert loaded.config == model.config
+    x, pos = torch.randn(2, 2, R, R), torch.tensor([[0, 0], [0, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, pos)[0]["centre"], model(x, pos)[0]["centre"])
+    load_checkpoint(path, make_model("convnext", CONTEXTS[-1], grad_ratio=0.5))  # runtime field only
+    other = make_model("convnext", CONTEXTS[-1], in_chans=3, chunk=4)
+    with pytest.raises(ModelConfigError) as err:
+        load_checkpoint(path, other)
+    assert "chunk: checkpoint 2 vs model 4" in str(err.value) and "in_chans: checkpoint 2 vs model 3" in str(err.value)
+
+
+def test_checkpoints_that_are_not_ours_are_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelConfigError, match="not an xtstream model checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    torch.save({"format": "xtstream-model", "config": XTConfig("convnext_atto"), "state_dict": {}},
+               tmp_path / "pickled.pt")  # a pickled object: weights_only loading must refuse it
+    with pytest.raises(ModelConfigError, match="weights-only"):
+        load_checkpoint(tmp_path / "pickled.pt")
+
+
+def test_registry_presets_and_parameter_counts():
+    names = list_models("xt_*")
+    assert {"xt_convnext_atto_xl", "xt_swinv2_tiny_xl", "xt_swinv2_tiny_mamba", "xt_convnext_atto"} <= set(names)
+    model = xtstream.create_model("xt_test_hiera_none")
+    counts = model.num_parameters()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["total"] == counts["encoder"] + counts["projection"] + counts["context"] + counts["head"]
+    assert f"params={counts['total']:,}" in repr(model)
+    assert f"{counts['encoder']:,}" in model.summary()
+
+
+def test_bad_configurations_name_both_sides():
+    with pytest.raises(ModelConfigError, match="unknown backbone 'convnext_tyni'.*convnext_tiny"):
+        xtstream.create_model("convnext_tyni")
+    with pytest.raises(ModelConfigError, match="convnext_atto.*region size 200"):
+        xtstream.create_model("convnext_atto", region=200)
+    with pytest.raises(ModelConfigError, match="context 'lstm' is not one of"):
+        xtstream.create_model("convnext_atto", context="lstm")
+
+
+@pytest.mark.parametrize("context", WITH_STATE)
+def test_feature_dims_that_do_not_fit_the_context_are_named(context):
+    from xtstream.context import create_context
+
+    with pytest.raises(ModelConfigError, match=r"320-channel tokens.*dim=32"):
+        make_model("convnext", context, project=False)
+    with pytest.raises(ModelConfigError, match=r"dim=48.*320 channels.*dim=32"):
+        from xtstream.models import XTModel
+        from xtstream.models.config import config_from_kwargs
+
+        XTModel(config_from_kwargs("convnext_atto", region=R, context=context, dim=32, depth=1, heads=2),
+                context_encoder=create_context(kind=context, dim=48, depth=1, heads=2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_builds_and_runs_a_chunk(name):
+    model = xtstream.create_model(name).eval()
+    c = model.config
+    with torch.no_grad():
+        out, _ = model(torch.randn(2, c.in_chans, c.region, c.region), torch.tensor([[0, 0], [0, 1]]))
+    values = out.values() if isinstance(out, dict) else [out]
+    assert all(torch.isfinite(v).all() for v in values)

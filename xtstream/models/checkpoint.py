@@ -1,0 +1,66 @@
+"""Checkpoints: the config and the state_dict in one file, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelConfigError
+from .config import XTConfig
+from .xt import XTModel
+
+FORMAT = "xtstream-model"
+VERSION = 1
+
+
+def save_checkpoint(model: XTModel, path: str | Path, **extra: Any) -> Path:
+    """Write ``{format, version, config, state_dict, **extra}``; ``extra`` must be plain values
+    (numbers, strings, lists, dicts, tensors) so that it loads with ``weights_only=True``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+               "state_dict": model.state_dict(), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint under the real name
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's payload, config as :class:`XTConfig`; no code is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelConfigError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a foreign/corrupt file
+        raise ModelConfigError(f"checkpoint {path} cannot be read as a weights-only file: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelConfigError(f"{path} is not an xtstream model checkpoint (no format={FORMAT!r})")
+    payload["config"] = XTConfig.from_dict(payload["config"])
+    return payload
+
+
+def load_checkpoint(path: str | Path, model: XTModel | None = None) -> XTModel:
+    """Load weights into ``model``, or into a new model built from the saved config.
+
+    When ``model`` is given, its config must match the saved one (fields that only change how a
+    model runs, like ``grad_ratio``, may differ); otherwise a :class:`ModelConfigError` names every
+    differing field with both values.
+    """
+    payload = read_checkpoint(path)
+    saved: XTConfig = payload["config"]
+    if model is None:
+        model = XTModel(saved)
+    else:
+        diff = saved.differences(model.config)
+        if diff:
+            lines = "; ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+            raise ModelConfigError(f"checkpoint {path} was saved from another config: {lines}")
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ModelConfigError(f"checkpoint {path} does not fit the model built from its config: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model

@@ -1,0 +1,115 @@
+"""An xT model's configuration: one dataclass, plain values only (it is saved in checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import ModelConfigError
+
+CONTEXT_KINDS = ("none", "xl", "full", "mamba")
+HEADS = ("classification", "xview3")
+#: fields that change how a model runs, not what its weights are: ignored when matching checkpoints
+RUNTIME_FIELDS = ("backbone_weights", "grad_checkpointing", "grad_ratio")
+#: ContextConfig fields the config names itself (the rest go through ``context_kwargs``)
+_OWN_CONTEXT_FIELDS = ("kind", "dim", "depth", "heads")
+#: ContextConfig knobs known even before xtstream.context is importable
+_KNOWN_CONTEXT_KNOBS = ("mem_len", "attention", "mlp_ratio", "dropout", "detach_state")
+
+
+@dataclass
+class XTConfig:
+    """Region encoder → context encoder → head, processed ``chunk`` regions at a time.
+
+    ``backbone`` is a timm name (``backbone_kwargs`` go to ``timm.create_model``); ``context`` a
+    context kind (``"none"``: the plain backbone baseline, no projection, no context); ``dim``
+    the context width (default: the backbone's last channel count); ``depth``/``heads`` the
+    context layers; other :class:`~xtstream.context.ContextConfig` fields in ``context_kwargs``.
+    ``residual`` adds the context output to the backbone's last map instead of replacing it.
+    """
+
+    backbone: str
+    region: int = 256
+    in_chans: int = 3
+    chunk: int = 4
+    context: str = "none"
+    dim: int | None = None
+    depth: int = 2
+    heads: int = 8
+    project: bool = True
+    residual: bool = True
+    context_kwargs: dict[str, Any] = field(default_factory=dict)
+    head: str = "classification"
+    num_classes: int = 1000
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_weights: str | None = None
+    grad_checkpointing: bool = False
+    grad_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_KINDS:
+            raise ModelConfigError(f"context {self.context!r} is not one of {CONTEXT_KINDS}")
+        if self.head not in HEADS:
+            raise ModelConfigError(f"head {self.head!r} is not one of {HEADS}")
+        for name in ("region", "in_chans", "chunk", "depth", "heads", "num_classes"):
+            if int(getattr(self, name)) < 1:
+                raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.grad_ratio <= 1.0:
+            raise ModelConfigError(f"grad_ratio must be in [0, 1], got {self.grad_ratio}")
+        # tuples become lists so a saved config compares equal to the one it was made from
+        self.backbone_kwargs = _plain(self.backbone_kwargs)
+        self.context_kwargs = _plain(self.context_kwargs)
+        self.head_kwargs = _plain(self.head_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "XTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelConfigError(f"config has fields this version does not know: {unknown}")
+        return cls(**data)
+
+    def differences(self, other: "XTConfig", *, runtime: bool = False) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's value, other's value)}`` where they differ (runtime fields skipped)."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a
+                if a[k] != b[k] and (runtime or k not in RUNTIME_FIELDS)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def context_knobs() -> tuple[str, ...]:
+    """ContextConfig field names other than kind/dim/depth/heads (from the real class if present)."""
+    try:
+        from ..context import ContextConfig
+    except ImportError:
+        return _KNOWN_CONTEXT_KNOBS
+    return tuple(f.name for f in fields(ContextConfig) if f.name not in _OWN_CONTEXT_FIELDS)
+
+
+def config_from_kwargs(backbone: str, **kwargs: Any) -> XTConfig:
+    """Route timm-style keyword arguments: XTConfig fields to the config, ContextConfig knobs to
+    ``context_kwargs``, everything else to the backbone (``embed_dim=``, ``depths=``, …)."""
+    own = {f.name for f in fields(XTConfig)}
+    knobs = set(context_knobs())
+    cfg: dict[str, Any] = {}
+    ctx = dict(kwargs.pop("context_kwargs", None) or {})
+    bb = dict(kwargs.pop("backbone_kwargs", None) or {})
+    for key, value in kwargs.items():
+        if key in own:
+            cfg[key] = value
+        elif key in knobs:
+            ctx[key] = value
+        else:
+            bb[key] = value
+    return XTConfig(backbone=backbone, context_kwargs=ctx, backbone_kwargs=bb, **cfg)

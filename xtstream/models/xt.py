@@ -1,0 +1,211 @@
+"""The xT model: region encoder → context encoder over chunks of regions → head, streamed.
+
+One chunk of ``C`` regions of one scene at a time:
+
+1. the region encoder gives each region's feature pyramid ``[(C, C_i, h_i, w_i)]``;
+2. the last maps become ``C * h * w`` tokens in row-major scene order (a region's ``h x w``
+   tokens, then the next region's), each with its scene token position: region ``(r, c)``'s token
+   ``(i, j)`` sits at ``(r * h + i, c * w + j)``;
+3. tokens → linear projection to the context width → context encoder, with the state the
+   scene's previous chunk returned → projection back (added to the tokens when ``residual``);
+4. the tokens are folded back into the regions' last maps, and the head decodes.
+
+:meth:`XTModel.stream` runs a whole scene's region iterator this way and never builds the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..encoders import RegionEncoder, create_region_encoder, encode_regions, forward_with_grad_ratio
+from ..errors import ModelConfigError
+from ..heads import ClassificationHead, PoolState, XView3Head
+from ..regions import RegionGrid
+from ..sample import RegionSample
+from .config import XTConfig
+
+
+@dataclass
+class ChunkState:
+    """What one chunk hands to the next chunk of the same scene."""
+
+    context: Any = None
+    pool: PoolState | None = None
+
+
+@dataclass
+class ChunkOutput:
+    """The outputs of one chunk: ``outputs`` is ``{name: (n, 1, R, R)}`` (xview3) or the scene's
+    logits so far ``(1, num_classes)`` (classification; final when ``ends_scene``)."""
+
+    scene_id: str
+    grid: RegionGrid
+    indices: list[int]
+    positions: Tensor
+    outputs: Any
+    samples: list[RegionSample]
+
+    @property
+    def ends_scene(self) -> bool:
+        return self.indices[-1] == len(self.grid) - 1
+
+
+def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
+    """``(C, 2)`` region ``(row, col)`` → ``(C * h * w, 2)`` float scene token ``(row, col)``, in
+    the order the tokens are flattened (region-major, then row-major inside a region)."""
+    i = torch.arange(h, device=positions.device).view(1, h, 1)
+    j = torch.arange(w, device=positions.device).view(1, 1, w)
+    rows = positions[:, 0].view(-1, 1, 1) * h + i
+    cols = positions[:, 1].view(-1, 1, 1) * w + j
+    rows, cols = torch.broadcast_tensors(rows, cols)
+    return torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()
+
+
+def _build_context(config: XTConfig, dim: int) -> nn.Module:
+    try:
+        from ..context import ContextConfig, create_context
+    except ImportError as e:
+        raise ModelConfigError(f"context {config.context!r} needs xtstream.context, which failed to "
+                               f"import: {e}") from e
+    try:
+        return create_context(ContextConfig(kind=config.context, dim=dim, depth=config.depth,
+                                            heads=config.heads, **config.context_kwargs))
+    except (TypeError, ValueError) as e:
+        raise ModelConfigError(f"context encoder {config.context!r} (dim={dim}, depth={config.depth}, "
+                               f"heads={config.heads}, {config.context_kwargs}) cannot be built: {e}") from e
+
+
+class XTModel(nn.Module):
+    """An xT model built from an :class:`XTConfig` (see :func:`xtstream.create_model`).
+
+    ``context_encoder`` may be given ready-made (any :class:`~xtstream.context.ContextEncoder`);
+    its ``config.dim`` must then be the config's context width.
+    """
+
+    def __init__(self, config: XTConfig, *, context_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder: RegionEncoder = create_region_encoder(
+            config.backbone, region=config.region, in_chans=config.in_chans,
+            checkpoint_path=config.backbone_weights, grad_checkpointing=config.grad_checkpointing,
+            **config.backbone_kwargs)
+        channels = self.encoder.channels[-1]
+        self.token_grid = self.encoder.token_grid
+        if config.context == "none":
+            if context_encoder is not None:
+                raise ModelConfigError("context='none' takes no context encoder, one was given")
+            self.context, self.proj_in, self.proj_out = None, nn.Identity(), nn.Identity()
+        else:
+            dim = config.dim or channels
+            if not config.project and dim != channels:
+                raise ModelConfigError(
+                    f"backbone {config.backbone!r} gives {channels}-channel tokens but the context "
+                    f"encoder takes dim={dim}, and project=False forbids a projection")
+            if context_encoder is not None:
+                given = getattr(getattr(context_encoder, "config", None), "dim", None)
+                if given != dim:
+                    raise ModelConfigError(
+                        f"the given context encoder has dim={given}, but backbone {config.backbone!r} "
+                        f"({channels} channels) is projected to dim={dim}")
+            self.context = context_encoder if context_encoder is not None else _build_context(config, dim)
+            self.proj_in = nn.Linear(channels, dim) if config.project else nn.Identity()
+            self.proj_out = nn.Linear(dim, channels) if config.project else nn.Identity()
+        if config.head == "xview3":
+            self.head = XView3Head(self.encoder.channels, self.encoder.reductions, **config.head_kwargs)
+        else:
+            self.head = ClassificationHead(channels, config.num_classes, **config.head_kwargs)
+
+    # -- one chunk -----------------------------------------------------------------------------
+    def forward_features(self, features: list[Tensor], positions: Tensor,
+                         state: ChunkState | None = None) -> tuple[Any, ChunkState]:
+        """Context + head on encoded regions.
+
+        ``features``: ``[(B * C, C_i, h_i, w_i)]``, ``B`` scenes of the same ``C`` grid positions
+        ``positions`` ``(C, 2)`` (``(row, col)``), scene-major. Returns the head's outputs
+        (``{name: (B * C, 1, R, R)}`` or ``(B, num_classes)``) and the state for the next chunk.
+        """
+        state = state or ChunkState()
+        n_regions = positions.shape[0]
+        last = features[-1]
+        bc, ch, h, w = last.shape
+        if bc % n_regions:
+            raise ModelConfigError(f"{bc} encoded regions do not split into scenes of {n_regions}")
+        b = bc // n_regions
+        # (B*C, ch, h, w) -> (B, C*h*w, ch): region-major, row-major inside a region
+        tokens = last.reshape(b, n_regions, ch, h, w).permute(0, 1, 3, 4, 2).reshape(b, -1, ch)
+        context_state = state.context
+        if self.context is not None:
+            pos = token_positions(positions.to(last.device), h, w).unsqueeze(0).expand(b, -1, -1)
+            y, context_state = self.context(self.proj_in(tokens), pos, state.context)
+            y = self.proj_out(y)
+            tokens = tokens + y if self.config.residual else y
+        if isinstance(self.head, ClassificationHead):
+            logits, pool = self.head(tokens, state.pool)
+            return logits, ChunkState(context_state, pool)
+        maps = tokens.reshape(b, n_regions, h, w, ch).permute(0, 1, 4, 2, 3).reshape(bc, ch, h, w)
+        return self.head([*features[:-1], maps]), ChunkState(context_state, None)
+
+    def forward(self, pixels: Tensor, positions: Tensor, state: ChunkState | None = None
+                ) -> tuple[Any, ChunkState]:
+        """One chunk: ``pixels`` ``(C, bands, R, R)`` or ``(B, C, bands, R, R)`` (``B`` scenes at the
+        same grid positions), ``positions`` ``(C, 2)`` region ``(row, col)``; see
+        :meth:`forward_features` for what comes back."""
+        if pixels.ndim == 4:
+            pixels = pixels.unsqueeze(0)
+        if pixels.ndim != 5 or pixels.shape[1] != positions.shape[0]:
+            raise ModelConfigError(f"pixels {tuple(pixels.shape)} do not match {positions.shape[0]} "
+                                   "region positions (expected (B, C, bands, R, R) with C positions)")
+        features, _ = forward_with_grad_ratio(self.encoder, pixels.flatten(0, 1), self.config.grad_ratio)
+        return self.forward_features(features, positions, state)
+
+    # -- a stream of scenes --------------------------------------------------------------------
+    def stream(self, regions: Iterable[RegionSample], *, device: torch.device | str | None = None,
+               grad_ratio: float | None = None, generator: torch.Generator | None = None
+               ) -> Iterator[ChunkOutput]:
+        """Run scenes chunk by chunk, carrying the context state within a scene.
+
+        ``regions``: samples in row-major order, scene after scene (as the readers yield them).
+        Yields one :class:`ChunkOutput` per chunk of ``config.chunk`` consecutive regions of one
+        scene. Only one or two chunks are in memory at a time; gradients follow the caller's
+        grad mode (use :func:`~xtstream.models.train_chunks` to train).
+        """
+        ratio = self.config.grad_ratio if grad_ratio is None else grad_ratio
+        state: ChunkState | None = None
+        scene: tuple[str, RegionGrid] | None = None
+        for batch in encode_regions(regions, self.encoder, batch_size=self.config.chunk, device=device,
+                                    grad_ratio=ratio, generator=generator):
+            key = (batch.scene_id, batch.grid)
+            if key != scene or batch.indices[0] == 0:
+                state, scene = None, key
+            out, state = self.forward_features(batch.features, batch.positions, state)
+            yield ChunkOutput(batch.scene_id, batch.grid, batch.indices, batch.positions, out,
+                              batch.samples)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts: ``encoder``, ``projection``, ``context``, ``head``, ``total``."""
+        def count(*mods: nn.Module | None) -> int:
+            return sum(p.numel() for m in mods if m is not None for p in m.parameters())
+
+        parts = {"encoder": count(self.encoder), "projection": count(self.proj_in, self.proj_out),
+                 "context": count(self.context), "head": count(self.head)}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def summary(self) -> str:
+        """One line per part, with parameter counts."""
+        c, n = self.config, self.num_parameters()
+        lines = [f"xT {c.backbone} / context={c.context} / head={c.head}: region {c.region}, "
+                 f"chunk {c.chunk}, {c.in_chans} bands, token grid {self.token_grid} per region"]
+        lines += [f"  {k:<10} {v:>12,}" for k, v in n.items()]
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        n = self.num_parameters()
+        return (f"backbone={self.config.backbone!r}, context={self.config.context!r}, "
+                f"head={self.config.head!r}, params={n['total']:,} (encoder {n['encoder']:,}, "
+                f"context {n['context']:,}, head {n['head']:,})")
