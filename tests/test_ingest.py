@@ -188,3 +188,16 @@ def test_changed_source_file_is_not_resumed_into(tmp_path):
     synth_scene(scene.directory, 300, 300, seed=2, progress=False)  # the files are rewritten
     with pytest.raises(StoreError, match="c.zarr: holds an ingest of another.*source_stamps"):
         ingest(scene.directory, out, chunk=128, progress=False)
+
+
+def test_scene_thinner_than_a_chunk_keeps_square_chunks_and_every_pixel(tmp_path):
+    # 40 rows but 250 columns: dask's first block is (40, 48); the store's chunks must stay 48x48
+    # so that no two tasks ever write the same Zarr chunk
+    from xtstream.sources import ArraySource
+
+    data = np.random.default_rng(5).random((2, 40, 250)).astype(np.float32)
+    store = ingest(ArraySource(data, scene_id="thin"), tmp_path / "thin.zarr", chunk=48,
+                   scheduler="threads", progress=False)
+    image = xr.open_zarr(store, consolidated=False)["image"]
+    assert image.encoding["chunks"] == (2, 48, 48)
+    assert np.array_equal(image.values, data)

@@ -99,7 +99,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         n = int(np.prod(arr.data.numblocks))
         return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
     if not status.exists:
-        _write_template(arr, out, attrs, codec, level)
+        _write_template(arr, out, attrs, chunk, codec, level)
 
     done_dir = out / DONE_DIR
     done_dir.mkdir(exist_ok=True)
@@ -215,9 +215,15 @@ def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) 
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
 
 
-def _write_template(arr: xr.DataArray, out: Path, attrs: dict, codec: str, level: int) -> None:
+def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
+                    level: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    bands, chunk = arr.sizes["band"], arr.data.chunksize[1]
+    bands = arr.sizes["band"]
+    # each dask block must map onto whole Zarr chunks, or two tasks would rewrite one chunk
+    # concurrently and one of the writes would be lost
+    for axis in (1, 2):
+        if any(c % chunk for c in arr.data.chunks[axis][:-1]):
+            raise StoreError(f"{out}: dask chunks {arr.data.chunks[axis]} do not align to {chunk}")
     ds = arr.to_dataset(name=IMAGE_VAR)
     # variable-length strings: Zarr v3 has no stable spec for fixed-width unicode
     ds = ds.assign_coords(band=np.asarray([str(b) for b in arr["band"].values], dtype=object))
