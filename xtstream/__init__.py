@@ -21,7 +21,19 @@ _LAZY = {
     "RasterSource": "xtstream.sources",
     "load_spec": "xtstream.specs",
     "ingest": "xtstream.ingest",
+    "read_labels": "xtstream.labels",
+    "open_scene": "xtstream.stream",
+    "stream_scenes": "xtstream.stream",
+    "shard_stores": "xtstream.shards",
+    "read_scenes": "xtstream.shards",
+    "encode_regions": "xtstream.encoders",
+    "create_region_encoder": "xtstream.encoders",
+    "create_context": "xtstream.context",
     "create_model": "xtstream.models",
+    "list_models": "xtstream.models",
+    "load_checkpoint": "xtstream.models",
+    "save_checkpoint": "xtstream.models",
+    "XTConfig": "xtstream.models",
 }
 
 

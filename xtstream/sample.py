@@ -15,7 +15,7 @@ class RegionSample:
     """One ``R x R`` region of a scene, zero-padded at the scene's edges.
 
     ``pixels`` is ``(bands, R, R)``; ``targets`` maps a name (``"vessel"``, ``"centre"``,
-    ``"length"``, ``"fishing"``, …) to a ``(R, R)`` array in the same frame; ``objects`` lists the
+    ``"length"``, ``"is_vessel"``, ``"is_fishing"``) to a ``(R, R)`` array in the same frame; ``objects`` lists the
     labelled objects inside the region as dicts with region-relative pixel coordinates.
     """
 
