@@ -139,8 +139,9 @@ def test_truncated_or_corrupt_tar_named(clean, tmp_path, cut):
     elif cut == "boundary":  # cut between two members: Python's tarfile alone would not notice
         sample = (512 + 512) + (512 + 2560)  # .json (< 512 B) + .npy (2 x 16 x 16 float32 + header)
         data = data[: sample + 1024]  # one whole sample and the .json of the next
-    else:
-        data[3000:3100] = b"\xff" * 100
+    else:  # the header of the second sample's first member
+        sample = (512 + 512) + (512 + 2560)
+        data[sample + 10: sample + 110] = b"\xff" * 100
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="one-00001.tar"):
         for scene in read_scenes(out):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from functools import partial
 from typing import Any, Iterator, Sequence
 
 import dask
@@ -39,8 +40,12 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
 
 
 def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress: bool = True,
-              desc: str = "") -> list[Any]:
-    """Compute ``keys`` of a raw dask ``graph`` (culling the rest) with progress; return results."""
+              desc: str = "", threads: int | None = None) -> list[Any]:
+    """Compute ``keys`` of a raw dask ``graph`` (culling the rest) with progress; return results.
+
+    ``threads``: pool size of the local threaded scheduler (default: dask's, one per core);
+    more than the cores pays off for tasks that wait on the disk.
+    """
     if not keys:
         return []
     keys = list(keys)
@@ -49,6 +54,8 @@ def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress:
 
         sync = dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded")
         getter = dask.get if sync else threaded_get
+        if not sync and threads:
+            getter = partial(threaded_get, num_workers=threads)
         if progress:
             from tqdm.dask import TqdmCallback
 

@@ -59,10 +59,18 @@ def shard_name(scene_id: str, n: int) -> str:
     return f"{scene_key(scene_id)}-{n:05d}.tar"
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+def npy_bytes(array: np.ndarray) -> bytearray:
+    """``array`` as ``.npy`` v1 file bytes (what ``np.save`` writes), with one copy of the data."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ShardError(f"refusing to store an object array ({array.dtype}): shards never pickle")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    head = header.getvalue()
+    out = bytearray(len(head) + array.nbytes)
+    out[:len(head)] = head
+    out[len(head):] = memoryview(array.reshape(-1)).cast("B")
+    return out
 
 
 def npy_load(data: bytes, where: str) -> np.ndarray:

@@ -7,6 +7,11 @@ that keeps shards within the limits). One dask task writes one shard, streaming 
 from the store block by block (:func:`xtstream.stream.plan_reads`): tasks run in parallel over
 scenes and shards, memory is bounded by one read block per running task.
 
+Members are written as ``webdataset.TarWriter(encoder=False, mtime=0)`` writes them (same names,
+order, headers and bytes — a test holds the two byte-identical), but through ``tarfile``'s file
+mode with multi-MiB copies: TarWriter's stream mode pushes data through Python in 10 KiB pieces,
+which measured as a third of the sharding time.
+
 Resumable and atomic, like ingest: a shard is written to ``NAME.tar.partial``, renamed when
 closed, then marked done in ``_xtstream_done/NAME.json`` with its size and SHA-256 (hashed as it
 is written, so no second read). A rerun skips marked shards and writes the rest; files are
@@ -20,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +43,11 @@ DONE_DIR = "_xtstream_done"
 PLAN_FILE = "_xtstream_plan.json"
 DEFAULT_MAX_SHARD_SIZE = 1 << 30
 JSON_ALLOWANCE = 4096  # tar bytes reserved per sample for its .json (objects lists are short)
+TAR_COPY_BYTES = 8 << 20
+# shard writing waits on the disk (page-cache write-back) as much as it decompresses: with more
+# threads than cores, some decompress while others wait (29k scene, 2 cores: 22 s → 16.5 s)
+THREADS_PER_CORE = 3
+TAR_OWNER = "xtstream"
 
 
 @dataclass
@@ -145,8 +156,6 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
 def write_shard(task: ShardTask, out: str) -> dict:
     """Write one shard (a dask task): stream its regions into ``NAME.tar.partial``, hash as it goes,
     rename, then mark it done. Returns the marker (name, scene, region range, bytes, sha256)."""
-    import webdataset as wds
-
     out_dir = Path(out)
     final = out_dir / task.name
     partial = out_dir / (task.name + ".partial")
@@ -155,12 +164,11 @@ def write_shard(task: ShardTask, out: str) -> dict:
     label_params = None if task.labels is None else {"radius": task.labels.radius, "sigma": task.labels.sigma}
     with open(partial, "wb", buffering=1 << 22) as raw:  # few large writes, not one per tar block
         sink = _HashingFile(raw)
-        # mtime fixed: a resumed run writes the same bytes as a clean one
-        with wds.TarWriter(sink, encoder=False, mtime=0.0, user="xtstream", group="xtstream") as tar:
+        with open_tar(sink) as tar:
             for sample in iter_regions(reader, grid, task.start, task.stop, labels=task.labels,
                                        max_read_bytes=task.max_read_bytes):
                 nearby = task.labels.region_objects(grid, sample.index)[1] if task.labels is not None else None
-                tar.write(encode_sample(sample, reader.bands, label_params, nearby))
+                add_sample(tar, encode_sample(sample, reader.bands, label_params, nearby))
     # no fsync: the marker-after-rename protocol survives a killed process; after a power loss a
     # shard can keep its size with lost contents, which read_scenes(verify=True) catches by SHA-256
     os.replace(partial, final)
@@ -168,6 +176,26 @@ def write_shard(task: ShardTask, out: str) -> dict:
               "regions": task.stop - task.start, "bytes": sink.size, "sha256": sink.hexdigest()}
     _write_json(out_dir / DONE_DIR / f"{task.name}.json", marker)
     return marker
+
+
+def open_tar(fileobj: Any) -> tarfile.TarFile:
+    """A tar being written to ``fileobj`` (file mode, USTAR, large copies); close it to finish."""
+    return tarfile.TarFile(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=TAR_COPY_BYTES)
+
+
+def add_sample(tar: tarfile.TarFile, files: dict[str, Any]) -> int:
+    """Append one sample (``{"__key__": KEY, ext: bytes}``) as ``KEY.ext`` members, in sorted order,
+    read-only, owner ``xtstream``, mtime 0 (a resumed run writes the same bytes as a clean one).
+    Returns the data bytes added."""
+    key, total = files["__key__"], 0
+    for ext in sorted(k for k in files if not k.startswith("_")):
+        data = files[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        info.uname = info.gname = TAR_OWNER
+        tar.addfile(info, _BufferReader(data))
+        total += info.size
+    return total
 
 
 def write_manifest(plan: ShardPlan) -> Path:
@@ -209,12 +237,25 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
     if todo:
         graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
         keys = list(graph)
+        threads = THREADS_PER_CORE * (os.cpu_count() or 1)
         if client is not None:
             run_graph(graph, keys, client, progress=progress, desc="shards")
         else:
             with dask_client(scheduler) as c:
-                run_graph(graph, keys, c, progress=progress, desc="shards")
+                run_graph(graph, keys, c, progress=progress, desc="shards", threads=threads)
     return write_manifest(plan)
+
+
+class _BufferReader:
+    """``read(n)`` over a bytes-like object without copying (``tarfile`` copies out of it)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._view, self._pos = memoryview(data).cast("B"), 0
+
+    def read(self, n: int = -1) -> memoryview:
+        end = len(self._view) if n < 0 else min(self._pos + n, len(self._view))
+        piece, self._pos = self._view[self._pos:end], end
+        return piece
 
 
 class _HashingFile:
@@ -227,6 +268,9 @@ class _HashingFile:
         self._hash.update(data)
         self.size += len(data)
         return self.raw.write(data)
+
+    def tell(self) -> int:  # tarfile's file mode asks where it starts
+        return self.size
 
     def flush(self) -> None:
         self.raw.flush()
