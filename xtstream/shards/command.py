@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .writer import DEFAULT_MAX_SHARD_SIZE, shard_stores
-from ..stream import DEFAULT_MAX_READ_BYTES
+from .writer import DEFAULT_MAX_SHARD_SIZE, SHARD_MAX_READ_BYTES, shard_stores
 
 
 def _size(text: str) -> int:
@@ -31,8 +30,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
                    help="largest shard, bytes (suffixes K/M/G; default 1G)")
     p.add_argument("--max-count", type=int, help="most regions per shard (default: by size only)")
-    p.add_argument("--max-read-bytes", type=_size, default=DEFAULT_MAX_READ_BYTES,
-                   help="largest block read from a store at once (default 16M); bounds memory per task. "
+    p.add_argument("--max-read-bytes", type=_size, default=SHARD_MAX_READ_BYTES,
+                   help="largest block read from a store at once (default 4M); bounds memory per task. "
                         "Raise it to decode store chunks taller than a region once per chunk row")
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
     p.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run in --out")
