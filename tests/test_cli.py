@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from xtstream.cli import main
-from xtstream.store import open_store
+from xtstream.store import open_store, read_status
 
 
 def test_synth_then_ingest_through_the_cli(tmp_path, capsys):
@@ -43,3 +43,14 @@ def test_console_script_runs():
     assert out.returncode == 0
     for command in ("synth", "ingest", "demo"):
         assert command in out.stdout
+
+
+def test_demo_runs_every_stage_end_to_end(tmp_path, capsys):
+    # the README's first command, small: synth -> ingest -> shards with labels -> one training pass
+    assert main(["demo", "--workdir", str(tmp_path), "--size", "384", "--region", "128",
+                 "--scheduler", "threads"]) == 0
+    out = capsys.readouterr().out
+    for step in ("[1/4] synth", "[2/4] ingest", "[3/4] shard: 9 regions of 128x128", "[4/4] train one pass"):
+        assert step in out, out
+    assert (tmp_path / "shards" / "manifest.json").is_file()
+    assert read_status(tmp_path / "stores" / "demo_0.zarr").complete

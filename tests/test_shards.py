@@ -207,6 +207,13 @@ def test_labels_become_targets_and_objects(small_scene, tmp_path):
     assert n_objects == len(small_scene.objects)
 
 
+def test_chunks_taller_than_regions_are_warned_about(stores, tmp_path, caplog):
+    # region 16 in stores of 48-px chunks: a 4 KiB read budget forces a decode per region row
+    with caplog.at_level("WARNING", logger="xtstream.shards.writer"):
+        shard_stores(stores[:1], tmp_path / "w", region=16, max_read_bytes=4096, progress=False)
+    assert "decoded 3.0 times" in caplog.text and "--chunk 16" in caplog.text
+
+
 def test_cli_shard(stores, tmp_path, capsys):
     rc = cli_main(["shard", str(stores[1]), str(stores[3]), "--out", str(tmp_path / "c"), "--region", "32",
                    "--max-shard-size", "20K", "--quiet"])

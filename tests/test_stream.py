@@ -13,7 +13,7 @@ from xtstream.ingest import ingest
 from xtstream.labels import read_labels
 from xtstream.regions import RegionGrid, Window, assemble_regions
 from xtstream.sources import ArraySource, WindowedSource
-from xtstream.stream import batched, open_scene, plan_reads, prefetched, split_scenes, stream_scenes
+from xtstream.stream import batched, decode_passes, open_scene, plan_reads, prefetched, split_scenes, stream_scenes
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,15 @@ def test_read_plan_decodes_each_chunk_row_once_when_it_fits():
     # a small budget: single rows, each run of regions a whole number of chunk columns
     blocks = plan_reads(grid, (512, 1024), 8, 1024 * 512 * 8)
     assert all(b.window.height == 512 and b.window.x0 % 1024 == 0 and len(b) == 2 for b in blocks)
+
+
+def test_decode_passes_counts_chunk_decodes():
+    grid = RegionGrid(4096, 4096, 512)
+    assert decode_passes(plan_reads(grid, (2048, 2048), 8, 2**30), (2048, 2048), (4096, 4096)) == 1.0
+    # a budget of one region row: 2048-tall chunks are decoded once per region row
+    one_row = plan_reads(grid, (2048, 2048), 8, 4096 * 512 * 8)
+    assert decode_passes(one_row, (2048, 2048), (4096, 4096)) == 4.0
+    assert decode_passes(plan_reads(grid, (512, 512), 8, 2**22), (512, 512), (4096, 4096)) == 1.0
 
 
 @pytest.mark.parametrize("region,budget", [(64, 64 * 2**20), (50, 64 * 2**20), (64, 10_000), (512, 64 * 2**20)])

@@ -230,6 +230,14 @@ def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: in
     return blocks
 
 
+def decode_passes(blocks: Sequence[ReadBlock], chunks: tuple[int, int], shape: tuple[int, int]) -> float:
+    """How many times, on average, reading ``blocks`` decodes each store chunk (1.0 is ideal)."""
+    ch, cw = chunks
+    decodes = sum((-(-b.window.y1 // ch) - b.window.y0 // ch) * (-(-b.window.x1 // cw) - b.window.x0 // cw)
+                  for b in blocks)
+    return decodes / (-(-shape[0] // ch) * -(-shape[1] // cw))
+
+
 # -- window readers ---------------------------------------------------------------------------
 
 class ZarrWindows:

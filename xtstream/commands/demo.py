@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     print(f"[1/{STEPS}] synth: scene {scene.scene_id} {scene.height}x{scene.width}, {len(scene.objects)} objects "
           f"-> {scene.directory} ({t1 - t0:.1f} s)")
+    # store chunks of the region size: sharding then decodes every chunk exactly once
     store = ingest(scene.directory, work / "stores" / f"{scene.scene_id}.zarr", spec="xview3",
-                   scheduler=args.scheduler, overwrite=True)
+                   chunk=args.region, scheduler=args.scheduler, overwrite=True, allow_small=True)
     t2 = time.perf_counter()
     print(f"[2/{STEPS}] ingest on {args.scheduler}: ({t2 - t1:.1f} s)")
     print(describe_store(store))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -36,8 +37,10 @@ from .. import __version__
 from ..errors import ShardError
 from ..labels import SceneLabels, read_labels
 from ..regions import RegionGrid
-from ..stream import ZarrWindows, iter_regions, plan_reads
+from ..stream import ZarrWindows, decode_passes, iter_regions, plan_reads
 from .format import MANIFEST, MANIFEST_FORMAT, encode_sample, shard_name, tar_member_bytes
+
+log = logging.getLogger(__name__)
 
 DONE_DIR = "_xtstream_done"
 PLAN_FILE = "_xtstream_plan.json"
@@ -142,6 +145,11 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
         per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, labels is not None))
         per = min(per, max_count) if max_count else per
         blocks = plan_reads(grid, reader.chunks, bands * itemsize, max_read_bytes)
+        passes = decode_passes(blocks, reader.chunks, (grid.height, grid.width))
+        if passes > 2:
+            log.warning("%s: store chunks %dx%d are taller than the %d px regions, so each chunk is "
+                        "decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
+                        "--max-read-bytes", store, *reader.chunks, region, passes, region)
         names = []
         for n, (a, b) in enumerate(cut_shards(blocks, len(grid), per)):
             name = shard_name(reader.scene_id, n)

@@ -1,0 +1,115 @@
+"""The README's benchmark section, made from ``benchmarks/results/*.json`` (never typed in).
+
+    python benchmarks/report.py            # print the Markdown
+    python benchmarks/report.py --write    # replace the section between the README's markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗ (missed)"
+
+
+def ingest_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [
+        ("peak RSS, 4,096² / 29,400 × 24,400 ingest", f"{r['peak_rss_small_mib']:.0f} / {r['peak_rss_large_mib']:.0f} MiB",
+         f"≤ 1.5 GiB {_mark(r['peak_rss_large_mib'] <= 1536)}"),
+        ("RSS ratio large / small", f"{r['rss_ratio']:.2f}", f"≤ 1.2 {_mark(r['rss_ratio'] <= 1.2)}"),
+        ("throughput vs raw rasterio→Zarr loop", f"{r['throughput_vs_floor']:.2f}× ({r['throughput_mb_s']:.0f} MB/s)",
+         f"≥ 0.8 {_mark(r['throughput_vs_floor'] >= 0.8)}"),
+        ("2 dask workers vs 1", f"{r['two_worker_speedup']:.2f}×", f"≥ 1.6 {_mark(r['two_worker_speedup'] >= 1.6)}"),
+        ("naive `rioxarray` whole-scene `to_zarr`, peak RSS", f"{r['peak_rss_naive_rioxarray_mib']:.0f} MiB", "for scale"),
+    ]
+
+
+def shard_rows(r: dict) -> list[tuple[str, str, str]]:
+    t, m, mb = r["targets"], r["meets"], r["mb_s"]
+    return [
+        ("Zarr → shards vs raw Zarr read floor", f"{r['shard_vs_floor']:.2f}× ({mb['large_shard']:.0f} vs {mb['large_floor']:.0f} MB/s)",
+         f"≥ {t['shard_vs_floor']} {_mark(m['shard_vs_floor'])}"),
+        ("Zarr → shards vs the disk's write floor (same bytes)", f"{r['shard_vs_io_floor']:.2f}× (disk writes {mb['large_write_floor']:.0f} MB/s)",
+         "bound: shards are uncompressed"),
+        ("shards → tensors vs Zarr → tensors", f"{r['read_vs_zarr']:.2f}× ({mb['large_read_shards']:.0f} vs {mb['large_read_zarr']:.0f} MB/s)",
+         f"≥ {t['read_vs_zarr']} {_mark(m['read_vs_zarr'])}"),
+        ("peak RSS, 4,096² / 29,400 × 24,400", f"{r['peak_rss_mib']['small']:.0f} / {r['peak_rss_mib']['large']:.0f} MiB",
+         f"≤ 1 GiB {_mark(m['peak_rss_mib'])}"),
+        ("RSS ratio large / small (worst stage)", f"{r['rss_ratio']:.2f}", f"≤ {t['rss_ratio']} {_mark(m['rss_ratio'])}"),
+    ]
+
+
+def model_rows(r: dict) -> list[tuple[str, str, str]]:
+    sizes = sorted(r["peak_mib"]["xt"], key=int)
+
+    def fmt(v: float | None) -> str:
+        return "OOM" if v is None else f"{v / 1024:.2f}"
+
+    backbone = " / ".join(fmt(r["peak_mib"]["backbone"][s]) for s in sizes)
+    xt = " / ".join(fmt(r["peak_mib"]["xt"][s]) for s in sizes)
+    return [
+        (f"peak GiB at {' / '.join(sizes)} px, bare {r['backbone']} (whole image)", backbone,
+         f"grows ×{r['backbone_mem_ratio']:.1f} from 1,024² to {r['backbone_ratio_top_size']}²"),
+        (f"same, xT stream ({r['labels']['xt']})", xt, f"×{r['xt_mem_ratio']:.2f} from 1,024² to {r['xt_ratio_top_size']}²: "
+         f"≤ 1.2 {_mark(r['xt_mem_ratio'] <= 1.2)}"),
+    ]
+
+
+def encoder_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [(f"`encode_regions` vs bare {r['backbone']} on the same batches",
+             f"{r['stage_vs_backbone']:.2f}× ({r['stage_regions_per_s']:.0f} vs {r['backbone_regions_per_s']:.0f} regions/s)",
+             f"≥ 0.95 {_mark(r['stage_vs_backbone'] >= 0.95)}")]
+
+
+SECTIONS = [
+    ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows),
+    ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows),
+    ("model_memory", "Model memory, forward + backward (`benchmarks/model_memory.py`, plot `benchmarks/results/model_memory.png`)", model_rows),
+    ("encoder_throughput", "Region-encoder stage (`benchmarks/encoder_throughput.py`)", encoder_rows),
+]
+
+
+def render() -> str:
+    out = []
+    for name, title, rows in SECTIONS:
+        r = _load(name)
+        if r is None:
+            continue
+        device = r.get("device", "cpu")
+        out += [f"**{title}** — {r['date']}, {r['machine']}, {device}", "",
+                "| measure | result | target |", "|---|---|---|"]
+        out += [f"| {a} | {b} | {c} |" for a, b, c in rows(r)]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="update README.md in place")
+    args = p.parse_args()
+    text = render()
+    if not args.write:
+        print(text)
+        return
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{README}: no {START} … {END} markers")
+    README.write_text(re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{text}{END}",
+                             readme, flags=re.S))
+
+
+if __name__ == "__main__":
+    main()
