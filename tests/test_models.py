@@ -192,6 +192,20 @@ def test_registry_presets_and_parameter_counts():
     assert f"{counts['encoder']:,}" in model.summary()
 
 
+def test_nominal_input_size_is_reported_and_does_not_bind_checkpoints(tmp_path):
+    # the call: a timm name, a context kind, and the paper's knobs
+    swin_kw = FAMILIES["swinv2"][1]
+    model = xtstream.create_model("swinv2_tiny_window8_256", context="xl", region=R, input=1000, chunk=8,
+                                  depth=1, **swin_kw)
+    assert "input 1000x1000: 16x16 = 256 regions, 32 chunks per image" in model.summary()
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    other = xtstream.create_model("swinv2_tiny_window8_256", context="xl", region=R, input=4096, chunk=8,
+                                  depth=1, **swin_kw)
+    load_checkpoint(path, other)  # the same weights serve any input size
+    with pytest.raises(ModelConfigError, match="input 32 px is smaller than one region of 64 px"):
+        xtstream.create_model("convnext_atto", region=R, input=32)
+
+
 def test_bad_configurations_name_both_sides():
     with pytest.raises(ModelConfigError, match="unknown backbone 'convnext_tyni'.*convnext_tiny"):
         xtstream.create_model("convnext_tyni")

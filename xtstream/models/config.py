@@ -10,7 +10,7 @@ from ..errors import ModelConfigError
 CONTEXT_KINDS = ("none", "xl", "full", "mamba")
 HEADS = ("classification", "xview3")
 #: fields that change how a model runs, not what its weights are: ignored when matching checkpoints
-RUNTIME_FIELDS = ("backbone_weights", "grad_checkpointing", "grad_ratio")
+RUNTIME_FIELDS = ("backbone_weights", "grad_checkpointing", "grad_ratio", "input")
 #: ContextConfig fields the config names itself (the rest go through ``context_kwargs``)
 _OWN_CONTEXT_FIELDS = ("kind", "dim", "depth", "heads")
 #: ContextConfig knobs known even before xtstream.context is importable
@@ -26,6 +26,9 @@ class XTConfig:
     the context width (default: the backbone's last channel count); ``depth``/``heads`` the
     context layers; other :class:`~xtstream.context.ContextConfig` fields in ``context_kwargs``.
     ``residual`` adds the context output to the backbone's last map instead of replacing it.
+    ``input`` is the nominal image side in pixels (the paper's "input size", e.g. 4096): the model
+    streams images of any size, so it only sets what :meth:`XTModel.summary` reports per image
+    (regions, chunks) and must be at least ``region``.
     """
 
     backbone: str
@@ -46,6 +49,7 @@ class XTConfig:
     backbone_weights: str | None = None
     grad_checkpointing: bool = False
     grad_ratio: float = 1.0
+    input: int | None = None
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_KINDS:
@@ -55,6 +59,8 @@ class XTConfig:
         for name in ("region", "in_chans", "chunk", "depth", "heads", "num_classes"):
             if int(getattr(self, name)) < 1:
                 raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.input is not None and int(self.input) < self.region:
+            raise ModelConfigError(f"input {self.input} px is smaller than one region of {self.region} px")
         if not 0.0 <= self.grad_ratio <= 1.0:
             raise ModelConfigError(f"grad_ratio must be in [0, 1], got {self.grad_ratio}")
         # tuples become lists so a saved config compares equal to the one it was made from

@@ -201,6 +201,10 @@ class XTModel(nn.Module):
         c, n = self.config, self.num_parameters()
         lines = [f"xT {c.backbone} / context={c.context} / head={c.head}: region {c.region}, "
                  f"chunk {c.chunk}, {c.in_chans} bands, token grid {self.token_grid} per region"]
+        if c.input is not None:
+            side = -(-c.input // c.region)
+            lines.append(f"  input {c.input}x{c.input}: {side}x{side} = {side * side} regions, "
+                         f"{-(-side * side // c.chunk)} chunks per image")
         lines += [f"  {k:<10} {v:>12,}" for k, v in n.items()]
         return "\n".join(lines)
 
