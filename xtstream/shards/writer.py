@@ -50,6 +50,7 @@ TAR_COPY_BYTES = 8 << 20
 # shard writing waits on the disk (page-cache write-back) as much as it decompresses: with more
 # threads than cores, some decompress while others wait (29k scene, 2 cores: 22 s → 16.5 s)
 THREADS_PER_CORE = 3
+MAX_THREADS = 16  # each running task holds a read block and a few regions: keep their sum bounded
 # each running task holds one read block: smaller blocks than the readers' keep the many threads'
 # memory near one task's (29k scene: 4 MiB blocks, peak RSS 736 MiB vs 939 MiB with 16 MiB, as fast)
 SHARD_MAX_READ_BYTES = 4 * 2**20
@@ -251,7 +252,7 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
     if todo:
         graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
         keys = list(graph)
-        threads = THREADS_PER_CORE * (os.cpu_count() or 1)
+        threads = min(MAX_THREADS, THREADS_PER_CORE * (os.cpu_count() or 1))
         if client is not None:
             run_graph(graph, keys, client, progress=progress, desc="shards")
         else:
