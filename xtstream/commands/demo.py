@@ -70,9 +70,14 @@ def _train_pass(args: argparse.Namespace, manifest: Path, t_start: float) -> Non
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    from tqdm import tqdm
+
+    scenes = json.loads(manifest.read_text())["scenes"]
+    steps = sum(-(-sc["regions"] // model.config.chunk) for sc in scenes)
     regions = (sample for scene in read_scenes(manifest.parent) for sample in scene)
     losses = []
-    for record in train_chunks(model, regions, optimizer, device=device, clip_grad_norm=1.0):
+    records = train_chunks(model, regions, optimizer, device=device, clip_grad_norm=1.0)
+    for record in tqdm(records, total=steps, desc="train", unit="chunk"):
         losses.append(record["loss"])
     seconds = time.perf_counter() - t_start
     n = model.num_parameters()
