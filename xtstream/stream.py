@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from .errors import SourceError, StoreError
+from .malloc import limit_arenas
 from .regions import RegionGrid, Window, pad_region
 from .sample import RegionSample
 
@@ -333,6 +334,7 @@ def iter_regions(reader: ZarrWindows | SourceWindows, grid: RegionGrid, start: i
 
     ``labels``: a :class:`~xtstream.labels.SceneLabels` to attach targets and objects.
     """
+    limit_arenas()
     stop = len(grid) if stop is None else stop
     scene_id = scene_id or reader.scene_id
     pixel_bytes = reader.shape[0] * reader.dtype.itemsize

@@ -37,6 +37,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ShardError
 from ..labels import SceneLabels, read_labels
+from ..malloc import limit_arenas
 from ..regions import RegionGrid
 from ..stream import ZarrWindows, decode_passes, iter_regions, plan_reads, prefetched
 from .format import MANIFEST, MANIFEST_FORMAT, encode_sample, shard_name, tar_member_bytes
@@ -170,13 +171,14 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
 def write_shard(task: ShardTask, out: str) -> dict:
     """Write one shard (a dask task): stream its regions into ``NAME.tar.partial``, hash as it goes,
     rename, then mark it done. Returns the marker (name, scene, region range, bytes, sha256)."""
+    limit_arenas()  # in whichever process runs the task: dask workers too
     out_dir = Path(out)
     final = out_dir / task.name
     partial = out_dir / (task.name + ".partial")
     reader = ZarrWindows(task.store)
     grid = RegionGrid(reader.shape[1], reader.shape[2], task.region)
     label_params = None if task.labels is None else {"radius": task.labels.radius, "sigma": task.labels.sigma}
-    with open(partial, "wb", buffering=1 << 22) as raw:  # few large writes, not one per tar block
+    with open(partial, "wb", buffering=1 << 20) as raw:  # tar headers are 512 B: batch them
         sink = _HashingFile(raw)
         with open_tar(sink) as tar:
             # decoding the next block overlaps encoding, hashing and writing this one
@@ -247,6 +249,7 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
     """
     from ..cluster import dask_client, run_graph
 
+    limit_arenas()  # before the thread pool starts, so that its threads share the arenas
     plan = plan_shards(stores, out, region=region, labels=labels, max_shard_size=max_shard_size,
                        max_count=max_count, max_read_bytes=max_read_bytes, overwrite=overwrite)
     todo = plan.todo
