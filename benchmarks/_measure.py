@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psutil
 
@@ -68,3 +70,27 @@ def table(rows: list[list], header: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def scale_args(doc: str, work: Path) -> argparse.Namespace:
+    """The two-scale benchmarks' arguments: ``--small``/``--large`` (``HxW``), ``--work``, and the
+    hidden ``--child KIND ARGS…`` a measured subprocess is started with. Adds ``args.sizes``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--small", default="4096x4096")
+    p.add_argument("--large", default="29400x24400")
+    p.add_argument("--work", type=Path, default=work)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.sizes = {name: tuple(map(int, s.split("x"))) for name, s in (("small", args.small), ("large", args.large))}
+    return args
+
+
+def ensure_scene(work: Path, h: int, w: int) -> Path:
+    """The synthetic xView3-like scene of ``h x w`` under ``work`` (shared by the benchmarks), made once."""
+    scene = work / f"scene_{h}x{w}"
+    if not (scene / "labels.csv").exists():  # labels are written last: the scene is whole
+        from xtstream.synth import synth_scene
+
+        print(f"generating {h}x{w} scene in {scene} …", flush=True)
+        synth_scene(scene, h, w, seed=1)
+    return scene

@@ -9,7 +9,6 @@ Each measured run is a fresh process; peak RSS sums the process and its dask wor
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import machine, run_measured, table  # noqa: E402
+from _measure import ensure_scene, machine, run_measured, scale_args, table  # noqa: E402
 
 BANDS = ["VV", "VH"]
 CHUNK = 2048
@@ -70,30 +69,15 @@ def child_naive(scene: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
-def ensure_scene(work: Path, h: int, w: int) -> Path:
-    scene = work / f"scene_{h}x{w}"
-    if not (scene / "labels.csv").exists():  # labels are written last: the scene is whole
-        from xtstream.synth import synth_scene
-
-        print(f"generating {h}x{w} scene in {scene} …", flush=True)
-        synth_scene(scene, h, w, seed=1)
-    return scene
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", default="4096x4096")
-    p.add_argument("--large", default="29400x24400")
-    p.add_argument("--work", type=Path, default=HERE / "work")
-    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = scale_args(__doc__, HERE / "work")
     if args.child:
         kind, *rest = args.child
         child = {"ingest": child_ingest, "floor": child_floor, "naive": child_naive}[kind]
         print(json.dumps(child(*rest)))
         return
 
-    sizes = {name: tuple(map(int, s.split("x"))) for name, s in (("small", args.small), ("large", args.large))}
+    sizes = args.sizes
     scenes = {name: ensure_scene(args.work, *hw) for name, hw in sizes.items()}
     out = str(args.work / "bench.zarr")
     me = str(Path(__file__).resolve())

@@ -28,7 +28,6 @@ the clock starts (webdataset alone imports torch: ~2 s and ~500 MiB of the peak 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import machine, run_measured, table  # noqa: E402
+from _measure import ensure_scene, machine, run_measured, scale_args, table  # noqa: E402
 
 REGION = 512
 CHUNK_SIZE = 16  # regions per context chunk when reading
@@ -125,12 +124,7 @@ def child_read_zarr(store: str) -> dict:
 
 def ensure_store(work: Path, h: int, w: int) -> Path:
     """The synthetic scene (shared with the ingest benchmark) and its store, made once."""
-    scene = work / f"scene_{h}x{w}"
-    if not (scene / "labels.csv").exists():  # labels are written last: the scene is whole
-        from xtstream.synth import synth_scene
-
-        print(f"generating {h}x{w} scene in {scene} …", flush=True)
-        synth_scene(scene, h, w, seed=1)
+    scene = ensure_scene(work, h, w)
     store = work / f"shardbench_{h}x{w}_c{REGION}.zarr"
     from xtstream.store import read_status
 
@@ -151,12 +145,7 @@ def _warm(*modules: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--small", default="4096x4096")
-    p.add_argument("--large", default="29400x24400")
-    p.add_argument("--work", type=Path, default=HERE / "work")
-    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = scale_args(__doc__, HERE / "work")
     if args.child:
         kind, *rest = args.child
         _warm("zarr", "numpy", "xtstream.store", "xtstream.stream", "xtstream.shards",
@@ -167,7 +156,7 @@ def main() -> None:
         print(json.dumps(fn(*rest)))
         return
 
-    sizes = {name: tuple(map(int, s.split("x"))) for name, s in (("small", args.small), ("large", args.large))}
+    sizes = args.sizes
     me = str(Path(__file__).resolve())
     runs: dict[str, dict] = {}
     for name, (h, w) in sizes.items():
