@@ -89,7 +89,7 @@ def ensure_scene(work: Path, h: int, w: int) -> Path:
     """The synthetic xView3-like scene of ``h x w`` under ``work`` (shared by the benchmarks), made once."""
     scene = work / f"scene_{h}x{w}"
     if not (scene / "labels.csv").exists():  # labels are written last: the scene is whole
-        from xtstream.synth import synth_scene
+        from xtstream.tasks.xview3.synth import synth_scene
 
         print(f"generating {h}x{w} scene in {scene} …", flush=True)
         synth_scene(scene, h, w, seed=1)

@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine, table  # noqa: E402
 
-from xtstream.encoders import create_region_encoder, encode_regions  # noqa: E402
-from xtstream.regions import RegionGrid  # noqa: E402
-from xtstream.sample import RegionSample  # noqa: E402
+from xtstream.models.encoders import create_region_encoder, encode_regions  # noqa: E402
+from xtstream.data.grid import RegionGrid  # noqa: E402
+from xtstream.data.sample import RegionSample  # noqa: E402
 
 
 def make_samples(n: int, region: int, bands: int) -> list[RegionSample]:

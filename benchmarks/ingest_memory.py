@@ -24,7 +24,7 @@ CHUNK = 2048
 
 
 def child_ingest(scene: str, out: str, scheduler: str) -> dict:
-    from xtstream.ingest import ingest
+    from xtstream.data.ingest import ingest
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
@@ -39,7 +39,7 @@ def child_floor(scene: str, out: str) -> dict:
     import zarr
     from rasterio.windows import Window
 
-    from xtstream.ingest import make_codec
+    from xtstream.data.ingest import make_codec
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()

@@ -41,8 +41,8 @@ MIB = 2**20
 def _regions(size: int, region: int, bands: int, seed: int = 0):
     import numpy as np
 
-    from xtstream.regions import RegionGrid
-    from xtstream.sample import RegionSample
+    from xtstream.data.grid import RegionGrid
+    from xtstream.data.sample import RegionSample
 
     grid = RegionGrid(size, size, region)
     rng = np.random.default_rng(seed)

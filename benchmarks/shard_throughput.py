@@ -3,7 +3,7 @@
     python benchmarks/shard_throughput.py                                  # 4,096² and 29,400 × 24,400
     python benchmarks/shard_throughput.py --small 1024x1024 --large 4096x3000 --work /tmp/w   # quick
 
-Both scenes are synthetic xView3-like (``xtstream.synth``), ingested once (VV, VH; spec xview3,
+Both scenes are synthetic xView3-like (``xtstream.tasks.xview3.synth``), ingested once (VV, VH; spec xview3,
 float32; chunks = the region size, so that region reads are chunk-aligned) and cached under
 ``--work``. Every measured run is a fresh process; its peak RSS is that of the process tree.
 
@@ -12,14 +12,14 @@ float32; chunks = the region size, so that region reads are chunk-aligned) and c
 * ``write_floor``: write as many bytes as the shards take, in 1 GiB files of 8 MiB writes, to
   the same disk, no fsync — what the disk alone allows. Sharding must both read the store and
   write its bytes uncompressed, so it cannot beat ``min`` of the two floors (``io_floor``);
-* ``shard``: :func:`xtstream.shards.shard_stores` (default settings, dask threads);
+* ``shard``: :func:`xtstream.data.shards.shard_stores` (default settings, dask threads);
 * ``shard_mem``: the same with 16 MiB shards, for memory only: sharding's memory is one read
   block and a few regions per *running task*, so a scene with fewer shards than threads (the
   4,096² one has a single 1 GiB shard) uses less; with shards small enough that both scenes keep
   every thread busy, the comparison isolates what scene size itself does to memory;
-* ``read_shards``: :func:`xtstream.shards.read_scenes` → chunks of 16 regions → tensors
-  (:func:`xtstream.shards.collate_chunk`), one process, no DataLoader;
-* ``read_zarr``: the same from the store through :func:`xtstream.stream.stream_scenes`.
+* ``read_shards``: :func:`xtstream.data.shards.read_scenes` → chunks of 16 regions → tensors
+  (:func:`xtstream.data.shards.collate_chunk`), one process, no DataLoader;
+* ``read_zarr``: the same from the store through :func:`xtstream.data.streams.stream_scenes`.
 
 Writes ``benchmarks/results/shard_throughput.json``. Everything is read from the page cache
 where it fits; the machine is shared, so timings move with other load. Imports happen before
@@ -86,7 +86,7 @@ def child_write_floor(out: str, nbytes: str) -> dict:
 
 
 def child_shard(store: str, out: str, max_shard_size: str = str(1 << 30)) -> dict:
-    from xtstream.shards import shard_stores
+    from xtstream.data.shards import shard_stores
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
@@ -98,7 +98,7 @@ def child_shard(store: str, out: str, max_shard_size: str = str(1 << 30)) -> dic
 
 
 def _consume(scenes) -> dict:
-    from xtstream.shards import collate_chunk
+    from xtstream.data.shards import collate_chunk
 
     t = time.perf_counter()
     regions = nbytes = 0
@@ -111,13 +111,13 @@ def _consume(scenes) -> dict:
 
 
 def child_read_shards(out: str) -> dict:
-    from xtstream.shards import read_scenes
+    from xtstream.data.shards import read_scenes
 
     return _consume(read_scenes(out))
 
 
 def child_read_zarr(store: str) -> dict:
-    from xtstream.stream import stream_scenes
+    from xtstream.data.streams import stream_scenes
 
     return _consume(stream_scenes(store, REGION))
 
@@ -126,10 +126,10 @@ def ensure_store(work: Path, h: int, w: int) -> Path:
     """The synthetic scene (shared with the ingest benchmark) and its store, made once."""
     scene = ensure_scene(work, h, w)
     store = work / f"shardbench_{h}x{w}_c{REGION}.zarr"
-    from xtstream.store import read_status
+    from xtstream.data.store import read_status
 
     if not read_status(store).complete:
-        from xtstream.ingest import ingest
+        from xtstream.data.ingest import ingest
 
         print(f"ingesting {scene} → {store} …", flush=True)
         ingest(scene, store, spec="xview3", bands=BANDS, chunk=REGION, progress=False)
@@ -148,9 +148,9 @@ def main() -> None:
     args = scale_args(__doc__, HERE / "work")
     if args.child:
         kind, *rest = args.child
-        _warm("zarr", "numpy", "xtstream.store", "xtstream.stream", "xtstream.shards",
-              *(("xtstream.cluster", "tqdm.dask") if kind == "shard" else ()),
-              *(("torch", "xtstream.shards.loader") if kind.startswith("read") else ()))
+        _warm("zarr", "numpy", "xtstream.data.store", "xtstream.data.streams", "xtstream.data.shards",
+              *(("xtstream._runtime.cluster", "tqdm.dask") if kind == "shard" else ()),
+              *(("torch", "xtstream.data.shards.loader") if kind.startswith("read") else ()))
         fn = {"floor": child_floor, "write_floor": child_write_floor, "shard": child_shard, "read_shards": child_read_shards,
               "read_zarr": child_read_zarr}[kind]
         print(json.dumps(fn(*rest)))

@@ -21,10 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from xtstream.cluster import dask_client
+from xtstream._runtime.cluster import dask_client
 from xtstream.errors import XTStreamError
-from xtstream.ingest import ingest_archive
-from xtstream.shards import shard_stores
+from xtstream.data.ingest import ingest_archive
+from xtstream.data.shards import shard_stores
 
 
 def merge_scene_labels(stores: list[Path], archive: Path, out: Path) -> Path | None:

@@ -19,7 +19,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory):
     """A 700 x 900 synthetic xView3-like scene directory (made once per session)."""
-    from xtstream.synth import synth_scene
+    from xtstream.tasks.xview3.synth import synth_scene
 
     return synth_scene(tmp_path_factory.mktemp("scenes") / "scene_a", 700, 900, seed=11, progress=False)
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from xtstream.cli import main
-from xtstream.store import open_store, read_status
+from xtstream.data.store import open_store, read_status
 
 
 def test_synth_then_ingest_through_the_cli(tmp_path, capsys):

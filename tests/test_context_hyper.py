@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xtstream.context import Attention, HyperAttention, exact_attention
-from xtstream.context.hyper import merge
+from xtstream.models.context import Attention, HyperAttention, exact_attention
+from xtstream.models.context.hyper import merge
 
 
 def _qkv(b=2, h=2, lq=200, lk=200, d=16, seed=0, dtype=torch.float64):

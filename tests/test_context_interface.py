@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from xtstream.context import (ContextConfig, ContextEncoder, ContextStream, create_context, detach_all,
+from xtstream.models.context import (ContextConfig, ContextEncoder, ContextStream, create_context, detach_all,
                               sincos_2d)
 from xtstream.errors import ModelConfigError
 

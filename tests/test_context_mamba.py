@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xtstream.context import (ContextStream, MambaState, create_context, linear_scan, selective_scan,
+from xtstream.models.context import (ContextStream, MambaState, create_context, linear_scan, selective_scan,
                               selective_scan_sequential, sincos_2d)
 
 D = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xtstream.context import ContextStream, XLState, create_context, xl_attention_mask
+from xtstream.models.context import ContextStream, XLState, create_context, xl_attention_mask
 
 D = 16
 

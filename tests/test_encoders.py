@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from xtstream.encoders import (batch_size_for, create_region_encoder, encode_regions,
+from xtstream.models.encoders import (batch_size_for, create_region_encoder, encode_regions,
                                forward_with_grad_ratio, group_regions, region_cost)
 from xtstream.errors import ModelConfigError
-from xtstream.regions import RegionGrid, extract_region
-from xtstream.sample import RegionSample
+from xtstream.data.grid import RegionGrid, extract_region
+from xtstream.data.sample import RegionSample
 
 R = 64
 BACKBONES = {

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from xtstream.errors import ModelConfigError
-from xtstream.heads import (ClassificationHead, XView3Head, decode_xview3, find_peaks, gaussian_heatmap,
+from xtstream.models.heads import (ClassificationHead, XView3Head, decode_xview3, find_peaks, gaussian_heatmap,
                             to_scene, xview3_loss)
-from xtstream.regions import RegionGrid
+from xtstream.data.grid import RegionGrid
 
 R = 64
 

@@ -9,12 +9,12 @@ import rasterio
 import xarray as xr
 
 from xtstream.errors import IncompleteStoreError, SourceError, StoreError
-from xtstream.ingest import ingest, ingest_archive, plan_ingest
-from xtstream.regions import Window
-from xtstream.sources import WindowedSource
-from xtstream.specs import load_spec
-from xtstream.store import DONE_DIR, open_store, read_status
-from xtstream.synth import synth_scene
+from xtstream.data.ingest import ingest, ingest_archive, plan_ingest
+from xtstream.data.grid import Window
+from xtstream.data.sources import WindowedSource
+from xtstream.data.specs import load_spec
+from xtstream.data.store import DONE_DIR, open_store, read_status
+from xtstream.tasks.xview3.synth import synth_scene
 
 
 def _read(path):
@@ -193,7 +193,7 @@ def test_changed_source_file_is_not_resumed_into(tmp_path):
 def test_scene_thinner_than_a_chunk_keeps_square_chunks_and_every_pixel(tmp_path):
     # 40 rows but 250 columns: dask's first block is (40, 48); the store's chunks must stay 48x48
     # so that no two tasks ever write the same Zarr chunk
-    from xtstream.sources import ArraySource
+    from xtstream.data.sources import ArraySource
 
     data = np.random.default_rng(5).random((2, 40, 250)).astype(np.float32)
     store = ingest(ArraySource(data, scene_id="thin"), tmp_path / "thin.zarr", chunk=48,

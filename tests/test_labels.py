@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from xtstream.errors import LabelError
-from xtstream.heads.xview3 import gaussian_heatmap
-from xtstream.labels import SceneLabels, rasterise, read_labels
-from xtstream.regions import RegionGrid, assemble_regions
+from xtstream.tasks.xview3.head import gaussian_heatmap
+from xtstream.tasks.xview3.labels import SceneLabels, rasterise, read_labels
+from xtstream.data.grid import RegionGrid, assemble_regions
 
 HEADER = "scene_id,detect_scene_row,detect_scene_column,is_vessel,is_fishing,vessel_length_m,distance_from_shore_km,confidence\n"
 

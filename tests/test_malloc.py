@@ -1,11 +1,11 @@
-"""The allocator cap that keeps streaming threads' RSS near their live data (see xtstream.malloc)."""
+"""The allocator cap that keeps streaming threads' RSS near their live data (see xtstream._runtime.malloc)."""
 
 import platform
 import sys
 
 import pytest
 
-from xtstream import malloc
+from xtstream._runtime import malloc
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",

@@ -11,8 +11,8 @@ import xtstream
 from xtstream.errors import ModelConfigError
 from xtstream.models import (ChunkState, XTConfig, list_models, load_checkpoint, save_checkpoint,
                              token_positions, train_chunks)
-from xtstream.regions import RegionGrid, extract_region
-from xtstream.sample import RegionSample
+from xtstream.data.grid import RegionGrid, extract_region
+from xtstream.data.sample import RegionSample
 
 R = 64
 FAMILIES = {
@@ -26,7 +26,7 @@ FAMILIES = {
 def _available_contexts() -> list[str]:
     kinds = ["none"]
     try:
-        from xtstream.context import create_context
+        from xtstream.models.context import create_context
     except ImportError:
         return kinds
     for kind in ("xl", "mamba"):
@@ -217,7 +217,7 @@ def test_bad_configurations_name_both_sides():
 
 @pytest.mark.parametrize("context", WITH_STATE)
 def test_feature_dims_that_do_not_fit_the_context_are_named(context):
-    from xtstream.context import create_context
+    from xtstream.models.context import create_context
 
     with pytest.raises(ModelConfigError, match=r"320-channel tokens.*dim=32"):
         make_model("convnext", context, project=False)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xtstream.labels import read_labels
-from xtstream.regions import RegionGrid, assemble_regions
-from xtstream.shards import read_scenes
-from xtstream.store import open_store
-from xtstream.synth import synth_scene
+from xtstream.tasks.xview3.labels import read_labels
+from xtstream.data.grid import RegionGrid, assemble_regions
+from xtstream.data.shards import read_scenes
+from xtstream.data.store import open_store
+from xtstream.tasks.xview3.synth import synth_scene
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 

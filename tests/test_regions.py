@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xtstream.regions import RegionGrid, Window, assemble_regions, chunk_ranges, extract_region
+from xtstream.data.grid import RegionGrid, Window, assemble_regions, chunk_ranges, extract_region
 
 sizes = st.integers(min_value=1, max_value=200)
 regions = st.integers(min_value=4, max_value=64)

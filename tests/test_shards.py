@@ -12,12 +12,12 @@ import torch
 import webdataset as wds
 
 from xtstream.cli import main as cli_main
-from xtstream.ingest import ingest
-from xtstream.labels import read_labels
-from xtstream.regions import RegionGrid, assemble_regions
-from xtstream.shards import RegionChunks, read_scenes, shard_stores
-from xtstream.sources import ArraySource
-from xtstream.stream import open_scene, stream_scenes
+from xtstream.data.ingest import ingest
+from xtstream.tasks.xview3.labels import read_labels
+from xtstream.data.grid import RegionGrid, assemble_regions
+from xtstream.data.shards import RegionChunks, read_scenes, shard_stores
+from xtstream.data.sources import ArraySource
+from xtstream.data.streams import open_scene, stream_scenes
 
 SCENES = {"alpha.v1": (130, 170), "beta": (64, 64), "gamma": (90, 200), "delta": (50, 250)}
 
@@ -209,7 +209,7 @@ def test_labels_become_targets_and_objects(small_scene, tmp_path):
 
 def test_chunks_taller_than_regions_are_warned_about(stores, tmp_path, caplog):
     # region 16 in stores of 48-px chunks: a 4 KiB read budget forces a decode per region row
-    with caplog.at_level("WARNING", logger="xtstream.shards.writer"):
+    with caplog.at_level("WARNING", logger="xtstream.data.shards.writer"):
         shard_stores(stores[:1], tmp_path / "w", region=16, max_read_bytes=4096, progress=False)
     assert "decoded 3.0 times" in caplog.text and "--chunk 16" in caplog.text
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import xtstream.shards.writer as writer
+import xtstream.data.shards.writer as writer
 from xtstream.errors import LabelError, ShardError, StoreError
-from xtstream.ingest import ingest
-from xtstream.shards import read_scenes, shard_stores
-from xtstream.shards.reader import _tar_samples
-from xtstream.sources import ArraySource
+from xtstream.data.ingest import ingest
+from xtstream.data.shards import read_scenes, shard_stores
+from xtstream.data.shards.reader import _tar_samples
+from xtstream.data.sources import ArraySource
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_killed_process_resumes(stores, clean, tmp_path):
     out = tmp_path / "killed"
     script = f"""
 import os, signal
-import xtstream.shards.writer as w
+import xtstream.data.shards.writer as w
 real, n = w.encode_sample, [0]
 def kill_at_30(*a, **k):
     n[0] += 1

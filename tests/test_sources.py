@@ -7,8 +7,8 @@ import xarray as xr
 from rasterio.transform import Affine
 
 from xtstream.errors import SourceError
-from xtstream.regions import Window
-from xtstream.sources import ArraySource, GeoTIFFSource, WindowedSource, ZarrSource, open_source
+from xtstream.data.grid import Window
+from xtstream.data.sources import ArraySource, GeoTIFFSource, WindowedSource, ZarrSource, open_source
 
 
 def _write_tif(path, data, transform=Affine(10, 0, 1000, 0, -10, 5000), crs="EPSG:32631", nodata=None, tiled=True):

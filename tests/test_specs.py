@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from xtstream.errors import SpecError
-from xtstream.specs import load_spec, parse_spec
+from xtstream.data.specs import load_spec, parse_spec
 
 
 def test_shipped_xview3_spec():

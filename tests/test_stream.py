@@ -9,11 +9,14 @@ import rasterio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xtstream.ingest import ingest
-from xtstream.labels import read_labels
-from xtstream.regions import RegionGrid, Window, assemble_regions
-from xtstream.sources import ArraySource, WindowedSource
-from xtstream.stream import batched, decode_passes, open_scene, plan_reads, prefetched, split_scenes, stream_scenes
+from xtstream.data.ingest import ingest
+from xtstream.tasks.xview3.labels import read_labels
+from xtstream.data.grid import RegionGrid, Window, assemble_regions
+from xtstream.data.sources import ArraySource, WindowedSource
+from xtstream._runtime.prefetch import prefetched
+from xtstream.data.split import split_scenes
+from xtstream.data.streams import batched, open_scene, stream_scenes
+from xtstream.data.windows import decode_passes, plan_reads
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from xtstream.synth import LABEL_COLUMNS, NODATA, synth_scene
+from xtstream.tasks.xview3.synth import LABEL_COLUMNS, NODATA, synth_scene
 
 
 def _digest(path):

@@ -7,11 +7,11 @@
 ...     chunk.scene_id, chunk.indices, chunk.outputs["centre"].shape
 """
 
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .config import CONTEXT_KINDS, HEADS, XTConfig
-from .registry import create_model, list_models, register_model
-from .train import train_chunks, xview3_chunk_loss
-from .xt import ChunkOutput, ChunkState, XTModel, token_positions
+from xtstream.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from xtstream.models.config import CONTEXT_KINDS, HEADS, XTConfig
+from xtstream.models.registry import create_model, list_models, register_model
+from xtstream.engine.train import train_chunks, xview3_chunk_loss
+from xtstream.models.xt import ChunkOutput, ChunkState, XTModel, token_positions
 
 
 def count_parameters(model: XTModel) -> dict[str, int]:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelConfigError
-from .config import XTConfig
-from .xt import XTModel
+from xtstream.errors import ModelConfigError
+from xtstream.models.config import XTConfig
+from xtstream.models.xt import XTModel
 
 FORMAT = "xtstream-model"
 VERSION = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import ModelConfigError
+from xtstream.errors import ModelConfigError
 
 CONTEXT_KINDS = ("none", "xl", "full", "mamba")
 HEADS = ("classification", "xview3")
@@ -13,7 +13,7 @@ HEADS = ("classification", "xview3")
 RUNTIME_FIELDS = ("backbone_weights", "grad_checkpointing", "grad_ratio", "input")
 #: ContextConfig fields the config names itself (the rest go through ``context_kwargs``)
 _OWN_CONTEXT_FIELDS = ("kind", "dim", "depth", "heads")
-#: ContextConfig knobs known even before xtstream.context is importable
+#: ContextConfig knobs known even before xtstream.models.context is importable
 _KNOWN_CONTEXT_KNOBS = ("mem_len", "attention", "mlp_ratio", "dropout", "detach_state")
 
 
@@ -24,7 +24,7 @@ class XTConfig:
     ``backbone`` is a timm name (``backbone_kwargs`` go to ``timm.create_model``); ``context`` a
     context kind (``"none"``: the plain backbone baseline, no projection, no context); ``dim``
     the context width (default: the backbone's last channel count); ``depth``/``heads`` the
-    context layers; other :class:`~xtstream.context.ContextConfig` fields in ``context_kwargs``.
+    context layers; other :class:`~xtstream.models.context.ContextConfig` fields in ``context_kwargs``.
     ``residual`` adds the context output to the backbone's last map instead of replacing it.
     ``input`` is the nominal image side in pixels (the paper's "input size", e.g. 4096): the model
     streams images of any size, so it only sets what :meth:`XTModel.summary` reports per image
@@ -97,7 +97,7 @@ def _plain(value: Any) -> Any:
 def context_knobs() -> tuple[str, ...]:
     """ContextConfig field names other than kind/dim/depth/heads (from the real class if present)."""
     try:
-        from ..context import ContextConfig
+        from xtstream.models.context import ContextConfig
     except ImportError:
         return _KNOWN_CONTEXT_KNOBS
     return tuple(f.name for f in fields(ContextConfig) if f.name not in _OWN_CONTEXT_FIELDS)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable
 
-from ..errors import ModelConfigError
-from .config import config_from_kwargs
-from .xt import XTModel
+from xtstream.errors import ModelConfigError
+from xtstream.models.config import config_from_kwargs
+from xtstream.models.xt import XTModel
 
 _PRESETS: dict[str, Callable[..., XTModel]] = {}
 

@@ -21,12 +21,12 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..encoders import RegionEncoder, create_region_encoder, encode_regions, forward_with_grad_ratio
-from ..errors import ModelConfigError
-from ..heads import ClassificationHead, PoolState, XView3Head
-from ..regions import RegionGrid
-from ..sample import RegionSample
-from .config import XTConfig
+from xtstream.models.encoders import RegionEncoder, create_region_encoder, encode_regions, forward_with_grad_ratio
+from xtstream.errors import ModelConfigError
+from xtstream.models.heads import ClassificationHead, PoolState, XView3Head
+from xtstream.data.grid import RegionGrid
+from xtstream.data.sample import RegionSample
+from xtstream.models.config import XTConfig
 
 
 @dataclass
@@ -67,9 +67,9 @@ def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
 
 def _build_context(config: XTConfig, dim: int) -> nn.Module:
     try:
-        from ..context import ContextConfig, create_context
+        from xtstream.models.context import ContextConfig, create_context
     except ImportError as e:
-        raise ModelConfigError(f"context {config.context!r} needs xtstream.context, which failed to "
+        raise ModelConfigError(f"context {config.context!r} needs xtstream.models.context, which failed to "
                                f"import: {e}") from e
     try:
         return create_context(ContextConfig(kind=config.context, dim=dim, depth=config.depth,
@@ -82,7 +82,7 @@ def _build_context(config: XTConfig, dim: int) -> nn.Module:
 class XTModel(nn.Module):
     """An xT model built from an :class:`XTConfig` (see :func:`xtstream.create_model`).
 
-    ``context_encoder`` may be given ready-made (any :class:`~xtstream.context.ContextEncoder`);
+    ``context_encoder`` may be given ready-made (any :class:`~xtstream.models.context.ContextEncoder`);
     its ``config.dim`` must then be the config's context width.
     """
 

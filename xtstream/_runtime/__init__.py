@@ -1,0 +1,1 @@
+"""Private runtime plumbing: where dask graphs run, the allocator cap, background prefetch."""

@@ -1,0 +1,39 @@
+"""``xtstream ingest SRC --out STORE.zarr [--spec …] [--chunk N] [--scheduler ADDR]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from xtstream.data.ingest import CODECS, ingest, ingest_archive, is_archive
+from xtstream.data.store import describe_store
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="GeoTIFF, scene directory, Zarr store, or an archive root of scene directories")
+    p.add_argument("--out", required=True, type=Path,
+                   help="the Zarr store to write (for an archive: the directory of per-scene stores)")
+    p.add_argument("--spec", help="dataset spec: a YAML path or a shipped name (e.g. xview3)")
+    p.add_argument("--bands", help="comma-separated spec bands to keep (default: all)")
+    p.add_argument("--chunk", type=int, help="chunk size in pixels (default: the spec's, else 2048)")
+    p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
+    p.add_argument("--scene-id", help="scene id (default: the source's name)")
+    p.add_argument("--codec", choices=CODECS, default="blosc-zstd")
+    p.add_argument("--level", type=int, default=1, help="compression level (default 1)")
+    p.add_argument("--scenes-in-flight", type=int, default=2, help="archives: scenes per graph (default 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
+    p.add_argument("--allow-small", action="store_true", help="accept a scene smaller than one spec region")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, chunk=args.chunk,
+              scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
+              overwrite=args.overwrite, allow_small=args.allow_small)
+    if is_archive(args.src, args.spec):
+        stores = ingest_archive(args.src, args.out, scenes_in_flight=args.scenes_in_flight, **kw)
+    else:
+        stores = [ingest(args.src, args.out, scene_id=args.scene_id, **kw)]
+    for store in stores:
+        print(describe_store(store))
+    return 0

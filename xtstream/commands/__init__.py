@@ -1,1 +1,0 @@
-"""CLI subcommands for the data side (``synth``, ``ingest``, ``demo``)."""

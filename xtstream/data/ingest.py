@@ -1,0 +1,289 @@
+"""Sources → Zarr: one dask graph from a raster source to a chunked, compressed Zarr v3 scene store.
+
+Memory stays flat whatever the scene size: each task reads one ``(bands, N, N)`` chunk of the
+source, normalises it, and writes exactly that Zarr chunk (dask chunk == Zarr chunk, one writer
+per chunk — the rule that avoids the silent-corruption bugs of unaligned parallel Zarr writes).
+
+Resumable and atomic: a task marks its chunk done only after the write returns; a rerun writes
+only the chunks without a marker. The store is flagged complete last, once every chunk is
+marked, and :func:`xtstream.data.store.open_store` refuses a store without that flag.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+
+from xtstream import __version__
+from xtstream._runtime.cluster import dask_client, run_graph
+from xtstream.errors import SourceError, StoreError
+from xtstream.data.normalize import normalize
+from xtstream.data.sources import open_source
+from xtstream.data.specs import DatasetSpec, load_spec
+from xtstream.data.store import DONE_DIR, IMAGE_VAR, STORE_FORMAT, read_status
+
+CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
+# total Zarr I/O concurrency is about dask threads x this; keep it small under dask
+_ZARR_CONFIG = {"async.concurrency": 4, "threading.max_workers": 2}
+
+
+@dataclass
+class ScenePlan:
+    """What is left to do for one store: a fused graph, and the keys of its chunks not yet written."""
+
+    out: Path
+    scene_id: str
+    graph: dict
+    keys: list[tuple]
+    n_chunks: int
+    n_done: int
+    attrs: dict[str, Any]
+
+
+def make_codec(codec: str = "blosc-zstd", level: int = 1) -> list[Any]:
+    """Zarr v3 compressors for a codec name (``zstd``, ``blosc-zstd``, ``blosc-lz4``, ``none``)."""
+    if codec == "none":
+        return []
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=level)]
+    if codec in ("blosc-zstd", "blosc-lz4"):
+        return [zarr.codecs.BloscCodec(cname=codec.split("-")[1], clevel=level, shuffle="shuffle")]
+    raise StoreError(f"unknown codec {codec!r}; expected one of {CODECS}")
+
+
+def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
+                bands: Sequence[str] | None = None, chunk: int | None = None,
+                scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
+                overwrite: bool = False, allow_small: bool = False) -> ScenePlan:
+    """Create (or reopen, to resume) the store at ``out``; return the graph and the chunk keys left."""
+    out = Path(out)
+    spec = load_spec(spec) if spec is not None else None
+    src = open_source(source, spec, bands)
+    chunk = chunk or (spec.chunk if spec else 2048)
+    if chunk < 1:
+        raise StoreError(f"chunk must be positive, got {chunk}")
+    arr = src.to_dataarray(chunks=chunk)
+    if spec is not None:
+        arr = normalize(arr, spec.select(list(bands) if bands else None))
+    if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
+        raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
+    if spec is not None and not allow_small and max(arr.sizes["y"], arr.sizes["x"]) < spec.region:
+        raise SourceError(
+            f"{src.name}: scene is {arr.sizes['y']}x{arr.sizes['x']} px, smaller than one "
+            f"{spec.region}x{spec.region} region of spec '{spec.name}' (a thumbnail or a wrong file?); "
+            "pass allow_small=True (--allow-small) to ingest it anyway (it becomes one padded region)")
+    scene_id = scene_id or getattr(src, "scene_id", None) or _default_scene_id(source, out)
+    attrs = _attrs(arr, src, spec, scene_id, chunk, codec, level)
+
+    status = read_status(out)
+    if status.exists and not status.ours:
+        raise StoreError(f"{out}: exists and is not an xtstream scene store; refusing to write there")
+    if status.ours and (overwrite or status.attrs.get("fingerprint") != attrs["fingerprint"]):
+        if not overwrite:
+            raise StoreError(
+                f"{out}: holds an ingest of another source or configuration "
+                f"({_diff(status.attrs, attrs)}); pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+        status = read_status(out)
+    if status.ours and status.complete:
+        n = int(np.prod(arr.data.numblocks))
+        return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
+    if not status.exists:
+        _write_template(arr, out, attrs, chunk, codec, level)
+
+    done_dir = out / DONE_DIR
+    done_dir.mkdir(exist_ok=True)
+    done = {p.name for p in done_dir.iterdir()}
+    _, nby, nbx = arr.data.numblocks
+    # one output element per chunk; dask fuses read -> normalise -> write into one task per chunk,
+    # so no block ever travels between workers
+    written = arr.data.map_blocks(_write_chunk, store=str(out), dtype=np.int64,
+                                  chunks=((1,), (1,) * nby, (1,) * nbx),
+                                  name=f"ingest-{scene_id}-{attrs['fingerprint']}")
+    (written,) = dask.optimize(written)
+    graph = dict(written.__dask_graph__())
+    keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if f"{i}.{j}" not in done]
+    return ScenePlan(out, scene_id, graph, keys, nby * nbx, nby * nbx - len(keys), attrs)
+
+
+def finalize(plan: ScenePlan) -> Path:
+    """Flag a store complete once every chunk is marked done; refuse otherwise."""
+    done_dir = plan.out / DONE_DIR
+    n_done = len(list(done_dir.iterdir())) if done_dir.exists() else plan.n_chunks
+    if n_done < plan.n_chunks:
+        raise StoreError(f"{plan.out}: only {n_done} of {plan.n_chunks} chunks written; rerun to resume")
+    group = zarr.open_group(plan.out, mode="r+", zarr_format=3)
+    info = dict(group.attrs["xtstream"])
+    if not info.get("complete"):
+        info.update(complete=True, completed=_now())
+        group.attrs["xtstream"] = info
+    shutil.rmtree(done_dir, ignore_errors=True)
+    return plan.out
+
+
+def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
+           bands: Sequence[str] | None = None, chunk: int | None = None, scene_id: str | None = None,
+           scheduler: str | None = None, client: Any = None, progress: bool = True,
+           codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False,
+           allow_small: bool = False) -> Path:
+    """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
+
+    >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
+    >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
+    """
+    plan = plan_ingest(source, out, spec=spec, bands=bands, chunk=chunk, scene_id=scene_id,
+                       codec=codec, level=level, overwrite=overwrite, allow_small=allow_small)
+    if plan.keys:
+        if client is not None:
+            run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
+        else:
+            with dask_client(scheduler) as c:
+                run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
+    return finalize(plan)
+
+
+def find_scenes(root: str | Path, spec: str | Path | DatasetSpec | None = None) -> list[Path]:
+    """Scene directories under an archive root: subdirectories holding the spec's first band file."""
+    root = Path(root)
+    spec = load_spec(spec) if spec is not None else None
+    marker = spec.bands[0].file if spec else None
+    scenes = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if marker and (sub / marker).is_file():
+            scenes.append(sub)
+        elif marker is None and any(f.suffix.lower() in (".tif", ".tiff") for f in sub.iterdir()):
+            scenes.append(sub)
+    return scenes
+
+
+def is_archive(path: str | Path, spec: str | Path | DatasetSpec | None = None) -> bool:
+    """True for a directory of scene directories (and no band files of its own)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "zarr.json").exists():
+        return False
+    own = [f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff")]
+    return not own and bool(find_scenes(path, spec))
+
+
+def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path | DatasetSpec | None = None,
+                   scenes_in_flight: int = 2, scheduler: str | None = None, progress: bool = True,
+                   **kw: Any) -> list[Path]:
+    """Ingest every scene directory under ``root`` into ``out_root/{scene_id}.zarr``.
+
+    Scenes go through as a bounded queue of graphs: ``scenes_in_flight`` scenes' chunk tasks are
+    submitted together, so memory is bounded by chunks in flight, not by the archive's size.
+    Already complete stores are skipped; interrupted ones resume.
+    """
+    scenes = find_scenes(root, spec)
+    if not scenes:
+        raise SourceError(f"{root}: no scene directories found")
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    written = []
+    with dask_client(scheduler) as client:
+        for start in range(0, len(scenes), max(1, scenes_in_flight)):
+            group = scenes[start: start + max(1, scenes_in_flight)]
+            plans = [plan_ingest(s, out_root / f"{s.name}.zarr", spec=spec, scene_id=s.name, **kw)
+                     for s in group]
+            graph = {k: v for p in plans for k, v in p.graph.items()}
+            run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
+                      desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
+            written.extend(finalize(p) for p in plans)
+    return written
+
+
+def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) -> np.ndarray:
+    """Write one ``(bands, h, w)`` chunk where it belongs; return its byte count as ``(1, 1, 1)``."""
+    info = block_info[0]
+    (_, _), (y0, y1), (x0, x1) = info["array-location"]
+    _, i, j = info["chunk-location"]
+    with zarr.config.set(_ZARR_CONFIG):
+        arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
+        arr[:, y0:y1, x0:x1] = block
+    # the marker goes last: a chunk counts as written only once its write has returned
+    (Path(store) / DONE_DIR / f"{i}.{j}").touch()
+    return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
+
+
+def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
+                    level: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bands = arr.sizes["band"]
+    # each dask block must map onto whole Zarr chunks, or two tasks would rewrite one chunk
+    # concurrently and one of the writes would be lost
+    for axis in (1, 2):
+        if any(c % chunk for c in arr.data.chunks[axis][:-1]):
+            raise StoreError(f"{out}: dask chunks {arr.data.chunks[axis]} do not align to {chunk}")
+    ds = arr.to_dataset(name=IMAGE_VAR)
+    # variable-length strings: Zarr v3 has no stable spec for fixed-width unicode
+    ds = ds.assign_coords(band=np.asarray([str(b) for b in arr["band"].values], dtype=object))
+    ds.attrs = {"xtstream": attrs}
+    # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
+    ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
+    ds.to_zarr(out, mode="w-", compute=False, zarr_format=3, consolidated=False)
+
+
+def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str, chunk: int,
+           codec: str, level: int) -> dict[str, Any]:
+    crs = arr.rio.crs if "spatial_ref" in arr.coords else None
+    transform = list(arr.rio.transform())[:6] if crs is not None else arr.attrs.get("transform")
+    ident = {
+        "source_paths": [str(p) for p in arr.attrs.get("source_paths", [])] or [str(src.name)],
+        "shape": [int(s) for s in arr.shape],
+        "dtype": str(arr.dtype),
+        "band_names": [str(b) for b in arr["band"].values],
+        "spec": spec.to_dict() if spec else None,
+        "chunk": chunk,
+        "codec": [codec, level],
+    }
+    # a rerun on changed files must not resume into chunks written from the old ones
+    ident["source_stamps"] = [_stamp(p) for p in ident["source_paths"]]
+    if not arr.attrs.get("source_paths"):
+        # in-memory data has no path to compare: fingerprint its values, cheaply, via dask's token
+        ident["data_token"] = dask.base.tokenize(arr.data)
+    return {
+        "format": STORE_FORMAT,
+        "complete": False,
+        "scene_id": scene_id,
+        "version": __version__,
+        "created": _now(),
+        "crs": crs.to_wkt() if crs is not None else None,
+        "transform": transform,
+        "fingerprint": hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        **ident,
+    }
+
+
+def _stamp(path: str) -> list | None:
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return None
+
+
+def _diff(old: dict, new: dict) -> str:
+    keys = ("source_paths", "source_stamps", "shape", "dtype", "band_names", "chunk", "codec", "spec", "data_token")
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    return "differs in " + ", ".join(changed) if changed else "different fingerprint"
+
+
+def _default_scene_id(source: Any, out: Path) -> str:
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        return p.name.split(".")[0] if p.is_file() else p.name.removesuffix(".zarr")
+    return out.name.removesuffix(".zarr")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

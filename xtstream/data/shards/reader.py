@@ -1,0 +1,304 @@
+"""WebDataset region shards → scenes, each an ordered stream of regions.
+
+``for scene in read_scenes("shards/"): for chunk in scene.chunks(C): …``. Scenes are the unit of
+everything: shuffling permutes scenes (never regions), and splitting over nodes and DataLoader
+workers hands out whole scenes (:func:`xtstream.data.streams.split_scenes`), so a scene's regions
+arrive in row-major order from one worker. Its shards are streamed one tar member at a time;
+a reader holds one sample being decoded plus ``prefetch`` decoded regions (if > 0) plus what the
+consumer keeps — the memory bound, whatever the scene or shard size.
+
+Every sample is checked (its files, its grid against the scene's, its place in the row-major
+order) and every shard against the manifest (size, optionally SHA-256, region count). Errors name
+the shard and the sample. With ``skip_bad=True`` bad samples (and the rest of a corrupt shard)
+are skipped instead, recorded in :attr:`ShardScenes.bad` and reported once the pass ends.
+Nothing is unpickled: pixels are ``.npy`` read with ``allow_pickle=False``, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from xtstream.errors import ShardError
+from xtstream.data.grid import RegionGrid
+from xtstream.data.sample import RegionSample
+from xtstream.data.split import split_scenes
+from xtstream.data.streams import SceneStream
+from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, SHARD_RE, decode_sample, split_member, unescape_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SceneShards:
+    """Where one scene's regions are: its shards in order, and (from the manifest) what to expect."""
+
+    scene_id: str
+    shards: list[str]
+    grid: RegionGrid | None = None
+    bands: list[str] | None = None
+    expected: dict[str, dict] | None = None  # shard url -> manifest entry (bytes, sha256, start, stop)
+
+
+@dataclass
+class BadSample:
+    shard: str
+    key: str | None
+    error: str
+
+
+class ShardScenes:
+    """The scenes of a shard set, iterated as :class:`~xtstream.data.streams.SceneStream` (re-iterable).
+
+    Options: ``shuffle`` (scenes, seeded by ``seed`` and :meth:`set_epoch`), ``by_node`` /
+    ``by_worker`` (scene-level splitting), ``region`` (the region size every sample must have),
+    ``skip_bad``, ``verify`` (check each shard's SHA-256 against the manifest as it streams),
+    ``targets`` (decode label targets), ``prefetch`` (regions decoded ahead in a thread).
+    """
+
+    def __init__(self, scenes: Sequence[SceneShards], *, shuffle: bool = False, seed: int = 0,
+                 by_node: bool = True, by_worker: bool = True, region: int | None = None,
+                 skip_bad: bool = False, verify: bool = False, targets: bool = True, prefetch: int = 0):
+        self.scenes = list(scenes)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.by_node, self.by_worker = by_node, by_worker
+        self.region, self.skip_bad, self.verify = region, skip_bad, verify
+        self.targets, self.prefetch = targets, prefetch
+        self.bad: list[BadSample] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __iter__(self) -> Iterator[SceneStream]:
+        self.bad = []
+        mine = split_scenes(self.scenes, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                            by_node=self.by_node, by_worker=self.by_worker)
+        for entry in mine:
+            grid = entry.grid or self._peek_grid(entry)
+            if self.region is not None and grid.region != self.region:
+                raise ShardError(f"{entry.shards[0]}: scene {entry.scene_id!r} was sharded with region "
+                                 f"{grid.region}, expected {self.region}")
+            yield SceneStream(entry.scene_id, grid, lambda e=entry, g=grid: self._regions(e, g),
+                              bands=entry.bands, prefetch=self.prefetch, info={"shards": list(entry.shards)})
+        if self.bad:
+            log.warning("skipped %d bad sample(s) or shard tail(s): %s", len(self.bad), self.report())
+
+    def report(self) -> str:
+        """One line per skipped sample or shard tail (empty when all was well)."""
+        return "\n".join(f"{b.shard}: {b.key or '(shard)'}: {b.error}" for b in self.bad)
+
+    def _peek_grid(self, entry: SceneShards) -> RegionGrid:
+        for url in entry.shards:
+            for key, files in _tar_samples(url):
+                sample = decode_sample(files, f"{url}: sample {key}", targets=False)
+                return sample.grid
+        raise ShardError(f"scene {entry.scene_id!r}: its shards {entry.shards} hold no samples")
+
+    def _fail(self, err: ShardError, shard: str, key: str | None) -> None:
+        if not self.skip_bad:
+            raise err
+        self.bad.append(BadSample(shard, key, str(err)))
+
+    def _regions(self, entry: SceneShards, grid: RegionGrid) -> Iterator[RegionSample]:
+        last = -1
+        for url in entry.shards:
+            expect = (entry.expected or {}).get(url)
+            try:
+                _check_size(url, expect)
+            except ShardError as err:
+                self._fail(err, url, None)
+                continue
+            digest = hashlib.sha256() if (self.verify and expect) else None
+            key = None
+            count = 0
+            try:
+                for key, files in _tar_samples(url, digest):
+                    where = f"{url}: sample {key}"
+                    try:
+                        sample = decode_sample(files, where, region=grid.region, targets=self.targets)
+                        _check_place(sample, entry.scene_id, grid, last, where, strict=not self.skip_bad)
+                    except ShardError as err:
+                        self._fail(err, url, key)
+                        continue
+                    last = sample.index
+                    count += 1
+                    yield sample
+            except ShardError as err:
+                self._fail(err, url, key)
+                continue
+            if expect is not None and not self.skip_bad and count != expect["stop"] - expect["start"]:
+                raise ShardError(f"{url}: {count} samples, the manifest lists {expect['stop'] - expect['start']}")
+            if digest is not None and digest.hexdigest() != expect["sha256"]:
+                self._fail(ShardError(f"{url}: SHA-256 differs from the manifest (shard changed or corrupt)"), url, None)
+        if last != len(grid) - 1 and not self.skip_bad:
+            raise ShardError(f"scene {entry.scene_id!r}: stream ended at region {last} of {len(grid)} "
+                             f"(shards {entry.shards} incomplete?)")
+
+
+def _check_size(url: str, expect: dict | None) -> None:
+    if expect is None:
+        return
+    size = Path(url).stat().st_size if Path(url).exists() else None
+    if size is None:
+        raise ShardError(f"{url}: shard listed in the manifest is missing")
+    if size != expect["bytes"]:
+        raise ShardError(f"{url}: {size} bytes, the manifest lists {expect['bytes']} (truncated or replaced shard)")
+
+
+def _check_place(sample: RegionSample, scene_id: str, grid: RegionGrid, last: int, where: str, strict: bool) -> None:
+    if sample.scene_id != scene_id:
+        raise ShardError(f"{where}: belongs to scene {sample.scene_id!r}, found among the shards of {scene_id!r}")
+    if sample.grid != grid:
+        g = sample.grid
+        raise ShardError(f"{where}: from a {g.rows}x{g.cols} grid of {g.region}-px regions over "
+                         f"{g.height}x{g.width} px, but scene {scene_id!r} has a {grid.rows}x{grid.cols} grid of "
+                         f"{grid.region}-px regions over {grid.height}x{grid.width} px (a shard from another grid size?)")
+    if (strict and sample.index != last + 1) or sample.index <= last:
+        raise ShardError(f"{where}: region {sample.index} follows region {last}; regions must be "
+                         "row-major and complete (shards out of order, or missing samples)")
+
+
+class _HashingReader:
+    def __init__(self, raw: Any, digest: Any):
+        self.raw, self.digest = raw, digest
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        return data
+
+
+def _tar_samples(url: str, digest: Any = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {ext: bytes})`` per sample of a tar, streamed member by member (WebDataset's keying).
+
+    Tar-level damage raises :class:`ShardError` naming the shard and the last whole sample. Python's
+    ``tarfile`` ends quietly at a cut or garbled header, so the end is checked too: a whole tar ends
+    with at least two zero blocks and nothing else; a sample cut by damage is never yielded.
+    """
+    key, files, last_good = None, {}, None
+    try:
+        with open(url, "rb") as raw:
+            src = _HashingReader(raw, digest) if digest is not None else raw
+            with tarfile.open(fileobj=src, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    parts = split_member(member.name)
+                    if parts is None:
+                        raise ShardError(f"{url}: member {member.name!r} has no extension (not a WebDataset sample file)")
+                    k, ext = parts
+                    data = tar.extractfile(member).read()
+                    if len(data) != member.size:
+                        raise ShardError(f"{url}: member {member.name!r} is cut short")
+                    if k != key:
+                        if key is not None:
+                            yield key, files
+                            last_good = key
+                        key, files = k, {}
+                    if ext in files:
+                        raise ShardError(f"{url}: sample {k} has two .{ext} files")
+                    files[ext] = data
+                end = tar.offset
+            if digest is not None:
+                while src.read(1 << 20):  # the end-of-archive padding counts in the checksum
+                    pass
+            _check_tail(raw, end, url, key)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ShardError(f"{url}: truncated or corrupt tar after sample {last_good or '(none)'}: {err}") from None
+    if key is not None:
+        yield key, files
+
+
+def _check_tail(raw: Any, end: int, url: str, last_key: str | None) -> None:
+    """Everything after the last member must be end-of-archive zeros, at least two blocks of them."""
+    size = os.fstat(raw.fileno()).st_size
+    raw.seek(end)
+    pos = end
+    while pos < size:
+        block = raw.read(1 << 16)
+        if not block:
+            break
+        if block.count(0) != len(block):
+            raise ShardError(f"{url}: corrupt tar: unreadable member header at byte {end} "
+                             f"(after sample {last_key or '(none)'}); the rest of the shard is lost")
+        pos += len(block)
+    if size - end < 1024:
+        raise ShardError(f"{url}: truncated tar: ends at byte {size} without an end-of-archive marker "
+                         f"(last sample read: {last_key or '(none)'})")
+
+
+def _expand(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    if isinstance(urls, (str, Path)):
+        text = str(urls)
+        if "{" in text:
+            import braceexpand
+
+            return [u for u in braceexpand.braceexpand(text)]
+        if any(c in text for c in "*?["):
+            return sorted(glob.glob(text))
+        return [text]
+    return [str(u) for u in urls]
+
+
+def load_manifest(path: str | Path) -> list[SceneShards]:
+    """Scenes of a ``manifest.json`` (or a shard directory holding one), with expectations per shard."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ShardError(f"{path}: cannot read shard manifest ({err}); was the shard run finished?") from None
+    if doc.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: not an {MANIFEST_FORMAT} manifest")
+    root = path.parent
+    by_name = {s["name"]: s for s in doc["shards"]}
+    scenes = []
+    for sc in doc["scenes"]:
+        urls = [str(root / n) for n in sc["shards"]]
+        grid = RegionGrid(int(sc["scene_shape"][0]), int(sc["scene_shape"][1]), int(sc["region"]))
+        scenes.append(SceneShards(sc["scene_id"], urls, grid, sc.get("bands"),
+                                  {str(root / n): by_name[n] for n in sc["shards"]}))
+    return scenes
+
+
+def group_shards(urls: Sequence[str]) -> list[SceneShards]:
+    """Tar paths named ``{scene_key}-{n:05d}.tar`` → scenes, in order of first appearance."""
+    scenes: dict[str, list[tuple[int, str]]] = {}
+    for url in urls:
+        m = SHARD_RE.match(Path(url).name)
+        if not m:
+            raise ShardError(f"{url}: not an xtstream shard name ({{scene_key}}-NNNNN.tar); pass the manifest instead")
+        scenes.setdefault(m["scene"], []).append((int(m["n"]), url))
+    return [SceneShards(unescape_key(k), [u for _, u in sorted(v)]) for k, v in scenes.items()]
+
+
+def read_scenes(urls: str | Path | Sequence[str | Path], **kw: Any) -> ShardScenes:
+    """Scenes of a shard set as ordered region streams.
+
+    ``urls``: a shard directory or its ``manifest.json`` (preferred: checks sizes and counts), or
+    tar paths — a list, a glob or a brace pattern — named ``{scene_key}-NNNNN.tar``.
+    ``kw``: see :class:`ShardScenes`.
+
+    >>> for scene in read_scenes("shards/", shuffle=True):         # doctest: +SKIP
+    ...     for chunk in scene.chunks(16):                         # 16 RegionSample, row-major
+    ...         ...
+    """
+    expanded = _expand(urls)
+    if len(expanded) == 1 and (Path(expanded[0]).is_dir() or expanded[0].endswith(".json")):
+        scenes = load_manifest(expanded[0])
+    else:
+        if not expanded:
+            raise ShardError(f"no shards match {urls!r}")
+        scenes = group_shards(expanded)
+    return ShardScenes(scenes, **kw)

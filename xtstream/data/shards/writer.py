@@ -1,0 +1,366 @@
+"""Zarr scene stores → ordered WebDataset region shards, as one resumable dask graph.
+
+The plan is fixed before anything is written: each scene's regions, in row-major order, are cut
+into shards of at most ``max_count`` regions and about ``max_shard_size`` bytes (sized from the
+exact bytes of a sample's arrays plus a JSON allowance; cuts fall on read-block boundaries where
+that keeps shards within the limits). One dask task writes one shard, streaming its regions
+from the store block by block (:func:`xtstream.data.streams.plan_reads`): tasks run in parallel over
+scenes and shards, memory is bounded by one read block and two prefetched regions per running
+task.
+
+Members are written as ``webdataset.TarWriter(encoder=False, mtime=0)`` writes them (same names,
+order, headers and bytes — a test holds the two byte-identical), but through ``tarfile``'s file
+mode with multi-MiB copies: TarWriter's stream mode pushes data through Python in 10 KiB pieces,
+which profiled at 40% of a single-threaded shard write.
+
+Resumable and atomic, like ingest: a shard is written to ``NAME.tar.partial``, renamed when
+closed, then marked done in ``_xtstream_done/NAME.json`` with its size and SHA-256 (hashed as it
+is written, so no second read). A rerun skips marked shards and writes the rest; files are
+byte-for-byte those of a clean run (tar mtimes are fixed). ``manifest.json`` is written last,
+listing shards, scenes, region counts and checksums; readers rely on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from xtstream import __version__
+from xtstream.errors import ShardError
+from xtstream.tasks.xview3.labels import SceneLabels, read_labels
+from xtstream._runtime.malloc import limit_arenas
+from xtstream.data.grid import RegionGrid
+from xtstream._runtime.prefetch import prefetched
+from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
+from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, encode_sample, shard_name, tar_member_bytes
+
+log = logging.getLogger(__name__)
+
+DONE_DIR = "_xtstream_done"
+PLAN_FILE = "_xtstream_plan.json"
+DEFAULT_MAX_SHARD_SIZE = 1 << 30
+JSON_ALLOWANCE = 4096  # tar bytes reserved per sample for its .json (objects lists are short)
+TAR_COPY_BYTES = 8 << 20
+# shard writing waits on the disk (page-cache write-back) as much as it decompresses: with more
+# threads than cores, some decompress while others wait (29k scene, 2 cores: 22 s → 16.5 s)
+THREADS_PER_CORE = 3
+MAX_THREADS = 16  # each running task holds a read block and a few regions: keep their sum bounded
+# each running task holds one read block: smaller blocks than the readers' keep the many threads'
+# memory near one task's (29k scene: 4 MiB blocks, peak RSS 736 MiB vs 939 MiB with 16 MiB, as fast)
+SHARD_MAX_READ_BYTES = 4 * 2**20
+PREFETCH_REGIONS = 2
+TAR_OWNER = "xtstream"
+
+
+@dataclass
+class ShardTask:
+    """One shard to write: regions ``start .. stop - 1`` of scene ``scene_id`` from ``store``."""
+
+    name: str
+    scene_id: str
+    store: str
+    start: int
+    stop: int
+    region: int
+    max_read_bytes: int
+    labels: SceneLabels | None = field(default=None, repr=False)
+
+
+@dataclass
+class ShardPlan:
+    out: Path
+    fingerprint: str
+    config: dict
+    scenes: list[dict]
+    tasks: list[ShardTask]
+    done: dict[str, dict]
+
+    @property
+    def todo(self) -> list[ShardTask]:
+        return [t for t in self.tasks if t.name not in self.done]
+
+
+def sample_bytes(bands: int, itemsize: int, region: int, labelled: bool) -> int:
+    """Tar bytes of one sample: its ``.npy`` pixels (+ target crops) exactly, plus the JSON allowance."""
+    npy_header = 128
+    total = tar_member_bytes(npy_header + bands * itemsize * region * region) + JSON_ALLOWANCE
+    if labelled:
+        total += tar_member_bytes(npy_header + region * region) + tar_member_bytes(npy_header + 2 * region * region)
+    return total
+
+
+def cut_shards(blocks: Sequence[Any], n_regions: int, per_shard: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` shards of at most ``per_shard`` regions, cut between read blocks where possible."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for block in blocks:
+        if block.stop - start > per_shard and block.start > start:
+            bounds.append((start, block.start))
+            start = block.start
+        while block.stop - start > per_shard:
+            bounds.append((start, start + per_shard))
+            start += per_shard
+    if start < n_regions:
+        bounds.append((start, n_regions))
+    return bounds
+
+
+def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
+                labels: str | Path | None = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+                max_count: int | None = None, max_read_bytes: int = SHARD_MAX_READ_BYTES,
+                overwrite: bool = False) -> ShardPlan:
+    """Check the inputs, fix the plan (or reload it to resume) and find the shards already done."""
+    out = Path(out)
+    if region < 1:
+        raise ShardError(f"region must be a positive number of pixels, got {region}")
+    if not stores:
+        raise ShardError("no scene stores given")
+    readers = [ZarrWindows(s) for s in stores]
+    ids = [r.scene_id for r in readers]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ShardError(f"scene id(s) {dup} appear in more than one store; scene ids must be unique")
+    grids = [RegionGrid(r.shape[1], r.shape[2], region) for r in readers]
+    scene_labels = None
+    if labels is not None:
+        scene_labels = read_labels(labels, scene_ids=ids, shapes={i: (g.height, g.width) for i, g in zip(ids, grids)})
+    config = {
+        "format": MANIFEST_FORMAT, "region": region, "max_shard_size": int(max_shard_size),
+        "max_count": max_count, "max_read_bytes": int(max_read_bytes),
+        "labels": None if labels is None else {"path": str(labels), "sha256": _file_sha256(Path(labels))},
+        "stores": [{"path": str(Path(s).resolve()), "scene_id": r.scene_id, "shape": list(r.shape),
+                    "dtype": str(r.dtype), "fingerprint": r.attrs.get("fingerprint"),
+                    "completed": r.attrs.get("completed")} for s, r in zip(stores, readers)],
+    }
+    fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    _claim(out, fingerprint, config, overwrite)
+
+    scenes, tasks = [], []
+    for store, reader, grid in zip(stores, readers, grids):
+        bands, itemsize = reader.shape[0], reader.dtype.itemsize
+        per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, labels is not None))
+        per = min(per, max_count) if max_count else per
+        blocks = plan_reads(grid, reader.chunks, bands * itemsize, max_read_bytes)
+        passes = decode_passes(blocks, reader.chunks, (grid.height, grid.width))
+        if passes > 2:
+            log.warning("%s: store chunks %dx%d are taller than the %d px regions, so each chunk is "
+                        "decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
+                        "--max-read-bytes", store, *reader.chunks, region, passes, region)
+        names = []
+        for n, (a, b) in enumerate(cut_shards(blocks, len(grid), per)):
+            name = shard_name(reader.scene_id, n)
+            names.append(name)
+            tasks.append(ShardTask(name, reader.scene_id, str(store), a, b, region, max_read_bytes,
+                                   scene_labels[reader.scene_id] if scene_labels else None))
+        scenes.append({"scene_id": reader.scene_id, "store": str(store), "bands": reader.bands,
+                       "dtype": str(reader.dtype), "scene_shape": [grid.height, grid.width],
+                       "grid": [grid.rows, grid.cols], "region": region, "regions": len(grid),
+                       "objects": len(scene_labels[reader.scene_id]) if scene_labels else None,
+                       "shards": names})
+    return ShardPlan(out, fingerprint, config, scenes, tasks, _done_shards(out))
+
+
+def write_shard(task: ShardTask, out: str) -> dict:
+    """Write one shard (a dask task): stream its regions into ``NAME.tar.partial``, hash as it goes,
+    rename, then mark it done. Returns the marker (name, scene, region range, bytes, sha256)."""
+    limit_arenas()  # in whichever process runs the task: dask workers too
+    out_dir = Path(out)
+    final = out_dir / task.name
+    partial = out_dir / (task.name + ".partial")
+    reader = ZarrWindows(task.store)
+    grid = RegionGrid(reader.shape[1], reader.shape[2], task.region)
+    label_params = None if task.labels is None else {"radius": task.labels.radius, "sigma": task.labels.sigma}
+    with open(partial, "wb", buffering=1 << 20) as raw:  # tar headers are 512 B: batch them
+        sink = _HashingFile(raw)
+        with open_tar(sink) as tar:
+            # decoding the next block overlaps encoding, hashing and writing this one
+            samples = iter_regions(reader, grid, task.start, task.stop, labels=task.labels,
+                                   max_read_bytes=task.max_read_bytes)
+            for sample in prefetched(samples, PREFETCH_REGIONS):
+                nearby = task.labels.region_objects(grid, sample.index)[1] if task.labels is not None else None
+                add_sample(tar, encode_sample(sample, reader.bands, label_params, nearby))
+    # no fsync: the marker-after-rename protocol survives a killed process; after a power loss a
+    # shard can keep its size with lost contents, which read_scenes(verify=True) catches by SHA-256
+    os.replace(partial, final)
+    marker = {"name": task.name, "scene_id": task.scene_id, "start": task.start, "stop": task.stop,
+              "regions": task.stop - task.start, "bytes": sink.size, "sha256": sink.hexdigest()}
+    _write_json(out_dir / DONE_DIR / f"{task.name}.json", marker)
+    return marker
+
+
+def open_tar(fileobj: Any) -> tarfile.TarFile:
+    """A tar being written to ``fileobj`` (file mode, USTAR, large copies); close it to finish."""
+    return tarfile.TarFile(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=TAR_COPY_BYTES)
+
+
+def add_sample(tar: tarfile.TarFile, files: dict[str, Any]) -> int:
+    """Append one sample (``{"__key__": KEY, ext: bytes}``) as ``KEY.ext`` members, in sorted order,
+    read-only, owner ``xtstream``, mtime 0 (a resumed run writes the same bytes as a clean one).
+    Returns the data bytes added."""
+    key, total = files["__key__"], 0
+    for ext in sorted(k for k in files if not k.startswith("_")):
+        data = files[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        info.uname = info.gname = TAR_OWNER
+        tar.addfile(info, _BufferReader(data))
+        total += info.size
+    return total
+
+
+def write_manifest(plan: ShardPlan) -> Path:
+    """Collect every shard's marker into ``manifest.json`` (atomically); refuse if any is missing."""
+    done = _done_shards(plan.out)
+    missing = [t.name for t in plan.tasks if t.name not in done]
+    if missing:
+        raise ShardError(f"{plan.out}: {len(missing)} shard(s) not written (first: {missing[0]}); rerun to resume")
+    shards = [done[t.name] for t in plan.tasks]
+    manifest = {
+        "format": MANIFEST_FORMAT, "version": __version__, "fingerprint": plan.fingerprint,
+        "region": plan.config["region"], "config": plan.config, "scenes": plan.scenes, "shards": shards,
+        "totals": {"scenes": len(plan.scenes), "shards": len(shards),
+                   "regions": int(sum(s["regions"] for s in shards)), "bytes": int(sum(s["bytes"] for s in shards))},
+    }
+    path = plan.out / MANIFEST
+    _write_json(path, manifest)
+    shutil.rmtree(plan.out / DONE_DIR, ignore_errors=True)
+    return path
+
+
+def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
+                 labels: str | Path | None = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+                 max_count: int | None = None, max_read_bytes: int = SHARD_MAX_READ_BYTES,
+                 scheduler: str | None = None, client: Any = None, progress: bool = True,
+                 overwrite: bool = False) -> Path:
+    """Cut scene stores into ordered region shards under ``out``; resume an interrupted run.
+
+    Returns the path of ``manifest.json``. ``scheduler``/``client`` choose where the graph runs
+    (see :func:`xtstream._runtime.cluster.dask_client`); the shard directory must be visible to workers.
+
+    >>> shard_stores(["a.zarr", "b.zarr"], "shards/", region=512, labels="labels.csv")  # doctest: +SKIP
+    """
+    from xtstream._runtime.cluster import dask_client, run_graph
+
+    limit_arenas()  # before the thread pool starts, so that its threads share the arenas
+    plan = plan_shards(stores, out, region=region, labels=labels, max_shard_size=max_shard_size,
+                       max_count=max_count, max_read_bytes=max_read_bytes, overwrite=overwrite)
+    todo = plan.todo
+    if todo:
+        graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
+        keys = list(graph)
+        threads = min(MAX_THREADS, THREADS_PER_CORE * (os.cpu_count() or 1))
+        if client is not None:
+            run_graph(graph, keys, client, progress=progress, desc="shards")
+        else:
+            with dask_client(scheduler) as c:
+                run_graph(graph, keys, c, progress=progress, desc="shards", threads=threads)
+    return write_manifest(plan)
+
+
+class _BufferReader:
+    """``read(n)`` over a bytes-like object without copying (``tarfile`` copies out of it)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._view, self._pos = memoryview(data).cast("B"), 0
+
+    def read(self, n: int = -1) -> memoryview:
+        end = len(self._view) if n < 0 else min(self._pos + n, len(self._view))
+        piece, self._pos = self._view[self._pos:end], end
+        return piece
+
+
+class _HashingFile:
+    """A write-only file wrapper that counts and hashes what passes through."""
+
+    def __init__(self, raw: Any):
+        self.raw, self.size, self._hash = raw, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:  # tarfile's file mode asks where it starts
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:  # the owner closes the real file
+        pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _claim(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
+    """Make ``out`` ours for this plan, refusing to mix two different runs in one directory."""
+    plan_path = out / PLAN_FILE
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if old.get("fingerprint") == fingerprint:
+            return
+        if not overwrite:
+            changed = [k for k in config if old.get("config", {}).get(k) != config[k]]
+            raise ShardError(f"{out}: holds shards of another run (differs in {changed or 'fingerprint'}); "
+                             "pass overwrite=True (--overwrite) to replace them")
+        _clear(out)
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ShardError(f"{out}: exists, is not empty and holds no xtstream shard plan; refusing to write there")
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE_DIR).mkdir(exist_ok=True)
+    _write_json(plan_path, {"fingerprint": fingerprint, "config": config})
+
+
+def _clear(out: Path) -> None:
+    for p in out.iterdir():
+        if p.is_dir() and p.name == DONE_DIR:
+            shutil.rmtree(p)
+        elif p.is_file() and (p.name.endswith((".tar", ".tar.partial")) or p.name in (MANIFEST, PLAN_FILE)):
+            p.unlink()
+
+
+def _done_shards(out: Path) -> dict[str, dict]:
+    """Markers of shards whose tar is still there, whole (same size as when marked)."""
+    manifest = out / MANIFEST
+    found: dict[str, dict] = {}
+    if manifest.is_file():
+        for s in json.loads(manifest.read_text()).get("shards", []):
+            found[s["name"]] = s
+    done_dir = out / DONE_DIR
+    if done_dir.is_dir():
+        for p in done_dir.glob("*.json"):
+            marker = json.loads(p.read_text())
+            found[marker["name"]] = marker
+    return {n: m for n, m in found.items() if (out / n).is_file() and (out / n).stat().st_size == m["bytes"]}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

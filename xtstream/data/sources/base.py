@@ -1,0 +1,142 @@
+"""The raster-source protocol: a giant multi-band raster as a lazy ``(band, y, x)`` DataArray.
+
+Two ways to plug a source in:
+
+* implement :class:`RasterSource` directly — ``name`` and ``to_dataarray(chunks)`` returning a
+  dask-backed :class:`xarray.DataArray` with dims ``(band, y, x)``; or
+* subclass :class:`WindowedSource` and implement ``read_window`` (plus the metadata attributes);
+  the base class turns window reads into a dask array, one task per chunk, so any reader that can
+  cut a window out of the raster streams with bounded memory.
+
+A source must be picklable (it travels to ``dask.distributed`` workers): hold paths and metadata,
+never open file handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from xtstream.errors import SourceError
+from xtstream.data.grid import Window
+
+DEFAULT_CHUNK = 2048
+
+
+@runtime_checkable
+class RasterSource(Protocol):
+    """Anything that yields a lazily evaluated ``(band, y, x)`` :class:`xarray.DataArray`."""
+
+    name: str
+
+    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
+        """A dask-backed array with dims ``(band, y, x)``, chunked ``(bands, chunks, chunks)``."""
+        ...
+
+
+class WindowedSource:
+    """Base class for sources that can read a pixel window.
+
+    Subclasses set ``name``, ``shape`` (bands, H, W), ``dtype``, ``band_names`` and optionally
+    ``nodata`` (one value per band or None), ``crs`` (anything ``rasterio.crs.CRS`` accepts),
+    ``transform`` (an ``affine.Affine``) and ``paths``; and implement :meth:`read_window`.
+
+    Example — a source computed on the fly::
+
+        class Gradient(WindowedSource):
+            name, shape, dtype, band_names = "gradient", (1, 50_000, 50_000), np.dtype("f4"), ["g"]
+            def read_window(self, window):
+                y = np.arange(window.y0, window.y1, dtype="f4")[:, None]
+                return np.broadcast_to(y, (1, window.height, window.width)).copy()
+    """
+
+    name: str = "<source>"
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    band_names: Sequence[str]
+    nodata: Sequence[float | None] | None = None
+    crs: Any = None
+    transform: Any = None
+    paths: Sequence[str] = ()
+
+    def read_window(self, window: Window) -> np.ndarray:
+        """Pixels of ``window`` (inside the raster) as ``(bands, h, w)`` of ``self.dtype``."""
+        raise NotImplementedError
+
+    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
+        bands, height, width = self.shape
+        data = da.from_array(
+            _WindowReader(self), chunks=(bands, chunks, chunks), lock=False, asarray=True,
+            fancy=False, meta=np.empty((0, 0, 0), dtype=self.dtype),
+            name=f"read-{dask.base.tokenize(self.name, self.shape, str(self.dtype), chunks, _identity(self))}",
+        )
+        return build_dataarray(data, self.band_names, name=self.name, nodata=self.nodata,
+                               crs=self.crs, transform=self.transform, paths=self.paths)
+
+
+def _identity(source: WindowedSource) -> Any:
+    """What makes two reads of a source the same (files and their mtimes), for dask task names."""
+    import os
+
+    stamps = []
+    for p in source.paths:
+        try:
+            st = os.stat(p)
+            stamps.append((p, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamps.append((p, None, None))
+    return stamps or id(source)
+
+
+class _WindowReader:
+    """Array-like adapter so that ``dask.array.from_array`` calls ``read_window`` per chunk."""
+
+    def __init__(self, source: WindowedSource):
+        self.source = source
+        self.shape = tuple(source.shape)
+        self.dtype = np.dtype(source.dtype)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        bsl, ysl, xsl = key
+        _, height, width = self.shape
+        y0, y1, _ = ysl.indices(height)
+        x0, x1, _ = xsl.indices(width)
+        block = self.source.read_window(Window(y0, x0, y1, x1))
+        expected = (self.shape[0], y1 - y0, x1 - x0)
+        if block.shape != expected:
+            raise SourceError(f"{self.source.name}: read_window returned {block.shape}, expected {expected}")
+        return block[bsl]
+
+
+def build_dataarray(data: da.Array, band_names: Sequence[str], *, name: str, nodata=None,
+                    crs=None, transform=None, paths: Sequence[str] = ()) -> xr.DataArray:
+    """Wrap a ``(band, y, x)`` dask array with coordinates, CRS and provenance attributes."""
+    bands, height, width = data.shape
+    if len(band_names) != bands:
+        raise SourceError(f"{name}: {bands} bands but {len(band_names)} band names {list(band_names)}")
+    if len(set(band_names)) != len(band_names):
+        raise SourceError(f"{name}: duplicate band names {list(band_names)}")
+    coords: dict[str, Any] = {"band": list(band_names)}
+    if transform is not None and not transform.is_identity and transform.b == 0 and transform.d == 0:
+        # pixel-centre coordinates, as rioxarray writes them
+        coords["x"] = transform.c + (np.arange(width) + 0.5) * transform.a
+        coords["y"] = transform.f + (np.arange(height) + 0.5) * transform.e
+    arr = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, name="image")
+    arr.attrs["source"] = str(name)
+    arr.attrs["source_paths"] = [str(p) for p in paths]
+    if nodata is not None:
+        arr.attrs["nodata"] = [None if v is None else float(v) for v in nodata]
+    if transform is not None:
+        arr.attrs["transform"] = list(transform)[:6]
+    if crs is not None:
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+        arr = arr.rio.write_crs(crs)
+        if transform is not None:
+            arr = arr.rio.write_transform(transform)
+    return arr

@@ -1,0 +1,208 @@
+"""Window readers: pixels of a scene window by window, and read planning over a store's tiles.
+
+One protocol: ``reader.read_window(window) -> (bands, h, w)`` numpy, with ``shape`` ``(bands, H,
+W)``, ``dtype``, ``bands`` (names), ``tiles`` (``(tile_h, tile_w)``: the store's or source's own
+storage blocks) and ``scene_id``. :class:`ZarrWindows` reads scene stores with zarr directly (no
+dask per read); :class:`SourceWindows` reads anything :func:`~xtstream.data.sources.open_source`
+takes. :func:`open_windows` picks one.
+
+Reading a scene: regions are read in blocks planned by :func:`plan_reads` — a block is either a
+run of regions in one region row, or whole region rows sharing the store's tile rows — so that
+each tile is decoded once where memory allows. A block never exceeds ``max_read_bytes`` (default
+16 MiB) unless one region alone is bigger; past that, tiles taller than a region are decoded once
+per region row instead (exact, only slower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from xtstream._runtime.malloc import limit_arenas
+from xtstream.data.grid import RegionGrid, Window, pad_region
+from xtstream.data.sample import RegionSample
+from xtstream.errors import SourceError, StoreError
+
+DEFAULT_MAX_READ_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class ReadBlock:
+    """One read: ``window`` (inside the scene) covering regions ``start .. stop - 1`` (row-major)."""
+
+    window: Window
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: int,
+               max_read_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[ReadBlock]:
+    """Blocks to read a scene with, in row-major region order (see the module docstring).
+
+    ``chunks``: the store's ``(chunk_h, chunk_w)`` (``None``: any); ``pixel_bytes``: bytes of one
+    pixel over all bands. Several region rows share one full-width block when they lie in the
+    same chunk rows and fit ``max_read_bytes``; otherwise a row is read in runs of regions,
+    cut at chunk-column boundaries where possible.
+    """
+    R, H, W = grid.region, grid.height, grid.width
+    ch, cw = chunks or (R, R)
+    rows, cols = grid.shape
+
+    def band_bytes(r0: int, r1: int) -> int:
+        return (min(r1 * R, H) - r0 * R) * W * pixel_bytes
+
+    blocks: list[ReadBlock] = []
+    r = 0
+    while r < rows:
+        r1 = r + 1
+        while r1 < rows and (r1 * R) % ch and band_bytes(r, r1 + 1) <= max_read_bytes:
+            r1 += 1
+        y0, y1 = r * R, min(r1 * R, H)
+        if r1 - r > 1:
+            blocks.append(ReadBlock(Window(y0, 0, y1, W), r * cols, r1 * cols))
+            r = r1
+            continue
+        c = 0
+        while c < cols:
+            c1 = c + 1
+            while c1 < cols and (min((c1 + 1) * R, W) - c * R) * (y1 - y0) * pixel_bytes <= max_read_bytes:
+                c1 += 1
+            if c1 < cols and (c1 * R) % cw:
+                aligned = [k for k in range(c + 1, c1) if (k * R) % cw == 0]
+                c1 = aligned[-1] if aligned else c1
+            blocks.append(ReadBlock(Window(y0, c * R, y1, min(c1 * R, W)), r * cols + c, r * cols + c1))
+            c = c1
+        r = r1
+    return blocks
+
+
+def decode_passes(blocks: Sequence[ReadBlock], chunks: tuple[int, int], shape: tuple[int, int]) -> float:
+    """How many times, on average, reading ``blocks`` decodes each store chunk (1.0 is ideal)."""
+    ch, cw = chunks
+    decodes = sum((-(-b.window.y1 // ch) - b.window.y0 // ch) * (-(-b.window.x1 // cw) - b.window.x0 // cw)
+                  for b in blocks)
+    return decodes / (-(-shape[0] // ch) * -(-shape[1] // cw))
+
+
+# -- window readers ---------------------------------------------------------------------------
+
+class ZarrWindows:
+    """Windows of a scene store's ``image`` array, read with zarr directly (no dask per read).
+
+    Picklable: holds the path, opens the array lazily in each process.
+    """
+
+    def __init__(self, path: str | Path):
+        from xtstream.data.store import read_status
+
+        self.path = Path(path)
+        status = read_status(self.path)
+        if not status.ours:
+            raise StoreError(f"{self.path}: not an xtstream scene store")
+        if not status.complete:
+            raise StoreError(f"{self.path}: incomplete scene store (its ingest did not finish); "
+                             "rerun `xtstream ingest` to resume it")
+        self.scene_id = str(status.attrs.get("scene_id") or self.path.name.removesuffix(".zarr"))
+        self.attrs = status.attrs
+        arr = self._array()
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.chunks = (int(arr.chunks[1]), int(arr.chunks[2]))
+        self.bands = [str(b) for b in status.attrs.get("band_names") or self._band_coords()]
+        self._arr = None
+
+    def _array(self):
+        import zarr
+
+        from xtstream.data.store import IMAGE_VAR
+
+        return zarr.open_array(self.path, path=IMAGE_VAR, mode="r", zarr_format=3)
+
+    def _band_coords(self) -> list[str]:
+        from xtstream.data.store import open_store
+
+        return [str(b) for b in open_store(self.path)["band"].values]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arr": None}
+
+    def read(self, window: Window) -> np.ndarray:
+        """``(bands, h, w)`` pixels of ``window`` (inside the scene)."""
+        if self._arr is None:
+            self._arr = self._array()
+        return np.asarray(self._arr[:, window.y0:window.y1, window.x0:window.x1])
+
+
+class SourceWindows:
+    """Windows of any raster source (:mod:`xtstream.data.sources`); window sources read directly."""
+
+    def __init__(self, source: Any, chunks: int = 2048):
+        from xtstream.data.sources import WindowedSource, open_source
+
+        self.source = open_source(source)
+        self.scene_id = str(getattr(self.source, "scene_id", None) or Path(str(self.source.name)).name.split(".")[0])
+        if isinstance(self.source, WindowedSource):
+            self.shape, self.dtype = tuple(self.source.shape), np.dtype(self.source.dtype)
+            self.bands = [str(b) for b in self.source.band_names]
+            self.chunks = (chunks, chunks)
+            self._array = None
+        else:
+            arr = self.source.to_dataarray(chunks=chunks)
+            if arr.dims != ("band", "y", "x"):
+                raise SourceError(f"{self.source.name}: dims {arr.dims}, expected (band, y, x)")
+            self.shape, self.dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
+            self.bands = [str(b) for b in arr["band"].values]
+            self.chunks = tuple(int(c) for c in arr.data.chunksize[1:])
+            self._array = arr.data
+
+    def read(self, window: Window) -> np.ndarray:
+        if self._array is None:
+            return np.asarray(self.source.read_window(window))
+        return np.asarray(self._array[:, window.y0:window.y1, window.x0:window.x1].compute())
+
+
+def open_windows(source: Any) -> ZarrWindows | SourceWindows:
+    """A window reader for a scene store path (fast zarr path) or anything :func:`open_source` takes."""
+    from xtstream.data.store import read_status
+
+    if isinstance(source, (ZarrWindows, SourceWindows)):
+        return source
+    if isinstance(source, (str, Path)) and read_status(source).ours:
+        return ZarrWindows(source)
+    return SourceWindows(source)
+
+
+def iter_regions(reader: ZarrWindows | SourceWindows, grid: RegionGrid, start: int = 0,
+                 stop: int | None = None, *, labels: Any = None,
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, scene_id: str | None = None) -> Iterator[RegionSample]:
+    """Regions ``start .. stop - 1`` of a scene in row-major order, zero-padded to ``(bands, R, R)``.
+
+    ``labels``: a :class:`~xtstream.tasks.xview3.labels.SceneLabels` to attach targets and objects.
+    """
+    limit_arenas()
+    stop = len(grid) if stop is None else stop
+    scene_id = scene_id or reader.scene_id
+    pixel_bytes = reader.shape[0] * reader.dtype.itemsize
+    for block in plan_reads(grid, reader.chunks, pixel_bytes, max_read_bytes):
+        if block.stop <= start or block.start >= stop:
+            continue
+        data = reader.read(block.window)
+        for index in range(max(block.start, start), min(block.stop, stop)):
+            win = grid.valid_window(index)
+            ys = slice(win.y0 - block.window.y0, win.y1 - block.window.y0)
+            xs = slice(win.x0 - block.window.x0, win.x1 - block.window.x0)
+            # a copy, so that a region handed on never pins the whole block in memory
+            pixels = np.array(pad_region(data[:, ys, xs], grid.region), copy=True)
+            sample = RegionSample(scene_id, index, grid, pixels)
+            if labels is not None:
+                sample.targets, sample.objects = labels.region_targets(grid, index)
+            yield sample
+        del data
+
+

@@ -1,0 +1,1 @@
+"""Streaming training and prediction over chunks of regions, with context state per scene."""

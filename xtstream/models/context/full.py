@@ -1,0 +1,39 @@
+"""Full-sequence (LLaMA-style) context encoder: every token of a chunk attends to every other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from xtstream.models.context.base import ContextEncoder
+from xtstream.models.context.config import ContextConfig
+from xtstream.models.context.layers import Block, RMSNorm
+from xtstream.models.context.positions import add_positions
+
+
+class FullContext(ContextEncoder):
+    """``kind="full"``: 2D sin-cos positions, ``depth`` pre-norm blocks (RMSNorm, SwiGLU, exact
+    or Hyper attention, no mask), a final RMSNorm — the paper's "(xT) Hyper" setting.
+
+    It keeps no state: it sees one chunk at a time, and ``state`` is ignored (``None`` is
+    returned). To mix the whole scene, the model assembly feeds it the whole scene as one chunk;
+    with ``attention="hyper"`` the cost stays near-linear in the scene's token count.
+    """
+
+    def __init__(self, config: ContextConfig) -> None:
+        super().__init__(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm = RMSNorm(config.dim)
+
+    def forward(self, x: Tensor, pos: Tensor, state: Any = None) -> tuple[Tensor, None]:
+        """``x (B, L, D)``, ``pos (B, L, 2)`` -> ``((B, L, D), None)``."""
+        self.check_inputs(x, pos)
+        h = add_positions(x, pos)
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h), None
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"dim={c.dim}, depth={c.depth}, heads={c.heads}, attention={c.attention!r}"
