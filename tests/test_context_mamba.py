@@ -82,7 +82,7 @@ def test_encoder_matches_mambapy_with_the_same_weights():
 @pytest.mark.parametrize("chunks", [[10, 10, 10, 10], [1, 2, 3, 34], [17, 23]])
 def test_chunked_with_state_equals_unchunked(chunks):
     torch.manual_seed(0)
-    enc = create_context(kind="mamba", dim=D, depth=2, d_state=8, scan_chunk=7).double()
+    enc = create_context(kind="mamba", dim=D, depth=2, d_state=8, scan_block=7).double()
     n = sum(chunks)
     x, pos = torch.randn(2, n, D, dtype=torch.float64), _pos(n).expand(2, n, 2)
     whole, _ = enc(x, pos)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from xtstream.data.chunk import chunked
 from xtstream.models.encoders import (batch_size_for, create_region_encoder, encode_regions,
-                               forward_with_grad_ratio, group_regions, region_cost)
+                                      forward_with_grad_ratio, region_cost)
 from xtstream.errors import ModelConfigError
 from xtstream.data.grid import RegionGrid, extract_region
 from xtstream.data.sample import RegionSample
@@ -74,15 +75,22 @@ def test_grad_checkpointing_gives_the_same_gradients(family):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def batch_sizes(enc):
+    """The batch size of every backbone call (a forward hook)."""
+    sizes = []
+    enc.register_forward_hook(lambda _m, inputs, _o: sizes.append(len(inputs[0])))
+    return sizes
+
+
 def test_encode_regions_keeps_order_across_batches_and_scenes():
     enc = make_encoder("convnext").eval()
     samples = scene_samples("a", 3 * R, 2 * R - 5) + scene_samples("b", R + 1, 2 * R, seed=1)
-    batches = list(encode_regions(iter(samples), enc, batch_size=4))
-    assert [(b.scene_id, b.indices) for b in batches] == [
+    chunks = list(encode_regions(iter(samples), enc, chunk=4, batch_size=4))
+    assert [(c.scene_id, c.indices) for c in chunks] == [
         ("a", [0, 1, 2, 3]), ("a", [4, 5]), ("b", [0, 1, 2, 3])]
-    assert batches[1].ends_scene and batches[2].ends_scene and not batches[0].ends_scene
-    assert batches[0].positions.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
-    flat = [(b.scene_id, i, f) for b in batches for i, f in b.regions()]
+    assert chunks[1].last and chunks[2].last and not chunks[0].last
+    assert chunks[0].positions.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    flat = [(c.scene_id, i, [f[k] for f in c.features]) for c in chunks for k, i in enumerate(c.indices)]
     with torch.no_grad():
         direct = enc(torch.from_numpy(np.stack([s.pixels for s in samples])))
     for k, (scene, index, feats) in enumerate(flat):
@@ -91,22 +99,23 @@ def test_encode_regions_keeps_order_across_batches_and_scenes():
             torch.testing.assert_close(f, d[k], rtol=1e-4, atol=1e-5)
 
 
-def test_a_scene_change_closes_the_batch_even_when_it_is_not_full():
+def test_loose_regions_are_chunked_per_scene_and_a_scene_change_closes_a_chunk():
     a, b = scene_samples("a", R, 3 * R), scene_samples("b", R, R)
-    groups = list(group_regions(a + b + a, 8))
-    assert [[(s.scene_id, s.index) for s in g] for g in groups] == [
-        [("a", 0), ("a", 1), ("a", 2)], [("b", 0)], [("a", 0), ("a", 1), ("a", 2)]]
+    chunks = list(chunked(a + b + a, 8))
+    assert [(c.scene_id, c.indices) for c in chunks] == [("a", [0, 1, 2]), ("b", [0]), ("a", [0, 1, 2])]
 
 
-def test_batch_size_follows_the_memory_budget():
+def test_backbone_batches_follow_the_memory_budget_across_chunks():
     enc = make_encoder("convnext").eval()
     cost_eval = region_cost(enc, train=False)
     cost_train = region_cost(enc, train=True)
     assert 0 < cost_eval < cost_train  # training keeps every activation for backward
     samples = scene_samples("a", 3 * R, 3 * R)
-    with torch.no_grad():
-        sizes = [len(b) for b in encode_regions(samples, enc, memory_budget=4 * cost_eval)]
-    assert sizes == [4, 4, 1]
+    sizes = batch_sizes(enc)
+    with torch.no_grad():  # chunks of 2 regions; the budget fits 4 regions: two chunks per batch
+        chunks = list(encode_regions(samples, enc, chunk=2, memory_budget=4 * cost_eval))
+    assert [len(c) for c in chunks] == [2, 2, 2, 2, 1]
+    assert sizes == [1, 4, 4, 1]  # one region to estimate the per-region cost, then the batches
     assert batch_size_for(cost_eval, cost_eval // 2) == 1  # too small a budget: regions in serial
 
 
@@ -127,7 +136,7 @@ def test_grad_ratio_keeps_outputs_aligned_and_grads_only_where_marked():
 def test_sample_with_wrong_pixel_shape_is_named():
     enc = make_encoder("convnext")
     bad = scene_samples("sceneX", R, R, bands=3)
-    with pytest.raises(ModelConfigError, match=r"region 0 of scene 'sceneX'.*\(3, 64, 64\).*\(2, 64, 64\)"):
+    with pytest.raises(ModelConfigError, match=r"scene 'sceneX', regions 0\.\.0: pixels \(1, 3, 64, 64\).*\(1, 2, 64, 64\)"):
         next(encode_regions(bad, enc, batch_size=2))
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from xtstream.errors import ModelConfigError
-from xtstream.models.heads import (ClassificationHead, XView3Head, decode_xview3, find_peaks, gaussian_heatmap,
-                            to_scene, xview3_loss)
+from xtstream.models.heads import ClassificationHead
+from xtstream.tasks.xview3 import XView3Head, decode_xview3, find_peaks, gaussian_heatmap, to_scene, xview3_loss
 from xtstream.data.grid import RegionGrid
 
 R = 64
@@ -68,7 +68,7 @@ def test_xview3_head_gives_full_resolution_maps_and_grads_everywhere():
     channels, reductions = [8, 16, 32, 64], [4, 8, 16, 32]
     head = XView3Head(channels, reductions, decoder_channels=(16, 8, 8), tail_channels=8)
     feats = [torch.randn(3, c, R // r, R // r) for c, r in zip(channels, reductions)]
-    out = head(feats)
+    out, _ = head(feats)
     assert set(out) == {"vessel", "centre", "length", "is_vessel", "is_fishing"}
     assert all(tuple(v.shape) == (3, 1, R, R) for v in out.values())
     targets = {"vessel": torch.zeros(3, R, R), "centre": torch.zeros(3, R, R),
@@ -93,10 +93,14 @@ def test_xview3_head_refuses_features_it_was_not_built_for():
 def test_classification_pool_over_chunks_equals_the_whole_scene_mean():
     torch.manual_seed(0)
     head = ClassificationHead(12, 4)
-    tokens = torch.randn(2, 50, 12)
-    whole, _ = head(tokens)
+    maps = torch.randn(2, 10, 12, 5, 5)  # two scenes of 10 regions, 5x5 tokens each
+
+    def feats(m):  # (B, C, D, h, w) -> the head's [(B * C, D, h, w)]
+        return [m.flatten(0, 1)]
+
+    whole, _ = head(feats(maps), 2)
     state = None
-    for part in torch.split(tokens, [16, 16, 18], dim=1):
-        logits, state = head(part, state)
+    for part in torch.split(maps, [2, 3, 5], dim=1):
+        logits, state = head(feats(part), 2, state)
     torch.testing.assert_close(logits, whole)
-    assert state.count == 50 and not state.total.requires_grad
+    assert state.count == 250 and not state.total.requires_grad

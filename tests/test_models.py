@@ -8,64 +8,21 @@ import pytest
 import torch
 
 import xtstream
+from conftest import TINY_BACKBONES, TINY_REGION as R, scene_regions as scene, tiny_model as make_model
 from xtstream.errors import ModelConfigError
-from xtstream.models import (ChunkState, XTConfig, list_models, load_checkpoint, save_checkpoint,
-                             token_positions, train_chunks)
-from xtstream.data.grid import RegionGrid, extract_region
-from xtstream.data.sample import RegionSample
+from xtstream.models import (ChunkState, XTConfig, list_models, load_checkpoint, load_model, save_checkpoint,
+                             token_positions)
+from xtstream.engine import train_chunks
+from xtstream.models.context import list_contexts
 
-R = 64
-FAMILIES = {
-    "convnext": ("convnext_atto", {}),
-    "swinv2": ("swinv2_tiny_window8_256", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
-                                               drop_path_rate=0.0)),
-    "hiera": ("hiera_tiny_224", dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1))),
-}
-
-
-def _available_contexts() -> list[str]:
-    kinds = ["none"]
-    try:
-        from xtstream.models.context import create_context
-    except ImportError:
-        return kinds
-    for kind in ("xl", "mamba"):
-        try:
-            create_context(kind=kind, dim=32, depth=1, heads=2)
-        except Exception:  # noqa: BLE001 - a kind this install cannot build is simply not tested
-            continue
-        kinds.append(kind)
-    return kinds
-
-
-CONTEXTS = _available_contexts()
-WITH_STATE = [k for k in CONTEXTS if k != "none"]
+FAMILIES = TINY_BACKBONES
+CONTEXTS = [k for k in list_contexts() if k in ("none", "xl", "mamba", "full")]
+WITH_STATE = [k for k in CONTEXTS if k not in ("none", "full")]
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def make_model(family: str = "convnext", context: str = "none", head: str = "xview3", **kw):
-    name, tiny = FAMILIES[family]
-    opts = dict(region=R, chunk=2, context=context, dim=32, depth=1, heads=2, head=head, in_chans=2,
-                num_classes=5, head_kwargs={"decoder_channels": [16, 8, 8]} if head == "xview3" else {})
-    opts.update(tiny)
-    opts.update(kw)
-    return xtstream.create_model(name, **opts)
-
-
-def scene(scene_id: str, rows: int, cols: int, seed: int = 0) -> list[RegionSample]:
-    grid = RegionGrid(rows * R - 7, cols * R - 3, R)  # zero padding on both edges
-    rng = np.random.default_rng(seed)
-    image = rng.standard_normal((2, grid.height, grid.width)).astype(np.float32)
-    centre = np.zeros((grid.height, grid.width), np.float32)
-    centre[10, 10] = 1.0
-    return [RegionSample(scene_id, i, grid, extract_region(image, grid, i),
-                         targets={"centre": extract_region(centre, grid, i),
-                                  "vessel": extract_region(centre > 0, grid, i).astype(np.float32)})
-            for i in range(len(grid))]
 
 
 def projection_loss(outputs) -> torch.Tensor:
@@ -99,7 +56,7 @@ def test_token_positions_follow_the_scene_token_grid():
                             [4, 0], [4, 1], [5, 0], [5, 1]]
 
 
-@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("context", WITH_STATE + ["none"])
 def test_stream_matches_chunk_by_chunk_forward_and_resets_per_scene(context):
     model = make_model("convnext", context).eval()
     a, b = scene("a", 2, 3), scene("b", 2, 2, seed=1)
@@ -111,8 +68,7 @@ def test_stream_matches_chunk_by_chunk_forward_and_resets_per_scene(context):
         for k, c in enumerate(chunks):
             if k == 3:
                 state = None  # the second scene starts from nothing
-            pixels = torch.from_numpy(np.stack([s.pixels for s in c.samples]))
-            expected, state = model(pixels, c.positions, state)
+            expected, state = model(torch.from_numpy(c.pixels), torch.from_numpy(c.positions), state)
             for name in expected:
                 torch.testing.assert_close(c.outputs[name], expected[name], rtol=1e-4, atol=1e-5)
         alone = list(model.stream(b))
@@ -133,7 +89,7 @@ def test_the_previous_chunk_reaches_the_next_through_the_context(context):
 
 
 @pytest.mark.parametrize("head", ["xview3", "classification"])
-@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("context", WITH_STATE + ["none"])
 def test_gradient_flows_only_inside_a_chunk(context, head):
     model = make_model("convnext", context, head)
     p1 = torch.randn(1, 2, 2, R, R, requires_grad=True)
@@ -159,26 +115,26 @@ def test_train_chunks_steps_once_per_chunk_and_changes_weights():
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     model = make_model("convnext", CONTEXTS[-1]).eval()
     path = save_checkpoint(model, tmp_path / "m.pt", epoch=3)
-    loaded = load_checkpoint(path).eval()
+    loaded = load_model(path).eval()
     assert loaded.config == model.config
     x, pos = torch.randn(2, 2, R, R), torch.tensor([[0, 0], [0, 1]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, pos)[0]["centre"], model(x, pos)[0]["centre"])
-    load_checkpoint(path, make_model("convnext", CONTEXTS[-1], grad_ratio=0.5))  # runtime field only
+    load_checkpoint(make_model("convnext", CONTEXTS[-1], grad_ratio=0.5), path)  # runtime field only
     other = make_model("convnext", CONTEXTS[-1], in_chans=3, chunk=4)
     with pytest.raises(ModelConfigError) as err:
-        load_checkpoint(path, other)
+        load_checkpoint(other, path)
     assert "chunk: checkpoint 2 vs model 4" in str(err.value) and "in_chans: checkpoint 2 vs model 3" in str(err.value)
 
 
 def test_checkpoints_that_are_not_ours_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(ModelConfigError, match="not an xtstream model checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt")
+        load_model(tmp_path / "foreign.pt")
     torch.save({"format": "xtstream-model", "config": XTConfig("convnext_atto"), "state_dict": {}},
                tmp_path / "pickled.pt")  # a pickled object: weights_only loading must refuse it
     with pytest.raises(ModelConfigError, match="weights-only"):
-        load_checkpoint(tmp_path / "pickled.pt")
+        load_model(tmp_path / "pickled.pt")
 
 
 def test_registry_presets_and_parameter_counts():
@@ -194,14 +150,14 @@ def test_registry_presets_and_parameter_counts():
 
 def test_nominal_input_size_is_reported_and_does_not_bind_checkpoints(tmp_path):
     # the call: a timm name, a context kind, and the paper's knobs
-    swin_kw = FAMILIES["swinv2"][1]
+    swin_kw = dict(FAMILIES["swinv2"][1], window_size=8)
     model = xtstream.create_model("swinv2_tiny_window8_256", context="xl", region=R, input=1000, chunk=8,
                                   depth=1, **swin_kw)
     assert "input 1000x1000: 16x16 = 256 regions, 32 chunks per image" in model.summary()
     path = save_checkpoint(model, tmp_path / "m.pt")
     other = xtstream.create_model("swinv2_tiny_window8_256", context="xl", region=R, input=4096, chunk=8,
                                   depth=1, **swin_kw)
-    load_checkpoint(path, other)  # the same weights serve any input size
+    load_checkpoint(other, path)  # the same weights serve any input size
     with pytest.raises(ModelConfigError, match="input 32 px is smaller than one region of 64 px"):
         xtstream.create_model("convnext_atto", region=R, input=32)
 
@@ -211,21 +167,24 @@ def test_bad_configurations_name_both_sides():
         xtstream.create_model("convnext_tyni")
     with pytest.raises(ModelConfigError, match="convnext_atto.*region size 200"):
         xtstream.create_model("convnext_atto", region=200)
-    with pytest.raises(ModelConfigError, match="context 'lstm' is not one of"):
+    with pytest.raises(ModelConfigError, match=r"context 'lstm' is not a registered context encoder; known: \[.*'xl'"):
         xtstream.create_model("convnext_atto", context="lstm")
+    with pytest.raises(ModelConfigError, match=r"head 'segment' is not a registered head; known: \[.*'xview3'"):
+        xtstream.create_model("convnext_atto", head="segment")
 
 
 @pytest.mark.parametrize("context", WITH_STATE)
 def test_feature_dims_that_do_not_fit_the_context_are_named(context):
     from xtstream.models.context import create_context
 
-    with pytest.raises(ModelConfigError, match=r"320-channel tokens.*dim=32"):
+    with pytest.raises(ModelConfigError, match=r"64-channel tokens.*dim=32"):
         make_model("convnext", context, project=False)
-    with pytest.raises(ModelConfigError, match=r"dim=48.*320 channels.*dim=32"):
+    with pytest.raises(ModelConfigError, match=r"dim=48.*64 channels.*dim=32"):
         from xtstream.models import XTModel
         from xtstream.models.config import config_from_kwargs
 
-        XTModel(config_from_kwargs("convnext_atto", region=R, context=context, dim=32, depth=1, heads=2),
+        XTModel(config_from_kwargs("convnext_atto", region=R, context=context, dim=32, depth=1, heads=2,
+                                   **TINY_BACKBONES["convnext"][1]),
                 context_encoder=create_context(kind=context, dim=48, depth=1, heads=2))
 
 

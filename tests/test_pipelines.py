@@ -35,7 +35,7 @@ def test_xview3_preprocess_archive_to_labelled_shards(tmp_path, capsys):
     merged = read_labels(work / "labels.csv")
     assert sorted(merged) == ["s1", "s2"]
     assert sum(len(merged[s.scene_id]) for s in scenes) == sum(len(s.objects) for s in scenes)
-    for scene in read_scenes(work / "shards"):  # the shards hold exactly the ingested scenes
+    for scene in read_scenes(work / "shards").scenes():  # the shards hold exactly the ingested scenes
         image = open_store(work / "stores" / f"{scene.scene_id}.zarr")["image"].values
         regions = [sample.pixels for sample in scene]
         assert np.array_equal(assemble_regions(regions, grids[scene.scene_id]), image)

@@ -15,7 +15,7 @@ from xtstream.cli import main as cli_main
 from xtstream.data.ingest import ingest
 from xtstream.tasks.xview3.labels import read_labels
 from xtstream.data.grid import RegionGrid, assemble_regions
-from xtstream.data.shards import RegionChunks, read_scenes, shard_stores
+from xtstream.data.shards import read_scenes, shard_stores
 from xtstream.data.sources import ArraySource
 from xtstream.data.streams import open_scene, stream_scenes
 
@@ -84,7 +84,7 @@ def test_shards_are_byte_identical_to_webdataset_tarwriter(shards):
 
 def test_round_trip_is_exact_and_row_major_across_shards(shards, images):
     out, doc = shards
-    scenes = list(read_scenes(out, verify=True))
+    scenes = list(read_scenes(out, verify=True).scenes())
     assert [s.scene_id for s in scenes] == list(SCENES)
     for scene in scenes:
         assert len(scene.info["shards"]) > 1 or len(scene.grid) <= 5
@@ -97,11 +97,11 @@ def test_round_trip_is_exact_and_row_major_across_shards(shards, images):
 def test_reading_plain_tar_list_and_glob(shards, images):
     out, _ = shards
     tars = sorted(str(p) for p in out.glob("*.tar"))[::-1]  # order of the list does not matter within a scene
-    by_id = {s.scene_id: s for s in read_scenes(tars)}
+    by_id = {s.scene_id: s for s in read_scenes(tars).scenes()}
     assert set(by_id) == set(SCENES)
     beta = by_id["alpha.v1"]
     assert np.array_equal(assemble_regions([r.pixels for r in beta], beta.grid), images["alpha.v1"])
-    assert {s.scene_id for s in read_scenes(str(out / "*.tar"))} == set(SCENES)
+    assert {s.scene_id for s in read_scenes(str(out / "*.tar")).scenes()} == set(SCENES)
 
 
 # stock WebDataset 1.0.2 leaves its tar files open (ResourceWarning at collection): its bug, not ours
@@ -123,8 +123,8 @@ def test_stock_webdataset_reads_the_shards(shards, images):
 
 def test_shards_equal_direct_path(shards, stores):
     out, _ = shards
-    from_shards = {s.scene_id: [r.pixels for r in s] for s in read_scenes(out)}
-    for scene in stream_scenes(stores, 32):
+    from_shards = {s.scene_id: [r.pixels for r in s] for s in read_scenes(out).scenes()}
+    for scene in stream_scenes(stores, 32).scenes():
         direct = [r.pixels for r in scene]
         assert len(direct) == len(from_shards[scene.scene_id])
         assert all(np.array_equal(a, b) for a, b in zip(direct, from_shards[scene.scene_id]))
@@ -134,18 +134,51 @@ def test_shards_equal_direct_path(shards, stores):
 @pytest.mark.parametrize("workers", [2, 3])
 def test_dataloader_workers_keep_scenes_whole_and_ordered(shards, workers):
     out, _ = shards
-    loader = torch.utils.data.DataLoader(RegionChunks(read_scenes(out), chunk_size=4), batch_size=None,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(read_scenes(out, chunk=4), batch_size=None, num_workers=workers)
     seen, worker_of = defaultdict(list), {}
-    for item in loader:
-        sid = item["scene_id"]
-        assert worker_of.setdefault(sid, item["worker"]) == item["worker"]  # one worker per scene
-        seen[sid].extend(item["indices"].tolist())
-        assert item["pixels"].shape[1:] == (2, 32, 32) and item["positions"].shape == (len(item["indices"]), 2)
+    for chunk in loader:
+        sid = chunk.scene_id
+        assert worker_of.setdefault(sid, chunk.info["worker"]) == chunk.info["worker"]  # one worker per scene
+        seen[sid].extend(chunk.indices)
+        assert chunk.pixels.shape[1:] == (2, 32, 32) and chunk.positions.shape == (len(chunk), 2)
     assert set(seen) == set(SCENES)
     for sid, order in seen.items():
         assert order == list(range(len(RegionGrid(*SCENES[sid], 32))))  # row-major, complete
     assert len(set(worker_of.values())) == workers
+
+
+def _model_outputs(model, chunks) -> dict:
+    with torch.no_grad():
+        return {(c.scene_id, c.start): c.outputs["centre"].clone() for c in model.stream(chunks)}
+
+
+@pytest.fixture(scope="module")
+def region32_model():
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    return tiny_model(context="xl", region=32, chunk=3, depth=2).eval()
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("workers", [0, 2, 3])
+@pytest.mark.parametrize("reader", ["shards", "stores"])
+def test_model_over_a_dataloader_equals_one_process(shards, stores, region32_model, workers, reader):
+    """The contract: DataLoader(read_scenes(DIR, chunk=C), batch_size=None, num_workers=N) through
+    model.stream gives every chunk the outputs one process gives, although workers interleave
+    scenes (4 scenes, more than workers)."""
+    out, _ = shards
+
+    def dataset():
+        return read_scenes(out, chunk=3) if reader == "shards" else stream_scenes(stores, 32, chunk=3)
+
+    one_process = _model_outputs(region32_model, dataset())
+    loader = torch.utils.data.DataLoader(dataset(), batch_size=None, num_workers=workers)
+    through_loader = _model_outputs(region32_model, loader)
+    assert through_loader.keys() == one_process.keys()
+    assert {sid for sid, _ in one_process} == set(SCENES)
+    for key, value in one_process.items():
+        torch.testing.assert_close(through_loader[key], value, rtol=1e-4, atol=1e-4, msg=str(key))
 
 
 def test_nodes_split_by_scene(shards, monkeypatch):
@@ -154,7 +187,7 @@ def test_nodes_split_by_scene(shards, monkeypatch):
     for rank in range(2):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        got.append([s.scene_id for s in read_scenes(out, shuffle=True, seed=4)])
+        got.append([s.scene_id for s in read_scenes(out, shuffle=True, seed=4).scenes()])
     assert not set(got[0]) & set(got[1]) and sorted(got[0] + got[1]) == sorted(SCENES)
 
 
@@ -165,7 +198,7 @@ def test_shuffle_permutes_scenes_not_regions(shards):
     for epoch in range(6):
         scenes.set_epoch(epoch)
         ids = []
-        for s in scenes:
+        for s in scenes.scenes():
             ids.append(s.scene_id)
             assert [r.index for r in s] == list(range(len(s.grid)))
         orders.add(tuple(ids))
@@ -175,9 +208,9 @@ def test_shuffle_permutes_scenes_not_regions(shards):
 
 def test_prefetch_and_chunks(shards):
     out, _ = shards
-    scene = next(iter(read_scenes(out, prefetch=3)))
+    scene = next(read_scenes(out, prefetch=3).scenes())
     chunks = list(scene.chunks(4))
-    assert [r.index for c in chunks for r in c] == list(range(len(scene.grid)))
+    assert [i for c in chunks for i in c.indices] == list(range(len(scene.grid)))
     assert all(len(c) == 4 for c in chunks[:-1])
 
 
@@ -189,7 +222,7 @@ def test_labels_become_targets_and_objects(small_scene, tmp_path):
     assert doc["scenes"][0]["objects"] == len(small_scene.objects) and len(doc["shards"]) > 1
     labels = read_labels(small_scene.labels)[small_scene.scene_id]
     direct = list(open_scene(store, 128, labels=labels))
-    sharded = list(next(iter(read_scenes(tmp_path / "sh"))))
+    sharded = list(next(read_scenes(tmp_path / "sh").scenes()))
     assert len(direct) == len(sharded)
     n_objects = 0
     for a, b in zip(direct, sharded):

@@ -69,7 +69,7 @@ def test_interrupted_run_resumes_without_rewriting(stores, clean, tmp_path, monk
     before = _state(out)
     assert 1 <= len(before) < len(_state(clean))  # some shards finished before the crash, not all
     with pytest.raises(ShardError):  # no manifest yet: not a finished shard set
-        list(read_scenes(out))
+        list(read_scenes(out).scenes())
 
     shard_stores(stores, out, region=16, max_count=9, scheduler="sync", progress=False)
     after = _state(out)
@@ -111,7 +111,7 @@ def test_other_run_in_same_directory_refused(stores, clean, tmp_path):
     with pytest.raises(ShardError, match="another run.*region"):
         shard_stores(stores, out, region=32, progress=False)
     shard_stores(stores, out, region=32, overwrite=True, progress=False)
-    assert next(iter(read_scenes(out))).grid.region == 32
+    assert next(read_scenes(out).scenes()).grid.region == 32
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -144,12 +144,12 @@ def test_truncated_or_corrupt_tar_named(clean, tmp_path, cut):
         data[sample + 10: sample + 110] = b"\xff" * 100
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="one-00001.tar"):
-        for scene in read_scenes(out):
+        for scene in read_scenes(out).scenes():
             list(scene)
     # without the manifest the tar itself gives the damage away
     tars = [str(p) for p in sorted(out.glob("one-*.tar"))]
     with pytest.raises(ShardError, match=r"one-00001\.tar: (truncated|corrupt)"):
-        list(next(iter(read_scenes(tars))))
+        list(next(read_scenes(tars).scenes()))
 
 
 def test_skip_bad_counts_and_reports(clean, tmp_path, images):
@@ -157,7 +157,7 @@ def test_skip_bad_counts_and_reports(clean, tmp_path, images):
     shard = out / "one-00001.tar"
     shard.write_bytes(shard.read_bytes()[:-3000])
     scenes = read_scenes(out, skip_bad=True)
-    regions = {s.scene_id: [r.index for r in s] for s in scenes}
+    regions = {s.scene_id: [r.index for r in s] for s in scenes.scenes()}
     assert regions["one"] == list(range(9)) + list(range(18, 70))  # the damaged shard's 9 regions are gone
     assert len(regions["two"]) == 30
     assert len(scenes.bad) == 1 and "one-00001.tar" in scenes.report()
@@ -178,9 +178,9 @@ def test_sample_without_json_named_and_skippable(clean, tmp_path):
     tars = [str(p) for p in sorted(out.glob("one-*.tar"))]
     _rewrite(tars[1], lambda key, f: {"npy": f["npy"]} if key.endswith("00001_00002") else f)
     with pytest.raises(ShardError, match=r"one-00001\.tar: sample one/00001_00002: sample has no \.json"):
-        list(next(iter(read_scenes(tars))))
+        list(next(read_scenes(tars).scenes()))
     scenes = read_scenes(tars, skip_bad=True)
-    got = [r.index for r in next(iter(scenes))]
+    got = [r.index for r in next(scenes.scenes())]
     assert got == [i for i in range(70) if i != 12] and len(scenes.bad) == 1
 
 
@@ -193,7 +193,7 @@ def test_pickled_npy_is_refused_never_loaded(clean, tmp_path):
     np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     _rewrite(tars[0], lambda key, f: {**f, "npy": buf.getvalue()} if key.endswith("00000_00003") else f)
     with pytest.raises(ShardError, match=r"00000_00003\.npy: not a valid \.npy.*allow_pickle"):
-        list(next(iter(read_scenes(tars))))
+        list(next(read_scenes(tars).scenes()))
 
 
 def test_shard_from_another_grid_named(stores, clean, tmp_path):
@@ -203,11 +203,11 @@ def test_shard_from_another_grid_named(stores, clean, tmp_path):
     shutil.copy(other / "one-00001.tar", out / "one-00001.tar")
     tars = [str(p) for p in sorted(out.glob("one-*.tar"))]
     with pytest.raises(ShardError, match=r"one-00001\.tar: sample one/\d+_\d+: region size 8, expected 16"):
-        list(next(iter(read_scenes(tars))))
+        list(next(read_scenes(tars).scenes()))
     with pytest.raises(ShardError, match="region 16, expected 8"):
-        next(iter(read_scenes(tars, region=8)))
+        next(read_scenes(tars, region=8).scenes())
     with pytest.raises(ShardError, match="manifest lists"):  # with the manifest: size differs
-        list(next(iter(read_scenes(out))))
+        list(next(read_scenes(out).scenes()))
 
 
 def test_out_of_order_shards_detected(clean, tmp_path):
@@ -218,7 +218,7 @@ def test_out_of_order_shards_detected(clean, tmp_path):
     os.rename(out / "tmp.tar", b)
     tars = [str(p) for p in sorted(out.glob("one-*.tar"))]
     with pytest.raises(ShardError, match=r"region 18 follows region 8"):
-        list(next(iter(read_scenes(tars))))
+        list(next(read_scenes(tars).scenes()))
 
 
 def test_bad_labels_named(stores, tmp_path):
@@ -237,7 +237,7 @@ def test_verify_checks_checksums(clean, tmp_path):
     data = bytearray(shard.read_bytes())
     data[2036] ^= 0xFF  # inside the first sample's pixels (after its .json and the .npy header)
     shard.write_bytes(bytes(data))
-    assert sum(1 for s in read_scenes(out) for _ in s) == 100  # unnoticed without verify
+    assert sum(1 for s in read_scenes(out).scenes() for _ in s) == 100  # unnoticed without verify
     with pytest.raises(ShardError, match="SHA-256 differs"):
-        for s in read_scenes(out, verify=True):
+        for s in read_scenes(out, verify=True).scenes():
             list(s)

@@ -84,7 +84,7 @@ def test_chunks_are_row_major_runs(store):
     scene = open_scene(store, 64)
     chunks = list(scene.chunks(5))
     assert [len(c) for c in chunks] == [5] * (len(scene) // 5) + ([len(scene) % 5] if len(scene) % 5 else [])
-    assert [r.index for c in chunks for r in c] == list(range(len(scene)))
+    assert [i for c in chunks for i in c.indices] == list(range(len(scene)))
 
 
 class Counting(WindowedSource):
@@ -140,7 +140,7 @@ def test_split_scenes_partitions_by_scene():
 
 
 def test_stream_scenes_interface(store, image):
-    scenes = list(stream_scenes([store, ArraySource(image[:, :50, :60], scene_id="small")], 64))
+    scenes = list(stream_scenes([store, ArraySource(image[:, :50, :60], scene_id="small")], 64).scenes())
     assert [s.scene_id for s in scenes] == ["direct", "small"]
     assert [len(list(s)) for s in scenes] == [len(RegionGrid(203, 317, 64)), 1]
 

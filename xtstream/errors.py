@@ -31,3 +31,7 @@ class LabelError(XTStreamError, ValueError):
 
 class ModelConfigError(XTStreamError, ValueError):
     """Parts of a model (backbone, region size, context encoder, checkpoint) do not fit together."""
+
+
+class StreamOrderError(XTStreamError, ValueError):
+    """Chunks of a scene arrived out of order, with a gap, or too many scenes are open at once."""

@@ -61,8 +61,9 @@ def _train_pass(args: argparse.Namespace, manifest: Path, t_start: float) -> Non
     """One streaming pass of training over the shards: a step per chunk, memory bounded by a chunk."""
     import torch
 
-    from xtstream.models import create_model, train_chunks
     from xtstream.data.shards import read_scenes
+    from xtstream.engine import train_chunks
+    from xtstream.models import create_model
 
     torch.manual_seed(args.seed)
     bands = json.loads(manifest.read_text())["scenes"][0]["bands"]
@@ -74,9 +75,9 @@ def _train_pass(args: argparse.Namespace, manifest: Path, t_start: float) -> Non
 
     scenes = json.loads(manifest.read_text())["scenes"]
     steps = sum(-(-sc["regions"] // model.config.chunk) for sc in scenes)
-    regions = (sample for scene in read_scenes(manifest.parent) for sample in scene)
+    chunks = read_scenes(manifest.parent, chunk=model.config.chunk)
     losses = []
-    records = train_chunks(model, regions, optimizer, device=device, clip_grad_norm=1.0)
+    records = train_chunks(model, chunks, optimizer, device=device, clip_grad_norm=1.0)
     for record in tqdm(records, total=steps, desc="train", unit="chunk"):
         losses.append(record["loss"])
     seconds = time.perf_counter() - t_start

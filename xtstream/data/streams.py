@@ -1,10 +1,12 @@
 """Scenes as ordered streams of regions — the interface every reader yields — and the direct path.
 
-``for scene in scenes: for chunk in scene.chunks(C): …`` — a :class:`SceneStream` knows its
-``scene_id`` and :class:`~xtstream.data.grid.RegionGrid` (enough to place every region back) and
-yields :class:`~xtstream.data.sample.RegionSample` in row-major order. :func:`stream_scenes` builds
-them straight from Zarr scene stores or any raster source (no shards); :mod:`xtstream.data.shards`
-builds the same from WebDataset shards.
+A :class:`SceneStream` knows its ``scene_id`` and :class:`~xtstream.data.grid.RegionGrid` (enough
+to place every region back); iterating it yields :class:`~xtstream.data.sample.RegionSample` in
+row-major order, ``scene.chunks(C)`` yields :class:`~xtstream.data.chunk.RegionChunk`.
+:func:`open_scene` opens one scene straight from a Zarr scene store or any raster source;
+:func:`stream_scenes` opens many, as a ``torch`` ``IterableDataset`` of chunks
+(:class:`~xtstream.data.dataset.SceneChunks`) — the same interface
+:func:`xtstream.data.shards.read_scenes` gives over WebDataset shards.
 
 Reading a store: regions are read in blocks planned by :func:`plan_reads` — a block is either a
 run of regions in one region row, or whole region rows sharing the store's chunk rows — so that
@@ -24,12 +26,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from xtstream._runtime.prefetch import prefetched
+from xtstream.data.chunk import RegionChunk, chunked
 from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
 from xtstream.data.split import split_scenes
 from xtstream.data.windows import DEFAULT_MAX_READ_BYTES, iter_regions, open_windows
 
 T = TypeVar("T")
+#: regions per chunk when a reader is not told (the model's default chunk too)
+DEFAULT_CHUNK = 4
 
 
 class SceneStream:
@@ -57,9 +62,10 @@ class SceneStream:
         it = self._regions()
         return prefetched(it, self.prefetch) if self.prefetch > 0 else it
 
-    def chunks(self, size: int) -> Iterator[list[RegionSample]]:
-        """Consecutive lists of at most ``size`` regions (context chunks), in row-major order."""
-        return batched(iter(self), size)
+    def chunks(self, size: int) -> Iterator[RegionChunk]:
+        """Consecutive :class:`RegionChunk` of at most ``size`` regions, in row-major order (a region
+        a reader skipped as bad closes a chunk early: see :func:`~xtstream.data.chunk.chunked`)."""
+        return chunked(iter(self), size)
 
     def __repr__(self) -> str:
         return f"SceneStream({self.scene_id!r}, grid={self.grid.rows}x{self.grid.cols}, region={self.grid.region})"
@@ -84,7 +90,7 @@ def open_scene(source: Any, region: int, *, labels: Any = None, prefetch: int = 
     """One scene straight from a Zarr scene store or any raster source, as a :class:`SceneStream`.
 
     >>> scene = open_scene("scene.zarr", region=512)                  # doctest: +SKIP
-    >>> for chunk in scene.chunks(16): ...                            # lists of RegionSample
+    >>> for chunk in scene.chunks(16): ...                            # RegionChunk of 16 regions
     """
     reader = open_windows(source)
     bands, height, width = reader.shape
@@ -96,7 +102,7 @@ def open_scene(source: Any, region: int, *, labels: Any = None, prefetch: int = 
                        bands=reader.bands, prefetch=prefetch, info={"source": str(getattr(reader, "path", ""))})
 
 
-class SourceScenes:
+class SourceSceneSet:
     """Several sources as scenes, split by node/worker and optionally shuffled at each iteration.
 
     Re-iterable; call :meth:`set_epoch` between epochs to reshuffle. Safe to hand to DataLoader
@@ -122,12 +128,21 @@ class SourceScenes:
                              prefetch=self.prefetch, max_read_bytes=self.max_read_bytes)
 
 
-def stream_scenes(sources: Sequence[Any] | Any, region: int, **kw: Any) -> SourceScenes:
-    """Scenes straight from stores/sources, same interface as :func:`xtstream.data.shards.read_scenes`.
+def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEFAULT_CHUNK,
+                  **kw: Any) -> "SceneChunks":
+    """Scenes straight from stores/sources as chunks: the interface of :func:`xtstream.read_scenes`.
 
-    ``kw``: ``labels`` (``{scene_id: SceneLabels}`` from :func:`xtstream.tasks.xview3.labels.read_labels`),
-    ``shuffle``, ``seed``, ``by_node``, ``by_worker``, ``prefetch``, ``max_read_bytes``.
+    Returns a ``torch.utils.data.IterableDataset`` of :class:`RegionChunk` (``chunk`` regions each,
+    a scene's last chunk shorter), scene after scene; ``.scenes()`` iterates the scenes
+    themselves. Give it to a ``DataLoader(..., batch_size=None, num_workers=N)``: scenes are split
+    between workers (and nodes) whole, so each scene's chunks stay in order.
+
+    ``kw``: ``labels`` (``{scene_id: labels}`` with a ``region_targets(grid, index)`` method, e.g.
+    from :func:`xtstream.tasks.xview3.labels.read_labels`), ``shuffle``, ``seed``, ``by_node``,
+    ``by_worker``, ``prefetch``, ``max_read_bytes``.
     """
+    from xtstream.data.dataset import SceneChunks
+
     if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence):
         sources = [sources]
-    return SourceScenes(sources, region, **kw)
+    return SceneChunks(SourceSceneSet(sources, region, **kw), chunk)

@@ -1,8 +1,11 @@
-"""Training one chunk at a time: forward, loss, backward and step per chunk, memory detached between.
+"""Training one chunk at a time: forward, loss, backward and step per chunk group, memory detached
+between.
 
-This is what bounds training memory on giant scenes: only the current chunk's graph is alive, the
-context state carried to the next chunk has no gradient (``detach_state=True``, the default), and
-the classification pool is detached too. Gradient therefore flows only inside a chunk.
+This is what bounds training memory on giant scenes: only the current group's graph is alive, the
+context state carried to the scene's next chunk has no gradient (``detach_state=True``, the
+default), and the classification pool is detached too. Gradient therefore flows only inside a
+chunk. Chunks of several scenes may arrive interleaved (DataLoader workers): the engine keeps one
+state per scene.
 """
 
 from __future__ import annotations
@@ -12,20 +15,20 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from xtstream.models.encoders import stack_targets
+from xtstream.data.chunk import RegionChunk
 from xtstream.errors import ModelConfigError
-from xtstream.models.heads import XVIEW3_OUTPUTS, xview3_loss
-from xtstream.data.sample import RegionSample
-from xtstream.models.xt import ChunkOutput, XTModel
+from xtstream.models.encoders import stack_targets
+from xtstream.tasks.xview3.head import OUTPUTS as XVIEW3_OUTPUTS
+from xtstream.tasks.xview3.head import xview3_loss
 
-LossFn = Callable[[ChunkOutput], Tensor]
+LossFn = Callable[[RegionChunk], Tensor]
 
 
-def xview3_chunk_loss(chunk: ChunkOutput) -> Tensor:
-    """:func:`~xtstream.models.heads.xview3_loss` of a chunk against its samples' target maps."""
+def xview3_chunk_loss(chunk: RegionChunk) -> Tensor:
+    """:func:`~xtstream.tasks.xview3.head.xview3_loss` of a chunk's outputs against its target maps."""
     device = next(iter(chunk.outputs.values())).device
     names = list(XVIEW3_OUTPUTS) + ["fishing", "center"]
-    targets = stack_targets(chunk.samples, names, device)
+    targets = stack_targets([chunk], names, device)
     if not targets:
         raise ModelConfigError(f"scene {chunk.scene_id!r}, regions {chunk.indices}: no target maps "
                                f"named any of {names}")
@@ -33,15 +36,18 @@ def xview3_chunk_loss(chunk: ChunkOutput) -> Tensor:
     return loss
 
 
-def train_chunks(model: XTModel, regions: Iterable[RegionSample], optimizer: torch.optim.Optimizer,
+def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimizer,
                  loss_fn: LossFn | None = None, *, device: torch.device | str | None = None,
                  grad_ratio: float | None = None, clip_grad_norm: float | None = None,
-                 generator: torch.Generator | None = None) -> Iterator[dict[str, Any]]:
-    """Train on a stream of scenes, one optimizer step per chunk; yields per-chunk records.
+                 generator: torch.Generator | None = None, scenes_per_step: int = 1
+                 ) -> Iterator[dict[str, Any]]:
+    """Train on a stream of region chunks (or regions), one optimizer step per chunk group.
 
     ``loss_fn(chunk) -> scalar`` (default: :func:`xview3_chunk_loss` for the xview3 head; a
     classification model needs one, e.g. cross-entropy of ``chunk.outputs`` against a label
-    looked up by ``chunk.scene_id``). Records: ``scene_id``, ``indices``, ``loss``.
+    looked up by ``chunk.scene_id``). ``scenes_per_step``: chunks of that many scenes at the same
+    grid positions, when they arrive one after another, are stepped together (their losses
+    averaged). Records: ``scene_id`` (the first of the group), ``scenes``, ``indices``, ``loss``.
     """
     if loss_fn is None:
         if model.config.head != "xview3":
@@ -53,11 +59,13 @@ def train_chunks(model: XTModel, regions: Iterable[RegionSample], optimizer: tor
                                "with a carried graph the next chunk's backward would re-enter it")
     model.train()
     with torch.enable_grad():
-        for chunk in model.stream(regions, device=device, grad_ratio=grad_ratio, generator=generator):
-            loss = loss_fn(chunk)
+        for group in model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
+                                         scenes_per_group=scenes_per_step):
+            loss = sum(loss_fn(c) for c in group) / len(group)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
-            yield {"scene_id": chunk.scene_id, "indices": chunk.indices, "loss": float(loss.detach())}
+            yield {"scene_id": group[0].scene_id, "scenes": [c.scene_id for c in group],
+                   "indices": group[0].indices, "loss": float(loss.detach())}

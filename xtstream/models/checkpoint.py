@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from xtstream.errors import ModelConfigError
 from xtstream.models.config import XTConfig
@@ -43,13 +45,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: str | Path, model: XTModel | None = None) -> XTModel:
-    """Load weights into ``model``, or into a new model built from the saved config.
+def load_checkpoint(model: XTModel | None, path: str | Path | None = None) -> XTModel:
+    """Load the weights at ``path`` into ``model`` (timm's and :func:`save_checkpoint`'s order), or
+    into a new model built from the saved config when ``model`` is ``None``.
 
     When ``model`` is given, its config must match the saved one (fields that only change how a
     model runs, like ``grad_ratio``, may differ); otherwise a :class:`ModelConfigError` names every
-    differing field with both values.
+    differing field with both values. The old order ``load_checkpoint(path, model=None)`` still
+    works, with a warning.
     """
+    if isinstance(model, (str, Path)) and (path is None or isinstance(path, nn.Module)):
+        warnings.warn("load_checkpoint(path, model) is deprecated: use load_checkpoint(model, path) "
+                      "or load_model(path)", DeprecationWarning, stacklevel=2)
+        model, path = path, model
     payload = read_checkpoint(path)
     saved: XTConfig = payload["config"]
     if model is None:
@@ -64,3 +72,8 @@ def load_checkpoint(path: str | Path, model: XTModel | None = None) -> XTModel:
         raise ModelConfigError(f"checkpoint {path} does not fit the model built from its config: "
                                f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+def load_model(path: str | Path) -> XTModel:
+    """A new model built from the config saved at ``path``, with its weights."""
+    return load_checkpoint(None, path)

@@ -7,14 +7,12 @@ from typing import Any
 
 from xtstream.errors import ModelConfigError
 
-CONTEXT_KINDS = ("none", "xl", "full", "mamba")
-HEADS = ("classification", "xview3")
 #: fields that change how a model runs, not what its weights are: ignored when matching checkpoints
 RUNTIME_FIELDS = ("backbone_weights", "grad_checkpointing", "grad_ratio", "input")
 #: ContextConfig fields the config names itself (the rest go through ``context_kwargs``)
 _OWN_CONTEXT_FIELDS = ("kind", "dim", "depth", "heads")
-#: ContextConfig knobs known even before xtstream.models.context is importable
-_KNOWN_CONTEXT_KNOBS = ("mem_len", "attention", "mlp_ratio", "dropout", "detach_state")
+#: names older versions used, read from saved configs: old -> new
+_RENAMED_CONTEXT_KNOBS = {"scan_chunk": "scan_block"}
 
 
 @dataclass
@@ -52,10 +50,14 @@ class XTConfig:
     input: int | None = None
 
     def __post_init__(self) -> None:
-        if self.context not in CONTEXT_KINDS:
-            raise ModelConfigError(f"context {self.context!r} is not one of {CONTEXT_KINDS}")
-        if self.head not in HEADS:
-            raise ModelConfigError(f"head {self.head!r} is not one of {HEADS}")
+        from xtstream.models.context import list_contexts
+        from xtstream.models.heads import list_heads
+
+        if self.context not in list_contexts():
+            raise ModelConfigError(f"context {self.context!r} is not a registered context encoder; "
+                                   f"known: {list_contexts()}")
+        if self.head not in list_heads():
+            raise ModelConfigError(f"head {self.head!r} is not a registered head; known: {list_heads()}")
         for name in ("region", "in_chans", "chunk", "depth", "heads", "num_classes"):
             if int(getattr(self, name)) < 1:
                 raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,6 +79,12 @@ class XTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelConfigError(f"config has fields this version does not know: {unknown}")
+        data = dict(data)
+        ctx = dict(data.get("context_kwargs") or {})
+        for old, new in _RENAMED_CONTEXT_KNOBS.items():
+            if old in ctx:
+                ctx[new] = ctx.pop(old)
+        data["context_kwargs"] = ctx
         return cls(**data)
 
     def differences(self, other: "XTConfig", *, runtime: bool = False) -> dict[str, tuple[Any, Any]]:
@@ -96,10 +104,8 @@ def _plain(value: Any) -> Any:
 
 def context_knobs() -> tuple[str, ...]:
     """ContextConfig field names other than kind/dim/depth/heads (from the real class if present)."""
-    try:
-        from xtstream.models.context import ContextConfig
-    except ImportError:
-        return _KNOWN_CONTEXT_KNOBS
+    from xtstream.models.context import ContextConfig
+
     return tuple(f.name for f in fields(ContextConfig) if f.name not in _OWN_CONTEXT_FIELDS)
 
 

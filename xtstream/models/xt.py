@@ -10,7 +10,9 @@ One chunk of ``C`` regions of one scene at a time:
    scene's previous chunk returned → projection back (added to the tokens when ``residual``);
 4. the tokens are folded back into the regions' last maps, and the head decodes.
 
-:meth:`XTModel.stream` runs a whole scene's region iterator this way and never builds the image.
+:meth:`XTModel.stream` runs streams of region chunks this way — one context state per open scene,
+so chunks of many scenes may interleave — and never builds the image (except ``context="full"``,
+which must see a scene's tokens at once: the non-streaming reference).
 """
 
 from __future__ import annotations
@@ -21,37 +23,22 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from xtstream.models.encoders import RegionEncoder, create_region_encoder, encode_regions, forward_with_grad_ratio
-from xtstream.errors import ModelConfigError
-from xtstream.models.heads import ClassificationHead, PoolState, XView3Head
-from xtstream.data.grid import RegionGrid
+from xtstream.data.chunk import RegionChunk
 from xtstream.data.sample import RegionSample
+from xtstream.errors import ModelConfigError
 from xtstream.models.config import XTConfig
+from xtstream.models.context import ContextConfig, create_context
+from xtstream.models.encoders import RegionEncoder, create_region_encoder, forward_with_grad_ratio
+from xtstream.models.heads import create_head
 
 
 @dataclass
 class ChunkState:
-    """What one chunk hands to the next chunk of the same scene."""
+    """What one chunk hands to the next chunk of the same scene(s): the context encoder's state
+    and the head's (e.g. a classification pool)."""
 
     context: Any = None
-    pool: PoolState | None = None
-
-
-@dataclass
-class ChunkOutput:
-    """The outputs of one chunk: ``outputs`` is ``{name: (n, 1, R, R)}`` (xview3) or the scene's
-    logits so far ``(1, num_classes)`` (classification; final when ``ends_scene``)."""
-
-    scene_id: str
-    grid: RegionGrid
-    indices: list[int]
-    positions: Tensor
-    outputs: Any
-    samples: list[RegionSample]
-
-    @property
-    def ends_scene(self) -> bool:
-        return self.indices[-1] == len(self.grid) - 1
+    head: Any = None
 
 
 def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
@@ -66,11 +53,6 @@ def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
 
 
 def _build_context(config: XTConfig, dim: int) -> nn.Module:
-    try:
-        from xtstream.models.context import ContextConfig, create_context
-    except ImportError as e:
-        raise ModelConfigError(f"context {config.context!r} needs xtstream.models.context, which failed to "
-                               f"import: {e}") from e
     try:
         return create_context(ContextConfig(kind=config.context, dim=dim, depth=config.depth,
                                             heads=config.heads, **config.context_kwargs))
@@ -114,12 +96,32 @@ class XTModel(nn.Module):
             self.context = context_encoder if context_encoder is not None else _build_context(config, dim)
             self.proj_in = nn.Linear(channels, dim) if config.project else nn.Identity()
             self.proj_out = nn.Linear(dim, channels) if config.project else nn.Identity()
-        if config.head == "xview3":
-            self.head = XView3Head(self.encoder.channels, self.encoder.reductions, **config.head_kwargs)
-        else:
-            self.head = ClassificationHead(channels, config.num_classes, **config.head_kwargs)
+        self.head = create_head(config.head, self.encoder.channels, self.encoder.reductions, config)
 
     # -- one chunk -----------------------------------------------------------------------------
+    @property
+    def whole_scene(self) -> bool:
+        """True when the context encoder must see a whole scene at once (``context="full"``)."""
+        return bool(getattr(self.context, "whole_scene", False))
+
+    def contextualise(self, last: Tensor, positions: Tensor, scenes: int, state: Any = None
+                      ) -> tuple[Tensor, Any]:
+        """The context stage on the deepest maps ``last`` ``(B * C, ch, h, w)`` of ``B`` scenes at the
+        same ``C`` grid ``positions`` ``(C, 2)``: tokens in row-major scene order → context
+        encoder (with ``state``) → back into maps. Returns the maps and the new context state."""
+        if self.context is None:
+            return last, state
+        bc, ch, h, w = last.shape
+        n_regions = positions.shape[0]
+        # (B*C, ch, h, w) -> (B, C*h*w, ch): region-major, row-major inside a region
+        tokens = last.reshape(scenes, n_regions, ch, h, w).permute(0, 1, 3, 4, 2).reshape(scenes, -1, ch)
+        pos = token_positions(positions.to(last.device), h, w).unsqueeze(0).expand(scenes, -1, -1)
+        y, state = self.context(self.proj_in(tokens), pos, state)
+        y = self.proj_out(y)
+        tokens = tokens + y if self.config.residual else y
+        maps = tokens.reshape(scenes, n_regions, h, w, ch).permute(0, 1, 4, 2, 3).reshape(bc, ch, h, w)
+        return maps, state
+
     def forward_features(self, features: list[Tensor], positions: Tensor,
                          state: ChunkState | None = None) -> tuple[Any, ChunkState]:
         """Context + head on encoded regions.
@@ -127,27 +129,30 @@ class XTModel(nn.Module):
         ``features``: ``[(B * C, C_i, h_i, w_i)]``, ``B`` scenes of the same ``C`` grid positions
         ``positions`` ``(C, 2)`` (``(row, col)``), scene-major. Returns the head's outputs
         (``{name: (B * C, 1, R, R)}`` or ``(B, num_classes)``) and the state for the next chunk.
+        A whole-scene context encoder sees only these ``C`` regions here (see :meth:`forward_scene`).
         """
         state = state or ChunkState()
         n_regions = positions.shape[0]
-        last = features[-1]
-        bc, ch, h, w = last.shape
+        bc = features[-1].shape[0]
         if bc % n_regions:
             raise ModelConfigError(f"{bc} encoded regions do not split into scenes of {n_regions}")
         b = bc // n_regions
-        # (B*C, ch, h, w) -> (B, C*h*w, ch): region-major, row-major inside a region
-        tokens = last.reshape(b, n_regions, ch, h, w).permute(0, 1, 3, 4, 2).reshape(b, -1, ch)
-        context_state = state.context
-        if self.context is not None:
-            pos = token_positions(positions.to(last.device), h, w).unsqueeze(0).expand(b, -1, -1)
-            y, context_state = self.context(self.proj_in(tokens), pos, state.context)
-            y = self.proj_out(y)
-            tokens = tokens + y if self.config.residual else y
-        if isinstance(self.head, ClassificationHead):
-            logits, pool = self.head(tokens, state.pool)
-            return logits, ChunkState(context_state, pool)
-        maps = tokens.reshape(b, n_regions, h, w, ch).permute(0, 1, 4, 2, 3).reshape(bc, ch, h, w)
-        return self.head([*features[:-1], maps]), ChunkState(context_state, None)
+        maps, context_state = self.contextualise(features[-1], positions, b, state.context)
+        out, head_state = self.head([*features[:-1], maps], b, state.head)
+        return out, ChunkState(context_state, head_state)
+
+    def forward_scene(self, features: list[list[Tensor]], positions: list[Tensor]) -> list[Any]:
+        """A whole scene at once: ``features[k]`` / ``positions[k]`` of its chunk ``k`` (one scene,
+        all chunks in order). The context encoder runs once over every token of the scene; the
+        head then decodes chunk by chunk. Returns each chunk's outputs."""
+        sizes = [f[-1].shape[0] for f in features]
+        last = torch.cat([f[-1] for f in features])
+        maps, _ = self.contextualise(last, torch.cat(positions), 1, None)
+        outs, head_state = [], None
+        for f, m in zip(features, maps.split(sizes)):
+            out, head_state = self.head([*f[:-1], m], 1, head_state)
+            outs.append(out)
+        return outs
 
     def forward(self, pixels: Tensor, positions: Tensor, state: ChunkState | None = None
                 ) -> tuple[Any, ChunkState]:
@@ -162,28 +167,28 @@ class XTModel(nn.Module):
         features, _ = forward_with_grad_ratio(self.encoder, pixels.flatten(0, 1), self.config.grad_ratio)
         return self.forward_features(features, positions, state)
 
-    # -- a stream of scenes --------------------------------------------------------------------
-    def stream(self, regions: Iterable[RegionSample], *, device: torch.device | str | None = None,
-               grad_ratio: float | None = None, generator: torch.Generator | None = None
-               ) -> Iterator[ChunkOutput]:
-        """Run scenes chunk by chunk, carrying the context state within a scene.
+    # -- streams of scenes ---------------------------------------------------------------------
+    def stream(self, items: Iterable[RegionChunk | RegionSample], **kw: Any) -> Iterator[RegionChunk]:
+        """Run scenes chunk by chunk, with one context state per open scene.
 
-        ``regions``: samples in row-major order, scene after scene (as the readers yield them).
-        Yields one :class:`ChunkOutput` per chunk of ``config.chunk`` consecutive regions of one
-        scene. Only one or two chunks are in memory at a time; gradients follow the caller's
-        grad mode (use :func:`~xtstream.models.train_chunks` to train).
+        ``items``: :class:`~xtstream.data.chunk.RegionChunk` of ``config.chunk`` regions (what
+        ``read_scenes(..., chunk=C)`` / ``stream_scenes`` / a ``DataLoader`` over them yield;
+        chunks of several scenes may interleave, each scene's in order), or loose
+        :class:`~xtstream.data.sample.RegionSample` (grouped into chunks here). Yields every chunk
+        with ``outputs`` set, in the order processed. Keywords: see
+        :func:`xtstream.engine.stream_groups` (``device``, ``batch_size``, ``memory_budget``,
+        ``grad_ratio``, ``generator``, ``scenes_per_group``, ``states``).
         """
-        ratio = self.config.grad_ratio if grad_ratio is None else grad_ratio
-        state: ChunkState | None = None
-        scene: tuple[str, RegionGrid] | None = None
-        for batch in encode_regions(regions, self.encoder, batch_size=self.config.chunk, device=device,
-                                    grad_ratio=ratio, generator=generator):
-            key = (batch.scene_id, batch.grid)
-            if key != scene or batch.indices[0] == 0:
-                state, scene = None, key
-            out, state = self.forward_features(batch.features, batch.positions, state)
-            yield ChunkOutput(batch.scene_id, batch.grid, batch.indices, batch.positions, out,
-                              batch.samples)
+        for group in self.stream_groups(items, **kw):
+            yield from group
+
+    def stream_groups(self, items: Iterable[RegionChunk | RegionSample], **kw: Any
+                      ) -> Iterator[list[RegionChunk]]:
+        """Like :meth:`stream`, yielding the chunks that went through the context encoder together
+        (one step of training: see :func:`xtstream.engine.stream_groups`)."""
+        from xtstream.engine.stream import stream_groups
+
+        return stream_groups(self, items, **kw)
 
     # -- reporting -----------------------------------------------------------------------------
     def num_parameters(self) -> dict[str, int]:
@@ -201,6 +206,9 @@ class XTModel(nn.Module):
         c, n = self.config, self.num_parameters()
         lines = [f"xT {c.backbone} / context={c.context} / head={c.head}: region {c.region}, "
                  f"chunk {c.chunk}, {c.in_chans} bands, token grid {self.token_grid} per region"]
+        if self.whole_scene:
+            lines.append("  context sees the whole scene at once: memory grows with the scene "
+                         "(the non-streaming reference)")
         if c.input is not None:
             side = -(-c.input // c.region)
             lines.append(f"  input {c.input}x{c.input}: {side}x{side} = {side * side} regions, "

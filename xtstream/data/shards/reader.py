@@ -1,6 +1,6 @@
 """WebDataset region shards → scenes, each an ordered stream of regions.
 
-``for scene in read_scenes("shards/"): for chunk in scene.chunks(C): …``. Scenes are the unit of
+``for chunk in read_scenes("shards/", chunk=C): …``. Scenes are the unit of
 everything: shuffling permutes scenes (never regions), and splitting over nodes and DataLoader
 workers hands out whole scenes (:func:`xtstream.data.streams.split_scenes`), so a scene's regions
 arrive in row-major order from one worker. Its shards are streamed one tar member at a time;
@@ -10,7 +10,7 @@ consumer keeps — the memory bound, whatever the scene or shard size.
 Every sample is checked (its files, its grid against the scene's, its place in the row-major
 order) and every shard against the manifest (size, optionally SHA-256, region count). Errors name
 the shard and the sample. With ``skip_bad=True`` bad samples (and the rest of a corrupt shard)
-are skipped instead, recorded in :attr:`ShardScenes.bad` and reported once the pass ends.
+are skipped instead, recorded in :attr:`ShardSceneSet.bad` and reported once the pass ends.
 Nothing is unpickled: pixels are ``.npy`` read with ``allow_pickle=False``, metadata is JSON.
 """
 
@@ -30,14 +30,14 @@ from xtstream.errors import ShardError
 from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
 from xtstream.data.split import split_scenes
-from xtstream.data.streams import SceneStream
+from xtstream.data.streams import DEFAULT_CHUNK, SceneStream
 from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, SHARD_RE, decode_sample, split_member, unescape_key
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SceneShards:
+class ShardedScene:
     """Where one scene's regions are: its shards in order, and (from the manifest) what to expect."""
 
     scene_id: str
@@ -54,7 +54,7 @@ class BadSample:
     error: str
 
 
-class ShardScenes:
+class ShardSceneSet:
     """The scenes of a shard set, iterated as :class:`~xtstream.data.streams.SceneStream` (re-iterable).
 
     Options: ``shuffle`` (scenes, seeded by ``seed`` and :meth:`set_epoch`), ``by_node`` /
@@ -63,7 +63,7 @@ class ShardScenes:
     ``targets`` (decode label targets), ``prefetch`` (regions decoded ahead in a thread).
     """
 
-    def __init__(self, scenes: Sequence[SceneShards], *, shuffle: bool = False, seed: int = 0,
+    def __init__(self, scenes: Sequence[ShardedScene], *, shuffle: bool = False, seed: int = 0,
                  by_node: bool = True, by_worker: bool = True, region: int | None = None,
                  skip_bad: bool = False, verify: bool = False, targets: bool = True, prefetch: int = 0):
         self.scenes = list(scenes)
@@ -97,7 +97,7 @@ class ShardScenes:
         """One line per skipped sample or shard tail (empty when all was well)."""
         return "\n".join(f"{b.shard}: {b.key or '(shard)'}: {b.error}" for b in self.bad)
 
-    def _peek_grid(self, entry: SceneShards) -> RegionGrid:
+    def _peek_grid(self, entry: ShardedScene) -> RegionGrid:
         for url in entry.shards:
             for key, files in _tar_samples(url):
                 sample = decode_sample(files, f"{url}: sample {key}", targets=False)
@@ -109,7 +109,7 @@ class ShardScenes:
             raise err
         self.bad.append(BadSample(shard, key, str(err)))
 
-    def _regions(self, entry: SceneShards, grid: RegionGrid) -> Iterator[RegionSample]:
+    def _regions(self, entry: ShardedScene, grid: RegionGrid) -> Iterator[RegionSample]:
         last = -1
         for url in entry.shards:
             expect = (entry.expected or {}).get(url)
@@ -250,7 +250,7 @@ def _expand(urls: str | Path | Sequence[str | Path]) -> list[str]:
     return [str(u) for u in urls]
 
 
-def load_manifest(path: str | Path) -> list[SceneShards]:
+def load_manifest(path: str | Path) -> list[ShardedScene]:
     """Scenes of a ``manifest.json`` (or a shard directory holding one), with expectations per shard."""
     path = Path(path)
     if path.is_dir():
@@ -267,12 +267,12 @@ def load_manifest(path: str | Path) -> list[SceneShards]:
     for sc in doc["scenes"]:
         urls = [str(root / n) for n in sc["shards"]]
         grid = RegionGrid(int(sc["scene_shape"][0]), int(sc["scene_shape"][1]), int(sc["region"]))
-        scenes.append(SceneShards(sc["scene_id"], urls, grid, sc.get("bands"),
+        scenes.append(ShardedScene(sc["scene_id"], urls, grid, sc.get("bands"),
                                   {str(root / n): by_name[n] for n in sc["shards"]}))
     return scenes
 
 
-def group_shards(urls: Sequence[str]) -> list[SceneShards]:
+def group_shards(urls: Sequence[str]) -> list[ShardedScene]:
     """Tar paths named ``{scene_key}-{n:05d}.tar`` → scenes, in order of first appearance."""
     scenes: dict[str, list[tuple[int, str]]] = {}
     for url in urls:
@@ -280,20 +280,25 @@ def group_shards(urls: Sequence[str]) -> list[SceneShards]:
         if not m:
             raise ShardError(f"{url}: not an xtstream shard name ({{scene_key}}-NNNNN.tar); pass the manifest instead")
         scenes.setdefault(m["scene"], []).append((int(m["n"]), url))
-    return [SceneShards(unescape_key(k), [u for _, u in sorted(v)]) for k, v in scenes.items()]
+    return [ShardedScene(unescape_key(k), [u for _, u in sorted(v)]) for k, v in scenes.items()]
 
 
-def read_scenes(urls: str | Path | Sequence[str | Path], **kw: Any) -> ShardScenes:
-    """Scenes of a shard set as ordered region streams.
+def read_scenes(urls: str | Path | Sequence[str | Path], *, chunk: int = DEFAULT_CHUNK,
+                **kw: Any) -> "SceneChunks":
+    """The scenes of a shard set as a ``torch.utils.data.IterableDataset`` of region chunks.
 
     ``urls``: a shard directory or its ``manifest.json`` (preferred: checks sizes and counts), or
-    tar paths — a list, a glob or a brace pattern — named ``{scene_key}-NNNNN.tar``.
-    ``kw``: see :class:`ShardScenes`.
+    tar paths — a list, a glob or a brace pattern — named ``{scene_key}-NNNNN.tar``. Iterating
+    yields :class:`~xtstream.data.chunk.RegionChunk` of ``chunk`` consecutive regions, scene after
+    scene; ``.scenes()`` yields the scenes (:class:`~xtstream.data.streams.SceneStream`).
+    ``kw``: see :class:`ShardSceneSet` (``shuffle``, ``seed``, ``skip_bad``, ``verify``, …).
 
-    >>> for scene in read_scenes("shards/", shuffle=True):         # doctest: +SKIP
-    ...     for chunk in scene.chunks(16):                         # 16 RegionSample, row-major
-    ...         ...
+    >>> loader = DataLoader(read_scenes("shards/", chunk=16, shuffle=True),   # doctest: +SKIP
+    ...                     batch_size=None, num_workers=4)
+    >>> for chunk in model.stream(loader): ...                                # doctest: +SKIP
     """
+    from xtstream.data.dataset import SceneChunks
+
     expanded = _expand(urls)
     if len(expanded) == 1 and (Path(expanded[0]).is_dir() or expanded[0].endswith(".json")):
         scenes = load_manifest(expanded[0])
@@ -301,4 +306,4 @@ def read_scenes(urls: str | Path | Sequence[str | Path], **kw: Any) -> ShardScen
         if not expanded:
             raise ShardError(f"no shards match {urls!r}")
         scenes = group_shards(expanded)
-    return ShardScenes(scenes, **kw)
+    return SceneChunks(ShardSceneSet(scenes, **kw), chunk)

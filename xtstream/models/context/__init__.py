@@ -9,9 +9,10 @@
 >>> y.shape
 torch.Size([1, 16, 32])
 
-Kinds: ``"xl"`` (:class:`TransformerXLContext`, per-layer recurrent memory), ``"mamba"``
-(:class:`MambaContext`, carried SSM state), ``"full"`` (:class:`FullContext`, one chunk, no
-state), ``"none"`` (identity).
+Kinds, from a registry (:func:`register_context` adds one; :func:`list_contexts` lists them):
+``"xl"`` (:class:`TransformerXLContext`, per-layer recurrent memory), ``"mamba"``
+(:class:`MambaContext`, carried SSM state), ``"full"`` (:class:`FullContext`, the whole scene at
+once: the non-streaming reference), ``"none"`` (identity).
 """
 
 from xtstream.models.context.attention import Attention, exact_attention
@@ -21,13 +22,15 @@ from xtstream.models.context.full import FullContext
 from xtstream.models.context.hyper import HyperAttention
 from xtstream.models.context.mamba import MambaContext, MambaLayerState, MambaState
 from xtstream.models.context.positions import sincos_2d
-from xtstream.models.context.registry import CONTEXT_ENCODERS, create_context
+from xtstream.models.context.registry import CONTEXT_ENCODERS, create_context, list_contexts, register_context
+register_context("none")(IdentityContext)
+
 from xtstream.models.context.scan import linear_scan, selective_scan, selective_scan_sequential
 from xtstream.models.context.xl import TransformerXLContext, XLState, xl_attention_mask
 
 __all__ = [
     "Attention", "CONTEXT_ENCODERS", "ContextConfig", "ContextEncoder", "ContextStream", "FullContext",
     "HyperAttention", "IdentityContext", "MambaContext", "MambaLayerState", "MambaState",
-    "TransformerXLContext", "XLState", "create_context", "detach_all", "exact_attention", "linear_scan",
+    "TransformerXLContext", "XLState", "create_context", "list_contexts", "register_context", "detach_all", "exact_attention", "linear_scan",
     "selective_scan", "selective_scan_sequential", "sincos_2d", "xl_attention_mask",
 ]

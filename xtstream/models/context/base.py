@@ -28,6 +28,9 @@ class ContextEncoder(nn.Module):
     """
 
     config: ContextConfig
+    #: True for encoders that must see a scene's tokens all at once (``full``): the model then
+    #: gathers the whole scene before running them, and their memory grows with the scene
+    whole_scene: bool = False
 
     def __init__(self, config: ContextConfig) -> None:
         super().__init__()
@@ -56,7 +59,7 @@ class ContextEncoder(nn.Module):
         return f"kind={c.kind!r}, dim={c.dim}, depth={c.depth}"
 
 
-class IdentityContext(ContextEncoder):
+class IdentityContext(ContextEncoder):  # registered as "none" by the package
     """``kind="none"``: returns the tokens unchanged and no state (the backbone-only baseline)."""
 
     def forward(self, x: Tensor, pos: Tensor, state: Any = None) -> tuple[Tensor, None]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from xtstream.errors import ModelConfigError
 
-KINDS = ("xl", "mamba", "full", "none")
 ATTENTIONS = ("exact", "hyper")
 MAMBA_BACKENDS = ("auto", "torch", "cuda")
 
@@ -28,10 +27,12 @@ class ContextConfig:
     uniformly sampled key columns, ``hyper_bits`` LSH hyperplanes, and ``hyper_min_seq_len``: at or
     below this many keys attention is exact).
 
+    Plug-in kinds read their own knobs from ``options`` (a dict of plain values).
+
     ``mamba``: ``d_state`` (N), ``d_conv`` (causal conv width), ``expand`` (inner width =
     ``expand * dim``), ``dt_rank`` (``None``: ``ceil(dim / 16)``), ``backend`` (``"auto"``: the
     mamba-ssm CUDA kernels when importable and the tensors are on CUDA, else the torch scan;
-    ``"torch"``; ``"cuda"``: the kernels or an error) and ``scan_chunk`` (time steps per piece of
+    ``"torch"``; ``"cuda"``: the kernels or an error) and ``scan_block`` (time steps per piece of
     the torch scan; bounds its temporaries, not its result).
 
     >>> ContextConfig(kind="xl", dim=64, heads=4, mem_len=128).head_dim
@@ -56,17 +57,24 @@ class ContextConfig:
     expand: int = 2
     dt_rank: int | None = None
     backend: str = "auto"
-    scan_chunk: int = 256
+    scan_block: int = 256
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ModelConfigError(f"ContextConfig: kind {self.kind!r} is not one of {KINDS}")
+        from xtstream.models.context.registry import list_contexts
+
+        kinds = list_contexts()
+        if self.kind not in kinds:
+            raise ModelConfigError(f"ContextConfig: kind {self.kind!r} is not a registered context "
+                                   f"encoder; known: {kinds}")
+        if not isinstance(self.options, dict):
+            raise ModelConfigError(f"ContextConfig: options must be a dict, got {type(self.options).__name__}")
         if self.attention not in ATTENTIONS:
             raise ModelConfigError(f"ContextConfig: attention {self.attention!r} is not one of {ATTENTIONS}")
         if self.backend not in MAMBA_BACKENDS:
             raise ModelConfigError(f"ContextConfig: backend {self.backend!r} is not one of {MAMBA_BACKENDS}")
         for name in ("dim", "depth", "heads", "hyper_block_size", "hyper_min_seq_len", "hyper_bits",
-                     "d_state", "d_conv", "expand", "scan_chunk"):
+                     "d_state", "d_conv", "expand", "scan_block"):
             _positive_int(name, getattr(self, name))
         _positive_int("hyper_samples", self.hyper_samples, allow_zero=True)
         if self.mem_len is not None:

@@ -8,18 +8,27 @@ from torch import Tensor, nn
 
 from xtstream.models.context.base import ContextEncoder
 from xtstream.models.context.config import ContextConfig
+from xtstream.models.context.registry import register_context
 from xtstream.models.context.layers import Block, RMSNorm
 from xtstream.models.context.positions import add_positions
 
 
+@register_context("full")
 class FullContext(ContextEncoder):
     """``kind="full"``: 2D sin-cos positions, ``depth`` pre-norm blocks (RMSNorm, SwiGLU, exact
     or Hyper attention, no mask), a final RMSNorm — the paper's "(xT) Hyper" setting.
 
-    It keeps no state: it sees one chunk at a time, and ``state`` is ignored (``None`` is
-    returned). To mix the whole scene, the model assembly feeds it the whole scene as one chunk;
-    with ``attention="hyper"`` the cost stays near-linear in the scene's token count.
+    Every token attends to every token of the **whole scene**: the model gathers all of a
+    scene's chunks (their encoded features) before calling it once on the scene's full token
+    sequence (``whole_scene = True``), so no region's output exists before the scene's last
+    region has been read. Its memory therefore grows with the scene — linearly for the tokens
+    and features held, quadratically for exact attention (``attention="hyper"`` keeps the
+    attention near-linear) — which is this baseline's nature: it is the non-streaming reference
+    that the streaming encoders (``xl``, ``mamba``) are compared against, not one of them.
+    ``state`` is ignored (``None`` is returned).
     """
+
+    whole_scene = True
 
     def __init__(self, config: ContextConfig) -> None:
         super().__init__(config)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from xtstream.errors import ModelConfigError
 from xtstream.models.context.base import ContextEncoder, check_batch
 from xtstream.models.context.config import ContextConfig
+from xtstream.models.context.registry import register_context
 from xtstream.models.context.layers import RMSNorm
 from xtstream.models.context.positions import add_positions
 from xtstream.models.context.scan import cuda_scan_available, selective_scan, selective_scan_cuda
@@ -44,7 +45,7 @@ class MambaMixer(nn.Module):
         c = config
         e, n, r = c.d_inner, c.d_state, c.mamba_dt_rank
         self.d_state, self.d_conv, self.dt_rank = n, c.d_conv, r
-        self.backend, self.scan_chunk, self.detach_state = c.backend, c.scan_chunk, c.detach_state
+        self.backend, self.scan_block, self.detach_state = c.backend, c.scan_block, c.detach_state
         self.in_proj = nn.Linear(c.dim, 2 * e, bias=False)
         self.conv1d = nn.Conv1d(e, e, kernel_size=c.d_conv, groups=e, bias=True)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
@@ -80,7 +81,7 @@ class MambaMixer(nn.Module):
         if self._use_cuda(x):
             y, h = selective_scan_cuda(*args)
         else:
-            y, h = selective_scan(*args, chunk=self.scan_chunk)
+            y, h = selective_scan(*args, chunk=self.scan_block)
         y = y.to(z.dtype)
         return self.out_proj(y * F.silu(z)), MambaLayerState(h, conv_state)
 
@@ -114,6 +115,7 @@ class MambaLayer(nn.Module):
         return u + self.drop(y), state
 
 
+@register_context("mamba")
 class MambaContext(ContextEncoder):
     """``kind="mamba"``: 2D sin-cos positions, ``depth`` Mamba layers, a final RMSNorm, over the
     chunk's tokens in row-major scene order, with the state of every layer carried to the next

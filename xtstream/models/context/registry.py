@@ -1,23 +1,40 @@
-"""Create a context encoder by kind."""
+"""Context encoders by kind: a registry that built-ins and plug-ins add themselves to.
+
+>>> @register_context("my_kind")                                      # doctest: +SKIP
+... class MyContext(ContextEncoder):
+...     def forward(self, x, pos, state=None): ...
+>>> create_context(kind="my_kind", dim=64, options={"knob": 3})     # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from xtstream.errors import ModelConfigError
-from xtstream.models.context.base import ContextEncoder, IdentityContext
+from xtstream.models.context.base import ContextEncoder
 from xtstream.models.context.config import ContextConfig
-from xtstream.models.context.full import FullContext
-from xtstream.models.context.mamba import MambaContext
-from xtstream.models.context.xl import TransformerXLContext
 
-#: kind -> encoder class (a plug-in kind is one more entry)
-CONTEXT_ENCODERS: dict[str, Callable[[ContextConfig], ContextEncoder]] = {
-    "xl": TransformerXLContext,
-    "mamba": MambaContext,
-    "full": FullContext,
-    "none": IdentityContext,
-}
+ContextFactory = Callable[[ContextConfig], ContextEncoder]
+
+#: kind -> encoder class or factory ``f(config) -> ContextEncoder``
+CONTEXT_ENCODERS: dict[str, ContextFactory] = {}
+
+
+def register_context(kind: str) -> Callable[[ContextFactory], ContextFactory]:
+    """Decorator: register a :class:`ContextEncoder` class (or factory) as ``kind``."""
+    def add(factory: ContextFactory) -> ContextFactory:
+        if kind in CONTEXT_ENCODERS and CONTEXT_ENCODERS[kind] is not factory:
+            raise ModelConfigError(f"a context encoder of kind {kind!r} is already registered")
+        CONTEXT_ENCODERS[kind] = factory
+        return factory
+    return add
+
+
+def list_contexts() -> list[str]:
+    """The registered context kinds (``"none"`` included)."""
+    import xtstream.models.context  # noqa: F401 - the built-ins register on import
+
+    return sorted(CONTEXT_ENCODERS)
 
 
 def create_context(config: ContextConfig | None = None, **overrides: Any) -> ContextEncoder:
@@ -35,5 +52,9 @@ def create_context(config: ContextConfig | None = None, **overrides: Any) -> Con
         factory = CONTEXT_ENCODERS[config.kind]
     except KeyError:
         raise ModelConfigError(f"create_context: no encoder registered for kind {config.kind!r}; "
-                               f"known: {sorted(CONTEXT_ENCODERS)}") from None
-    return factory(config)
+                               f"known: {list_contexts()}") from None
+    encoder = factory(config)
+    if not isinstance(encoder, ContextEncoder):
+        raise ModelConfigError(f"context kind {config.kind!r}: its factory returned a "
+                               f"{type(encoder).__name__}, not a ContextEncoder")
+    return encoder

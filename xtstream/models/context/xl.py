@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from xtstream.errors import ModelConfigError
 from xtstream.models.context.base import ContextEncoder, check_batch
 from xtstream.models.context.config import ContextConfig
+from xtstream.models.context.registry import register_context
 from xtstream.models.context.layers import Block, RMSNorm
 from xtstream.models.context.positions import add_positions
 
@@ -36,6 +37,7 @@ class XLState(NamedTuple):
     mems: tuple[Tensor | None, ...]
 
 
+@register_context("xl")
 class TransformerXLContext(ContextEncoder):
     """``kind="xl"``: ``depth`` pre-norm blocks (RMSNorm, SwiGLU, exact or Hyper attention) with
     Transformer-XL memory, then a final RMSNorm. See the module docstring for the mask."""

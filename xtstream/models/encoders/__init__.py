@@ -2,24 +2,26 @@
 
 >>> from xtstream.models.encoders import create_region_encoder, encode_regions
 >>> enc = create_region_encoder("convnext_atto", region=256, in_chans=2)   # doctest: +SKIP
->>> for batch in encode_regions(samples, enc):                            # doctest: +SKIP
-...     batch.scene_id, batch.indices, [f.shape for f in batch.features]
+>>> for chunk in encode_regions(chunks, enc):                             # doctest: +SKIP
+...     chunk.scene_id, chunk.indices, [f.shape for f in chunk.features]
 """
 
 from xtstream.models.encoders.backbone import RegionEncoder, create_region_encoder, suggest_backbones
 from xtstream.models.encoders.budget import batch_size_for, default_budget, region_cost
-from xtstream.models.encoders.stream import EncodedBatch, encode_regions, forward_with_grad_ratio, group_regions, stack_targets
+from xtstream.models.encoders.stream import (budget_batch_size, encode_regions, forward_with_grad_ratio,
+                                             stack_pixels, stack_targets, windows)
 
 __all__ = [
-    "EncodedBatch",
     "RegionEncoder",
     "batch_size_for",
+    "budget_batch_size",
     "create_region_encoder",
     "default_budget",
     "encode_regions",
     "forward_with_grad_ratio",
-    "group_regions",
     "region_cost",
+    "stack_pixels",
     "stack_targets",
     "suggest_backbones",
+    "windows",
 ]

@@ -1,10 +1,11 @@
-"""The region-encoder stage as a generator: RegionSamples in, batches of NCHW feature maps out.
+"""The region-encoder stage as a generator: region chunks in, the same chunks with features out.
 
-Regions arrive from the data side in row-major order, scene after scene. They are grouped into
-batches of consecutive regions of *one* scene (a scene change always closes a batch), stacked on
-the host, copied to the device and encoded. At most two batches are alive at once: on CUDA the
-next batch's host→device copy runs on a side stream (pinned memory, ``non_blocking=True``) while
-the current one is encoded and consumed.
+Chunks arrive from the data side (scene after scene, or interleaved by DataLoader workers).
+Consecutive chunks — of one scene or several — are gathered until a backbone batch is full (its
+size set by a memory budget, independent of the context chunk ``C``), stacked on the host, copied
+to the device and encoded; each chunk gets its slice of the feature maps back. At most two
+windows are alive at once: on CUDA the next window's host→device copy runs on a side stream
+(pinned memory, ``non_blocking=True``) while the current one is encoded and consumed.
 
 Gradients follow the caller's grad mode at each ``next()``: wrap the loop in ``torch.no_grad()``
 for inference. With ``grad_ratio < 1`` (training), a random share of each batch's regions goes
@@ -15,113 +16,78 @@ code, the outputs are put back in input order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+import weakref
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from xtstream.errors import ModelConfigError
-from xtstream.data.grid import RegionGrid
+from xtstream.data.chunk import RegionChunk, chunked
 from xtstream.data.sample import RegionSample
-from xtstream.models.encoders.budget import batch_size_for, default_budget, region_cost
+from xtstream.data.streams import DEFAULT_CHUNK
+from xtstream.models.encoders.budget import MAX_BATCH, batch_size_for, default_budget, region_cost
 
 
-@dataclass
-class EncodedBatch:
-    """Consecutive regions of one scene and their feature maps.
-
-    ``features[i]`` is ``(n, C_i, h_i, w_i)`` on the device, row ``k`` belonging to region
-    ``indices[k]`` at grid position ``positions[k] = (row, col)`` (``positions``: ``(n, 2)`` int64,
-    CPU). ``grad_mask`` (``(n,)`` bool) marks the regions that carry gradient (``None``: all or none,
-    as the grad mode says).
-    """
-
-    scene_id: str
-    grid: RegionGrid
-    indices: list[int]
-    positions: Tensor
-    features: list[Tensor]
-    samples: list[RegionSample] = field(repr=False)
-    grad_mask: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def ends_scene(self) -> bool:
-        """True when the batch holds the scene's last region."""
-        return self.indices[-1] == len(self.grid) - 1
-
-    def regions(self) -> Iterator[tuple[int, list[Tensor]]]:
-        """Per-region view: ``(index, [(C_i, h_i, w_i)])`` in order."""
-        for k, index in enumerate(self.indices):
-            yield index, [f[k] for f in self.features]
-
-
-@dataclass
-class _HostBatch:
-    scene_id: str
-    grid: RegionGrid
-    samples: list[RegionSample]
-    pixels: Tensor  # (n, bands, R, R) float32, pinned when the target is CUDA
-
-
-def _check_sample(sample: RegionSample, in_chans: int, region: int) -> None:
-    shape = tuple(np.shape(sample.pixels))
-    if shape != (in_chans, region, region):
+def _check_pixels(chunk: RegionChunk, in_chans: int, region: int) -> None:
+    shape = tuple(np.shape(chunk.pixels))
+    if chunk.pixels is None or shape[1:] != (in_chans, region, region):
         raise ModelConfigError(
-            f"region {sample.index} of scene {sample.scene_id!r} has pixels {shape}; the region "
-            f"encoder takes ({in_chans}, {region}, {region})")
+            f"scene {chunk.scene_id!r}, regions {chunk.start}..{chunk.stop - 1}: pixels {shape}; the "
+            f"region encoder takes ({len(chunk)}, {in_chans}, {region}, {region})")
 
 
-def group_regions(regions: Iterable[RegionSample], batch_size: int) -> Iterator[list[RegionSample]]:
-    """Consecutive samples in lists of at most ``batch_size``, never mixing two scenes.
-
-    A scene ends where the scene id or grid changes, or where the region index does not grow
-    (the same scene streamed again).
-    """
-    if batch_size < 1:
-        raise ModelConfigError(f"batch size must be >= 1, got {batch_size}")
-    batch: list[RegionSample] = []
-    for sample in regions:
-        if batch:
-            last = batch[-1]
-            new_scene = (sample.scene_id != last.scene_id or sample.grid != last.grid
-                         or sample.index <= last.index)
-            if new_scene or len(batch) == batch_size:
-                yield batch
-                batch = []
-        batch.append(sample)
-    if batch:
-        yield batch
+def windows(chunks: Iterable[RegionChunk], regions: int) -> Iterator[list[RegionChunk]]:
+    """Consecutive chunks in lists of at most ``regions`` regions (always at least one chunk)."""
+    window: list[RegionChunk] = []
+    size = 0
+    for chunk in chunks:
+        if window and size + len(chunk) > regions:
+            yield window
+            window, size = [], 0
+        window.append(chunk)
+        size += len(chunk)
+    if window:
+        yield window
 
 
-def _host_batches(groups: Iterable[list[RegionSample]], encoder: nn.Module, pin: bool
-                  ) -> Iterator[_HostBatch]:
-    for samples in groups:
-        for s in samples:
-            _check_sample(s, encoder.in_chans, encoder.region)
-        shape = (len(samples), encoder.in_chans, encoder.region, encoder.region)
-        pixels = torch.empty(shape, dtype=torch.float32, pin_memory=pin)
-        np.stack([np.asarray(s.pixels) for s in samples], out=pixels.numpy())
-        yield _HostBatch(samples[0].scene_id, samples[0].grid, samples, pixels)
+def stack_pixels(chunks: Sequence[RegionChunk], encoder: nn.Module, pin: bool = False) -> Tensor:
+    """``(sum n, bands, R, R)`` float32 host tensor of the chunks' pixels (pinned for CUDA copies)."""
+    for c in chunks:
+        _check_pixels(c, encoder.in_chans, encoder.region)
+    if len(chunks) == 1 and isinstance(chunks[0].pixels, Tensor):
+        return chunks[0].pixels.float()
+    n = sum(len(c) for c in chunks)
+    out = torch.empty((n, encoder.in_chans, encoder.region, encoder.region), dtype=torch.float32,
+                      pin_memory=pin)
+    k = 0
+    for c in chunks:
+        px = c.pixels.numpy() if isinstance(c.pixels, Tensor) else np.asarray(c.pixels)
+        out.numpy()[k:k + len(c)] = px
+        k += len(c)
+    return out
 
 
-def _to_device(host: Iterator[_HostBatch], device: torch.device
-               ) -> Iterator[tuple[_HostBatch, Tensor]]:
+def _host_windows(groups: Iterable[list[RegionChunk]], encoder: nn.Module, pin: bool
+                  ) -> Iterator[tuple[list[RegionChunk], Tensor]]:
+    for window in groups:
+        yield window, stack_pixels(window, encoder, pin)
+
+
+def _to_device(host: Iterator[tuple[Any, Tensor]], device: torch.device
+               ) -> Iterator[tuple[Any, Tensor]]:
     """Device copies of the host batches; on CUDA batch k+1's copy is issued before batch k is
     handed out, on a side stream, so it overlaps the consumer's compute on batch k."""
     if device.type != "cuda":
-        for hb in host:
-            yield hb, hb.pixels.to(device)
+        for hb, px in host:
+            yield hb, px.to(device)
         return
     copy_stream = torch.cuda.Stream(device)
-    pending: tuple[_HostBatch, Tensor, torch.cuda.Event] | None = None
-    for hb in host:
+    pending: tuple[Any, Tensor, torch.cuda.Event] | None = None
+    for hb, px in host:
         with torch.cuda.stream(copy_stream):
-            x = hb.pixels.to(device, non_blocking=True)
+            x = px.to(device, non_blocking=True)
             ready = copy_stream.record_event()
         if pending is not None:
             yield _ready(pending)
@@ -130,7 +96,7 @@ def _to_device(host: Iterator[_HostBatch], device: torch.device
         yield _ready(pending)
 
 
-def _ready(pending: tuple[_HostBatch, Tensor, "torch.cuda.Event"]) -> tuple[_HostBatch, Tensor]:
+def _ready(pending: tuple[Any, Tensor, "torch.cuda.Event"]) -> tuple[Any, Tensor]:
     hb, x, ready = pending
     compute = torch.cuda.current_stream(x.device)
     compute.wait_event(ready)
@@ -172,58 +138,90 @@ def forward_with_grad_ratio(encoder: nn.Module, x: Tensor, grad_ratio: float,
 
 
 def encode_regions(
-    regions: Iterable[RegionSample],
+    items: Iterable[RegionChunk | RegionSample],
     encoder: nn.Module,
     *,
+    chunk: int = DEFAULT_CHUNK,
     batch_size: int | None = None,
     memory_budget: int | None = None,
     device: torch.device | str | None = None,
     grad_ratio: float = 1.0,
     generator: torch.Generator | None = None,
-    max_batch: int = 256,
-) -> Iterator[EncodedBatch]:
-    """Encode a stream of :class:`~xtstream.data.sample.RegionSample` in order, batch by batch.
+    max_batch: int = MAX_BATCH,
+) -> Iterator[RegionChunk]:
+    """Encode a stream of region chunks in order, batched across chunks by memory.
 
     Parameters
     ----------
-    regions : samples in row-major order, scene after scene; each ``pixels`` ``(in_chans, R, R)``.
+    items : :class:`~xtstream.data.chunk.RegionChunk` (pixels ``(n, in_chans, R, R)``), or loose
+        :class:`~xtstream.data.sample.RegionSample` (grouped into chunks of ``chunk`` regions).
     encoder : a :class:`~xtstream.models.encoders.RegionEncoder`, already on ``device``.
-    batch_size : regions per batch; default: as many as ``memory_budget`` allows, at a per-region
-        cost measured (CUDA) or estimated (CPU) by :func:`~xtstream.models.encoders.region_cost`.
-    memory_budget : bytes the batch's activations may use; default half the free CUDA memory, or
+    batch_size : regions per backbone batch; default: as many as ``memory_budget`` allows at the
+        per-region cost measured (CUDA) or estimated (CPU) by :func:`region_cost`. Consecutive
+        chunks (of any scenes) share a batch; a chunk larger than the batch is encoded in pieces.
+    memory_budget : bytes a batch's activations may use; default half the free CUDA memory, or
         2 GiB on CPU.
     device : where to encode; default the encoder's device.
-    grad_ratio : share of regions encoded with gradient when grad mode is on (the rest under
-        ``torch.no_grad()``); outputs stay aligned with inputs.
+    grad_ratio : share of regions encoded with gradient when grad mode is on.
     generator : random source for ``grad_ratio`` (reproducible runs).
 
     Yields
     ------
-    :class:`EncodedBatch` — consecutive regions of one scene, features ``[(n, C_i, h_i, w_i)]``.
+    The chunks, in arrival order, with ``features`` ``[(n, C_i, h_i, w_i)]`` on the device (and
+    ``info["grad_mask"]``, the ``(n,)`` regions that carry gradient, when ``grad_ratio < 1``).
 
-    >>> for batch in encode_regions(samples, encoder, batch_size=8):   # doctest: +SKIP
-    ...     batch.indices, [f.shape for f in batch.features]
+    >>> for chunk in encode_regions(read_scenes("shards/", chunk=8), encoder):   # doctest: +SKIP
+    ...     chunk.scene_id, chunk.indices, [f.shape for f in chunk.features]
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     if batch_size is None:
-        train = torch.is_grad_enabled() and encoder.training
-        budget = memory_budget if memory_budget is not None else default_budget(device)
-        batch_size = batch_size_for(region_cost(encoder, train=train, device=device), budget,
-                                    max_batch=max_batch)
-    host = _host_batches(group_regions(regions, batch_size), encoder, pin=device.type == "cuda")
-    for hb, x in _to_device(host, device):
-        feats, mask = forward_with_grad_ratio(encoder, x, grad_ratio, generator)
-        positions = torch.tensor([hb.grid.position(s.index) for s in hb.samples], dtype=torch.int64)
-        yield EncodedBatch(hb.scene_id, hb.grid, [s.index for s in hb.samples], positions,
-                           feats, hb.samples, mask)
+        batch_size = budget_batch_size(encoder, device=device, memory_budget=memory_budget,
+                                       train=torch.is_grad_enabled() and encoder.training,
+                                       max_batch=max_batch)
+    if batch_size < 1:
+        raise ModelConfigError(f"batch size must be >= 1, got {batch_size}")
+    host = _host_windows(windows(chunked(items, chunk), batch_size), encoder, pin=device.type == "cuda")
+    for window, x in _to_device(host, device):
+        parts = [forward_with_grad_ratio(encoder, x[i:i + batch_size], grad_ratio, generator)
+                 for i in range(0, len(x), batch_size)]
+        feats = [torch.cat([p[0][level] for p in parts]) if len(parts) > 1 else parts[0][0][level]
+                 for level in range(len(parts[0][0]))]
+        masks = [p[1] for p in parts]
+        mask = None if all(m is None for m in masks) else torch.cat(
+            [m if m is not None else torch.ones(len(p[0][0]), dtype=torch.bool) for m, p in zip(masks, parts)])
+        k = 0
+        for c in window:
+            c.features = [f[k:k + len(c)] for f in feats]
+            if mask is not None:
+                c.info["grad_mask"] = mask[k:k + len(c)]
+            k += len(c)
+            yield c
 
 
-def stack_targets(samples: Sequence[RegionSample], names: Iterable[str],
+_BATCH_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def budget_batch_size(encoder: nn.Module, *, device: torch.device, memory_budget: int | None = None,
+                      train: bool = False, max_batch: int = MAX_BATCH) -> int:
+    """Regions per backbone batch under ``memory_budget`` (default: :func:`default_budget`).
+
+    The per-region cost is measured once per encoder, device and mode (on CUDA it runs two small
+    forward passes) and remembered.
+    """
+    budget = memory_budget if memory_budget is not None else default_budget(device)
+    costs = _BATCH_CACHE.setdefault(encoder, {})
+    key = (str(device), train)
+    if key not in costs:
+        costs[key] = region_cost(encoder, train=train, device=device)
+    return batch_size_for(costs[key], budget, max_batch=max_batch)
+
+
+def stack_targets(chunks: Sequence[RegionChunk], names: Iterable[str],
                   device: torch.device | str | None = None) -> dict[str, Tensor]:
-    """``{name: (n, R, R) float32}`` of the targets every sample has, on ``device``."""
+    """``{name: (sum n, R, R) float32}`` of the named targets every chunk has, on ``device``."""
     out: dict[str, Tensor] = {}
     for name in names:
-        if all(name in s.targets for s in samples):
-            arr = np.stack([np.asarray(s.targets[name], dtype=np.float32) for s in samples])
-            out[name] = torch.from_numpy(arr).to(device)
+        if all(name in c.targets for c in chunks):
+            parts = [torch.as_tensor(np.asarray(c.targets[name], dtype=np.float32)) for c in chunks]
+            out[name] = torch.cat(parts).to(device)
     return out

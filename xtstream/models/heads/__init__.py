@@ -1,18 +1,11 @@
-"""Task heads on (contextualised) region features: scene classification and xView3 dense maps."""
+"""Heads on (contextualised) region features, created by name from a registry.
 
+Built in: ``classification`` (here) and the tasks' heads (``xview3``, in
+:mod:`xtstream.tasks.xview3`). A plug-in head is a :class:`Head` subclass plus a factory
+registered with :func:`register_head`.
+"""
+
+from xtstream.models.heads.base import HEADS, Head, create_head, list_heads, register_head
 from xtstream.models.heads.classification import ClassificationHead, PoolState
-from xtstream.tasks.xview3.decode import decode_xview3, find_peaks, to_scene
-from xtstream.tasks.xview3.head import OUTPUTS as XVIEW3_OUTPUTS
-from xtstream.tasks.xview3.head import XView3Head, gaussian_heatmap, xview3_loss
 
-__all__ = [
-    "ClassificationHead",
-    "PoolState",
-    "XVIEW3_OUTPUTS",
-    "XView3Head",
-    "decode_xview3",
-    "find_peaks",
-    "gaussian_heatmap",
-    "to_scene",
-    "xview3_loss",
-]
+__all__ = ["HEADS", "ClassificationHead", "Head", "PoolState", "create_head", "list_heads", "register_head"]

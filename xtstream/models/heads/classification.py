@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from xtstream.models.heads.base import Head, register_head
+
 
 @dataclass
 class PoolState:
@@ -21,8 +23,11 @@ class PoolState:
     count: int
 
 
-class ClassificationHead(nn.Module):
-    """``(B, L, D)`` tokens of one chunk (+ the scene's :class:`PoolState`) → ``(B, num_classes)``."""
+class ClassificationHead(Head):
+    """The deepest map of one chunk ``(B * C, D, h, w)`` (+ the scenes' :class:`PoolState`) →
+    ``(B, num_classes)`` logits of each scene so far."""
+
+    per_region = False
 
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -31,8 +36,13 @@ class ClassificationHead(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, tokens: Tensor, state: PoolState | None = None) -> tuple[Tensor, PoolState]:
-        """Logits of the scene so far, and the pool to hand to the scene's next chunk."""
+    def forward(self, features: list[Tensor], scenes: int, state: PoolState | None = None
+                ) -> tuple[Tensor, PoolState]:
+        """Logits of each scene so far, and the pool to hand to the scenes' next chunk."""
+        last = features[-1]
+        bc, d, h, w = last.shape
+        # (B*C, D, h, w) -> (B, C*h*w, D): every token of a scene's chunk
+        tokens = last.reshape(scenes, bc // scenes, d, h * w).permute(0, 1, 3, 2).reshape(scenes, -1, d)
         total = tokens.sum(dim=1)
         count = tokens.shape[1]
         if state is not None:
@@ -40,3 +50,9 @@ class ClassificationHead(nn.Module):
             count += state.count
         logits = self.fc(self.drop(self.norm(total / count)))
         return logits, PoolState(total.detach(), count)
+
+
+@register_head("classification")
+def classification(channels: list[int], reductions: list[int], config) -> ClassificationHead:
+    """Scene classification over the deepest map: ``num_classes`` from the model config."""
+    return ClassificationHead(channels[-1], config.num_classes, **config.head_kwargs)

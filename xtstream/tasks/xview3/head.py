@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xtstream.errors import ModelConfigError
+from xtstream.models.heads.base import Head, register_head
 
 OUTPUTS = ("vessel", "centre", "length", "is_vessel", "is_fishing")
 #: target names the data side may use for the same maps
@@ -44,7 +45,7 @@ class ConvBlock(nn.Sequential):
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True))
 
 
-class XView3Head(nn.Module):
+class XView3Head(Head):
     """UNet decoder: ``[(N, C_i, R / r_i, R / r_i)]`` (shallow → deep) → ``{name: (N, 1, R, R)}``.
 
     ``channels`` and ``reductions`` describe the encoder's maps (``feature_info``); the decoder has
@@ -76,7 +77,10 @@ class XView3Head(nn.Module):
             cin = tail_channels
         self.out = nn.Conv2d(cin, len(OUTPUTS), 1)
 
-    def forward(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+    def forward(self, features: Sequence[Tensor], scenes: int = 1, state: None = None
+                ) -> tuple[dict[str, Tensor], None]:
+        """``[(N, C_i, h_i, w_i)]`` → ``{name: (N, 1, R, R)}``; regions are decoded one by one, so
+        ``scenes`` and ``state`` do not matter here."""
         if [f.shape[1] for f in features] != self.channels:
             raise ModelConfigError(f"xview3 head built for channels {self.channels}, got "
                                    f"{[f.shape[1] for f in features]}")
@@ -87,7 +91,13 @@ class XView3Head(nn.Module):
         for block in self.tail:
             x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
         y = self.out(x)
-        return {name: y[:, i: i + 1] for i, name in enumerate(OUTPUTS)}
+        return {name: y[:, i: i + 1] for i, name in enumerate(OUTPUTS)}, None
+
+
+@register_head("xview3")
+def xview3(channels: list[int], reductions: list[int], config) -> XView3Head:
+    """The xView3 dense head over the whole feature pyramid (``head_kwargs`` tune the decoder)."""
+    return XView3Head(channels, reductions, **config.head_kwargs)
 
 
 def gaussian_heatmap(points: Sequence[tuple[float, float]], shape: tuple[int, int],

@@ -1,0 +1,68 @@
+"""Scenes → a ``torch.utils.data.IterableDataset`` of :class:`~xtstream.data.chunk.RegionChunk`.
+
+``DataLoader(read_scenes(SHARD_DIR, chunk=C), batch_size=None, num_workers=N)`` is the contract:
+the scene set (shards, stores or sources) splits itself by scene inside each worker and node, so
+every scene's chunks come from one worker, in row-major order; chunks of different scenes
+interleave in the loader's output, and the model keeps one context state per scene
+(:class:`xtstream.engine.SceneStates`), so interleaving loses nothing.
+
+Memory: each worker holds at most ``prefetch_factor`` finished chunks in the DataLoader's queue
+plus the chunk it is building plus its reader's bound — ``(N x (prefetch_factor + 1) + 1) x C``
+regions in all, whatever the scenes' sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import torch
+
+from xtstream.data.chunk import RegionChunk
+from xtstream.data.split import worker_info
+from xtstream.data.streams import SceneStream
+
+
+class SceneSet(Protocol):
+    """A re-iterable collection of scenes that splits itself per node and worker when iterated."""
+
+    def __iter__(self) -> Iterator[SceneStream]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class SceneChunks(torch.utils.data.IterableDataset):
+    """Chunks of ``chunk`` consecutive regions of every scene of ``scenes``, scene after scene.
+
+    Iterating yields :class:`RegionChunk` (numpy pixels and targets; ``info["worker"]`` names the
+    DataLoader worker that read it); :meth:`scenes` yields the :class:`SceneStream` themselves;
+    :meth:`set_epoch` reshuffles (when the scene set shuffles).
+    """
+
+    def __init__(self, scenes: SceneSet, chunk: int) -> None:
+        super().__init__()
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a whole number of regions >= 1, got {chunk!r}")
+        self.scene_set, self.chunk = scenes, chunk
+
+    def set_epoch(self, epoch: int) -> None:
+        self.scene_set.set_epoch(epoch)
+
+    def scenes(self) -> Iterator[SceneStream]:
+        """This process's scenes (split by node and worker), each an ordered region stream."""
+        return iter(self.scene_set)
+
+    def __iter__(self) -> Iterator[RegionChunk]:
+        worker = worker_info()[2]
+        for scene in self.scene_set:
+            for chunk in scene.chunks(self.chunk):
+                chunk.info.update(scene.info, worker=worker)
+                yield chunk
+
+    def __getattr__(self, name: str) -> Any:
+        # options and reports of the scene set (``bad``, ``report()``, ``skip_bad``) read through
+        if name == "scene_set":
+            raise AttributeError(name)
+        return getattr(self.scene_set, name)
+
+    def __repr__(self) -> str:
+        return f"SceneChunks({type(self.scene_set).__name__}, chunk={self.chunk})"
