@@ -146,12 +146,12 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
         bands, itemsize = reader.shape[0], reader.dtype.itemsize
         per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, labels is not None))
         per = min(per, max_count) if max_count else per
-        blocks = plan_reads(grid, reader.chunks, bands * itemsize, max_read_bytes)
-        passes = decode_passes(blocks, reader.chunks, (grid.height, grid.width))
+        blocks = plan_reads(grid, reader.tiles, bands * itemsize, max_read_bytes)
+        passes = decode_passes(blocks, reader.tiles, (grid.height, grid.width))
         if passes > 2:
-            log.warning("%s: store chunks %dx%d are taller than the %d px regions, so each chunk is "
-                        "decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
-                        "--max-read-bytes", store, *reader.chunks, region, passes, region)
+            log.warning("%s: store tiles (Zarr chunks) %dx%d are taller than the %d px regions, so each "
+                        "tile is decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
+                        "--max-read-bytes", store, *reader.tiles, region, passes, region)
         names = []
         for n, (a, b) in enumerate(cut_shards(blocks, len(grid), per)):
             name = shard_name(reader.scene_id, n)
