@@ -98,7 +98,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     ledger = _ledger(out)
     recorded = {"fingerprint": status.attrs.get("fingerprint"), "config": status.attrs} if status.ours else None
     ledger.claim(attrs["fingerprint"], _ident(attrs), recorded=recorded, overwrite=overwrite,
-                       clear=lambda: shutil.rmtree(out))
+                 clear=lambda: shutil.rmtree(out))
     status = read_status(out)
     if status.ours and status.complete:
         n = int(np.prod(arr.data.numblocks))

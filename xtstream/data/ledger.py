@@ -74,7 +74,7 @@ class RunLedger:
     Holds only paths, so it pickles to dask workers, which :meth:`mark` units from there.
     """
 
-    def __init__(self, out: str | Path, *, error: type[Exception] = ValueError, what: str = "a run",
+    def __init__(self, out: str | Path, *, error: type[Exception] = ValueError, what: str = "output",
                  plan_file: str | None = PLAN_FILE):
         self.out = Path(out)
         self.error = error

@@ -229,7 +229,7 @@ def write_manifest(plan: ShardPlan) -> Path:
     }
     path = plan.out / MANIFEST
     write_json_atomic(path, manifest)
-    # the manifest now lists every shard; the plan file stays, so that a rerun finds the run its own
+    # the manifest now lists every shard; the plan file stays, so that a rerun recognises this run
     _ledger(plan.out).clear()
     return path
 
