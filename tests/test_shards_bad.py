@@ -14,6 +14,7 @@ import webdataset as wds
 import xtstream.data.shards.writer as writer
 from xtstream.errors import LabelError, ShardError, StoreError
 from xtstream.data.ingest import ingest
+from xtstream.data.ledger import DONE_DIR
 from xtstream.data.shards import read_scenes, shard_stores
 from xtstream.data.shards.reader import _tar_samples
 from xtstream.data.sources import ArraySource
@@ -76,7 +77,7 @@ def test_interrupted_run_resumes_without_rewriting(stores, clean, tmp_path, monk
     assert {k: after[k] for k in before} == before  # complete shards untouched (mtime and bytes)
     assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in _state(clean).items()}  # = a clean run
     assert json.loads((out / "manifest.json").read_text())["shards"] == json.loads((clean / "manifest.json").read_text())["shards"]
-    assert not list(out.glob("*.partial")) and not (out / writer.DONE_DIR).exists()
+    assert not list(out.glob("*.partial")) and not (out / DONE_DIR).exists()
     # a finished run is not redone
     shard_stores(stores, out, region=16, max_count=9, progress=False)
     assert _state(out) == after

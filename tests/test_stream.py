@@ -16,7 +16,7 @@ from xtstream.data.sources import ArraySource, WindowedSource
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.split import split_scenes
 from xtstream.data.streams import batched, open_scene, stream_scenes
-from xtstream.data.windows import decode_passes, plan_reads
+from xtstream.data.windows import SourceWindows, ZarrWindows, decode_passes, open_windows, plan_reads
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,10 @@ def store(image, tmp_path_factory):
 
 
 @given(h=st.integers(1, 400), w=st.integers(1, 400), region=st.integers(8, 150),
-       ch=st.integers(8, 300), cw=st.integers(8, 300), budget=st.integers(1, 400_000))
-def test_read_plan_covers_every_region_once_in_order(h, w, region, ch, cw, budget):
+       th=st.integers(8, 300), tw=st.integers(8, 300), budget=st.integers(1, 400_000))
+def test_read_plan_covers_every_region_once_in_order(h, w, region, th, tw, budget):
     grid = RegionGrid(h, w, region)
-    blocks = plan_reads(grid, (ch, cw), 4, budget)
+    blocks = plan_reads(grid, (th, tw), 4, budget)
     assert blocks[0].start == 0 and blocks[-1].stop == len(grid)
     for a, b in zip(blocks, blocks[1:]):
         assert a.stop == b.start
@@ -49,19 +49,19 @@ def test_read_plan_covers_every_region_once_in_order(h, w, region, ch, cw, budge
         assert win.height * win.width * 4 <= budget or len(blk) == 1 or win.height > region
 
 
-def test_read_plan_decodes_each_chunk_row_once_when_it_fits():
+def test_read_plan_decodes_each_tile_row_once_when_it_fits():
     grid = RegionGrid(4096, 4096, 512)
     blocks = plan_reads(grid, (2048, 2048), 8, 2**30)
     assert [b.window for b in blocks] == [Window(0, 0, 2048, 4096), Window(2048, 0, 4096, 4096)]
-    # a small budget: single rows, each run of regions a whole number of chunk columns
+    # a small budget: single rows, each run of regions a whole number of tile columns
     blocks = plan_reads(grid, (512, 1024), 8, 1024 * 512 * 8)
     assert all(b.window.height == 512 and b.window.x0 % 1024 == 0 and len(b) == 2 for b in blocks)
 
 
-def test_decode_passes_counts_chunk_decodes():
+def test_decode_passes_counts_tile_decodes():
     grid = RegionGrid(4096, 4096, 512)
     assert decode_passes(plan_reads(grid, (2048, 2048), 8, 2**30), (2048, 2048), (4096, 4096)) == 1.0
-    # a budget of one region row: 2048-tall chunks are decoded once per region row
+    # a budget of one region row: 2048-tall tiles are decoded once per region row
     one_row = plan_reads(grid, (2048, 2048), 8, 4096 * 512 * 8)
     assert decode_passes(one_row, (2048, 2048), (4096, 4096)) == 4.0
     assert decode_passes(plan_reads(grid, (512, 512), 8, 2**22), (512, 512), (4096, 4096)) == 1.0
@@ -78,6 +78,18 @@ def test_zarr_store_regions_reassemble_exactly(store, image, region, budget):
     last = regions[-1]
     v = last.valid_window
     assert not last.pixels[:, v.height:, :].any() and not last.pixels[:, :, v.width:].any()  # zero padding
+
+
+def test_every_window_reader_has_one_protocol(store, image):
+    # stores, window sources and array sources all read (bands, h, w) through read_window
+    win = Window(10, 20, 150, 300)
+    readers = [open_windows(store), open_windows(ArraySource(image, scene_id="mem")),
+               SourceWindows(Counting(image), tile=64)]
+    assert [type(r) for r in readers] == [ZarrWindows, SourceWindows, SourceWindows]
+    assert [r.tiles for r in readers] == [(96, 96), (203, 317), (64, 64)]  # dask clips a tile to the scene
+    for reader in readers:
+        assert reader.shape == image.shape
+        assert np.array_equal(reader.read_window(win), image[:, 10:150, 20:300])
 
 
 def test_chunks_are_row_major_runs(store):

@@ -4,9 +4,11 @@ Memory stays flat whatever the scene size: each task reads one ``(bands, N, N)``
 source, normalises it, and writes exactly that Zarr chunk (dask chunk == Zarr chunk, one writer
 per chunk — the rule that avoids the silent-corruption bugs of unaligned parallel Zarr writes).
 
-Resumable and atomic: a task marks its chunk done only after the write returns; a rerun writes
-only the chunks without a marker. The store is flagged complete last, once every chunk is
-marked, and :func:`xtstream.data.store.open_store` refuses a store without that flag.
+Resumable and atomic (the protocol of :mod:`xtstream.data.ledger`): a task marks its chunk done
+only after the write returns; a rerun writes only the chunks without a marker. The store is
+flagged complete last, once every chunk is marked, and :func:`xtstream.data.store.open_store`
+refuses a store without that flag. The store's own attributes record the plan's fingerprint, so a
+rerun with another source or configuration is refused (or, with ``overwrite``, replaces it).
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize
 from xtstream.data.sources import open_source
 from xtstream.data.specs import DatasetSpec, load_spec
-from xtstream.data.store import DONE_DIR, IMAGE_VAR, STORE_FORMAT, read_status
+from xtstream.data.ledger import RunLedger
+from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, read_status
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
 _ZARR_CONFIG = {"async.concurrency": 4, "threading.max_workers": 2}
+# what an ingest's fingerprint hashes; a changed one names the keys that differ
+_IDENT_KEYS = ("source_paths", "source_stamps", "shape", "dtype", "band_names", "chunk", "codec", "spec",
+               "data_token")
 
 
 @dataclass
@@ -88,22 +94,19 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     status = read_status(out)
     if status.exists and not status.ours:
         raise StoreError(f"{out}: exists and is not an xtstream scene store; refusing to write there")
-    if status.ours and (overwrite or status.attrs.get("fingerprint") != attrs["fingerprint"]):
-        if not overwrite:
-            raise StoreError(
-                f"{out}: holds an ingest of another source or configuration "
-                f"({_diff(status.attrs, attrs)}); pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
-        status = read_status(out)
+    # the store records its plan in its own attributes; the ledger keeps the chunk markers
+    ledger = _ledger(out)
+    recorded = {"fingerprint": status.attrs.get("fingerprint"), "config": status.attrs} if status.ours else None
+    ledger.claim(attrs["fingerprint"], _ident(attrs), recorded=recorded, overwrite=overwrite,
+                 clear=lambda: shutil.rmtree(out))
+    status = read_status(out)
     if status.ours and status.complete:
         n = int(np.prod(arr.data.numblocks))
         return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
     if not status.exists:
         _write_template(arr, out, attrs, chunk, codec, level)
 
-    done_dir = out / DONE_DIR
-    done_dir.mkdir(exist_ok=True)
-    done = {p.name for p in done_dir.iterdir()}
+    done = ledger.done()
     _, nby, nbx = arr.data.numblocks
     # one output element per chunk; dask fuses read -> normalise -> write into one task per chunk,
     # so no block ever travels between workers
@@ -112,22 +115,21 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
                                   name=f"ingest-{scene_id}-{attrs['fingerprint']}")
     (written,) = dask.optimize(written)
     graph = dict(written.__dask_graph__())
-    keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if f"{i}.{j}" not in done]
+    keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if _tile_unit(i, j) not in done]
     return ScenePlan(out, scene_id, graph, keys, nby * nbx, nby * nbx - len(keys), attrs)
 
 
 def finalize(plan: ScenePlan) -> Path:
     """Flag a store complete once every chunk is marked done; refuse otherwise."""
-    done_dir = plan.out / DONE_DIR
-    n_done = len(list(done_dir.iterdir())) if done_dir.exists() else plan.n_chunks
-    if n_done < plan.n_chunks:
-        raise StoreError(f"{plan.out}: only {n_done} of {plan.n_chunks} chunks written; rerun to resume")
-    group = zarr.open_group(plan.out, mode="r+", zarr_format=3)
-    info = dict(group.attrs["xtstream"])
-    if not info.get("complete"):
-        info.update(complete=True, completed=_now())
-        group.attrs["xtstream"] = info
-    shutil.rmtree(done_dir, ignore_errors=True)
+    ledger = _ledger(plan.out)
+    if not read_status(plan.out).complete:
+        n_done = len(ledger.done())
+        if n_done < plan.n_chunks:
+            raise StoreError(f"{plan.out}: only {n_done} of {plan.n_chunks} chunks written; rerun to resume")
+        group = zarr.open_group(plan.out, mode="r+", zarr_format=3)
+        # the complete flag goes last: until it is set, open_store refuses the store
+        group.attrs["xtstream"] = {**group.attrs["xtstream"], "complete": True, "completed": _now()}
+    ledger.clear()
     return plan.out
 
 
@@ -211,8 +213,22 @@ def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) 
         arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
         arr[:, y0:y1, x0:x1] = block
     # the marker goes last: a chunk counts as written only once its write has returned
-    (Path(store) / DONE_DIR / f"{i}.{j}").touch()
+    _ledger(store).mark(_tile_unit(i, j))
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
+
+
+def _ledger(store: str | Path) -> RunLedger:
+    return RunLedger(store, error=StoreError, what="an ingest", plan_file=None)
+
+
+def _tile_unit(i: int, j: int) -> str:
+    """The ledger's name for the Zarr chunk at tile row ``i``, column ``j``."""
+    return f"{i}.{j}"
+
+
+def _ident(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The part of a store's attributes that its fingerprint hashes (what a resume must match)."""
+    return {k: attrs[k] for k in _IDENT_KEYS if k in attrs}
 
 
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
@@ -270,12 +286,6 @@ def _stamp(path: str) -> list | None:
         st = p.stat()
         return [st.st_size, st.st_mtime_ns]
     return None
-
-
-def _diff(old: dict, new: dict) -> str:
-    keys = ("source_paths", "source_stamps", "shape", "dtype", "band_names", "chunk", "codec", "spec", "data_token")
-    changed = [k for k in keys if old.get(k) != new.get(k)]
-    return "differs in " + ", ".join(changed) if changed else "different fingerprint"
 
 
 def _default_scene_id(source: Any, out: Path) -> str:

@@ -6,7 +6,7 @@ Layout (plain xarray-readable, ``xarray.open_zarr(STORE)`` works)::
       zarr.json                 group attrs: {"xtstream": {format, complete, scene_id, ...}}
       image/                    (band, y, x) array, the scene at full size, chunks (band, N, N)
       band/ y/ x/ spatial_ref/  coordinates (y/x only when georeferenced), CRS as grid mapping
-      _xtstream_done/           per-chunk completion markers, present only while an ingest runs
+      _xtstream_done/           per-chunk done-markers (:mod:`xtstream.data.ledger`), only while an ingest runs
 
 A store is *complete* only once every chunk is written and the group attribute
 ``xtstream.complete`` is set to true, which the ingest does last. :func:`open_store` refuses
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import xarray as xr
 
+from xtstream.data.ledger import DONE_DIR
 from xtstream.errors import IncompleteStoreError, StoreError
 
 STORE_FORMAT = "xtstream-scene/1"
 IMAGE_VAR = "image"
-DONE_DIR = "_xtstream_done"
 
 
 @dataclass(frozen=True)

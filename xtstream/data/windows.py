@@ -41,17 +41,17 @@ class ReadBlock:
         return self.stop - self.start
 
 
-def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: int,
+def plan_reads(grid: RegionGrid, tiles: tuple[int, int] | None, pixel_bytes: int,
                max_read_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[ReadBlock]:
     """Blocks to read a scene with, in row-major region order (see the module docstring).
 
-    ``chunks``: the store's ``(chunk_h, chunk_w)`` (``None``: any); ``pixel_bytes``: bytes of one
-    pixel over all bands. Several region rows share one full-width block when they lie in the
-    same chunk rows and fit ``max_read_bytes``; otherwise a row is read in runs of regions,
-    cut at chunk-column boundaries where possible.
+    ``tiles``: the store's ``(tile_h, tile_w)`` storage blocks (``None``: any); ``pixel_bytes``:
+    bytes of one pixel over all bands. Several region rows share one full-width block when they
+    lie in the same tile rows and fit ``max_read_bytes``; otherwise a row is read in runs of
+    regions, cut at tile-column boundaries where possible.
     """
     R, H, W = grid.region, grid.height, grid.width
-    ch, cw = chunks or (R, R)
+    th, tw = tiles or (R, R)
     rows, cols = grid.shape
 
     def band_bytes(r0: int, r1: int) -> int:
@@ -61,7 +61,7 @@ def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: in
     r = 0
     while r < rows:
         r1 = r + 1
-        while r1 < rows and (r1 * R) % ch and band_bytes(r, r1 + 1) <= max_read_bytes:
+        while r1 < rows and (r1 * R) % th and band_bytes(r, r1 + 1) <= max_read_bytes:
             r1 += 1
         y0, y1 = r * R, min(r1 * R, H)
         if r1 - r > 1:
@@ -73,8 +73,8 @@ def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: in
             c1 = c + 1
             while c1 < cols and (min((c1 + 1) * R, W) - c * R) * (y1 - y0) * pixel_bytes <= max_read_bytes:
                 c1 += 1
-            if c1 < cols and (c1 * R) % cw:
-                aligned = [k for k in range(c + 1, c1) if (k * R) % cw == 0]
+            if c1 < cols and (c1 * R) % tw:
+                aligned = [k for k in range(c + 1, c1) if (k * R) % tw == 0]
                 c1 = aligned[-1] if aligned else c1
             blocks.append(ReadBlock(Window(y0, c * R, y1, min(c1 * R, W)), r * cols + c, r * cols + c1))
             c = c1
@@ -82,12 +82,13 @@ def plan_reads(grid: RegionGrid, chunks: tuple[int, int] | None, pixel_bytes: in
     return blocks
 
 
-def decode_passes(blocks: Sequence[ReadBlock], chunks: tuple[int, int], shape: tuple[int, int]) -> float:
-    """How many times, on average, reading ``blocks`` decodes each store chunk (1.0 is ideal)."""
-    ch, cw = chunks
-    decodes = sum((-(-b.window.y1 // ch) - b.window.y0 // ch) * (-(-b.window.x1 // cw) - b.window.x0 // cw)
+def decode_passes(blocks: Sequence[ReadBlock], tiles: tuple[int, int], shape: tuple[int, int]) -> float:
+    """How many times, on average, reading ``blocks`` decodes each ``(tile_h, tile_w)`` store tile
+    of a scene of ``shape`` ``(H, W)`` (1.0 is ideal)."""
+    th, tw = tiles
+    decodes = sum((-(-b.window.y1 // th) - b.window.y0 // th) * (-(-b.window.x1 // tw) - b.window.x0 // tw)
                   for b in blocks)
-    return decodes / (-(-shape[0] // ch) * -(-shape[1] // cw))
+    return decodes / (-(-shape[0] // th) * -(-shape[1] // tw))
 
 
 # -- window readers ---------------------------------------------------------------------------
@@ -113,7 +114,8 @@ class ZarrWindows:
         arr = self._array()
         self.shape = tuple(int(s) for s in arr.shape)
         self.dtype = np.dtype(arr.dtype)
-        self.chunks = (int(arr.chunks[1]), int(arr.chunks[2]))
+        # the Zarr array's chunks: in our API a storage block is a tile (a chunk is C regions)
+        self.tiles = (int(arr.chunks[1]), int(arr.chunks[2]))
         self.bands = [str(b) for b in status.attrs.get("band_names") or self._band_coords()]
         self._arr = None
 
@@ -132,7 +134,7 @@ class ZarrWindows:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arr": None}
 
-    def read(self, window: Window) -> np.ndarray:
+    def read_window(self, window: Window) -> np.ndarray:
         """``(bands, h, w)`` pixels of ``window`` (inside the scene)."""
         if self._arr is None:
             self._arr = self._array()
@@ -142,7 +144,7 @@ class ZarrWindows:
 class SourceWindows:
     """Windows of any raster source (:mod:`xtstream.data.sources`); window sources read directly."""
 
-    def __init__(self, source: Any, chunks: int = 2048):
+    def __init__(self, source: Any, tile: int = 2048):
         from xtstream.data.sources import WindowedSource, open_source
 
         self.source = open_source(source)
@@ -150,18 +152,19 @@ class SourceWindows:
         if isinstance(self.source, WindowedSource):
             self.shape, self.dtype = tuple(self.source.shape), np.dtype(self.source.dtype)
             self.bands = [str(b) for b in self.source.band_names]
-            self.chunks = (chunks, chunks)
+            self.tiles = (tile, tile)
             self._array = None
         else:
-            arr = self.source.to_dataarray(chunks=chunks)
+            arr = self.source.to_dataarray(chunks=tile)
             if arr.dims != ("band", "y", "x"):
                 raise SourceError(f"{self.source.name}: dims {arr.dims}, expected (band, y, x)")
             self.shape, self.dtype = tuple(int(s) for s in arr.shape), np.dtype(arr.dtype)
             self.bands = [str(b) for b in arr["band"].values]
-            self.chunks = tuple(int(c) for c in arr.data.chunksize[1:])
+            self.tiles = tuple(int(c) for c in arr.data.chunksize[1:])
             self._array = arr.data
 
-    def read(self, window: Window) -> np.ndarray:
+    def read_window(self, window: Window) -> np.ndarray:
+        """``(bands, h, w)`` pixels of ``window`` (inside the scene)."""
         if self._array is None:
             return np.asarray(self.source.read_window(window))
         return np.asarray(self._array[:, window.y0:window.y1, window.x0:window.x1].compute())
@@ -189,10 +192,10 @@ def iter_regions(reader: ZarrWindows | SourceWindows, grid: RegionGrid, start: i
     stop = len(grid) if stop is None else stop
     scene_id = scene_id or reader.scene_id
     pixel_bytes = reader.shape[0] * reader.dtype.itemsize
-    for block in plan_reads(grid, reader.chunks, pixel_bytes, max_read_bytes):
+    for block in plan_reads(grid, reader.tiles, pixel_bytes, max_read_bytes):
         if block.stop <= start or block.start >= stop:
             continue
-        data = reader.read(block.window)
+        data = reader.read_window(block.window)
         for index in range(max(block.start, start), min(block.stop, stop)):
             win = grid.valid_window(index)
             ys = slice(win.y0 - block.window.y0, win.y1 - block.window.y0)

@@ -13,9 +13,10 @@ order, headers and bytes — a test holds the two byte-identical), but through `
 mode with multi-MiB copies: TarWriter's stream mode pushes data through Python in 10 KiB pieces,
 which profiled at 40% of a single-threaded shard write.
 
-Resumable and atomic, like ingest: a shard is written to ``NAME.tar.partial``, renamed when
-closed, then marked done in ``_xtstream_done/NAME.json`` with its size and SHA-256 (hashed as it
-is written, so no second read). A rerun skips marked shards and writes the rest; files are
+Resumable and atomic, like ingest (the protocol of :mod:`xtstream.data.ledger`): a shard is
+written to ``NAME.tar.partial``, renamed when closed, then marked done in
+``_xtstream_done/NAME.json`` with its size and SHA-256 (hashed as it is written, so no second
+read). A rerun skips marked shards and writes the rest; files are
 byte-for-byte those of a clean run (tar mtimes are fixed). ``manifest.json`` is written last,
 listing shards, scenes, region counts and checksums; readers rely on it.
 """
@@ -26,27 +27,23 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
-
-import numpy as np
 
 from xtstream import __version__
 from xtstream.errors import ShardError
 from xtstream.tasks.xview3.labels import SceneLabels, read_labels
 from xtstream._runtime.malloc import limit_arenas
 from xtstream.data.grid import RegionGrid
+from xtstream.data.ledger import RunLedger, write_json_atomic
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
 from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, encode_sample, shard_name, tar_member_bytes
 
 log = logging.getLogger(__name__)
 
-DONE_DIR = "_xtstream_done"
-PLAN_FILE = "_xtstream_plan.json"
 DEFAULT_MAX_SHARD_SIZE = 1 << 30
 JSON_ALLOWANCE = 4096  # tar bytes reserved per sample for its .json (objects lists are short)
 TAR_COPY_BYTES = 8 << 20
@@ -142,19 +139,19 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
                     "completed": r.attrs.get("completed")} for s, r in zip(stores, readers)],
     }
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    _claim(out, fingerprint, config, overwrite)
+    _ledger(out).claim(fingerprint, config, overwrite=overwrite, clear=lambda: _clear(out))
 
     scenes, tasks = [], []
     for store, reader, grid in zip(stores, readers, grids):
         bands, itemsize = reader.shape[0], reader.dtype.itemsize
         per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, labels is not None))
         per = min(per, max_count) if max_count else per
-        blocks = plan_reads(grid, reader.chunks, bands * itemsize, max_read_bytes)
-        passes = decode_passes(blocks, reader.chunks, (grid.height, grid.width))
+        blocks = plan_reads(grid, reader.tiles, bands * itemsize, max_read_bytes)
+        passes = decode_passes(blocks, reader.tiles, (grid.height, grid.width))
         if passes > 2:
-            log.warning("%s: store chunks %dx%d are taller than the %d px regions, so each chunk is "
-                        "decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
-                        "--max-read-bytes", store, *reader.chunks, region, passes, region)
+            log.warning("%s: store tiles (Zarr chunks) %dx%d are taller than the %d px regions, so each "
+                        "tile is decoded %.1f times; ingest with --chunk %d for fast sharding, or raise "
+                        "--max-read-bytes", store, *reader.tiles, region, passes, region)
         names = []
         for n, (a, b) in enumerate(cut_shards(blocks, len(grid), per)):
             name = shard_name(reader.scene_id, n)
@@ -193,7 +190,7 @@ def write_shard(task: ShardTask, out: str) -> dict:
     os.replace(partial, final)
     marker = {"name": task.name, "scene_id": task.scene_id, "start": task.start, "stop": task.stop,
               "regions": task.stop - task.start, "bytes": sink.size, "sha256": sink.hexdigest()}
-    _write_json(out_dir / DONE_DIR / f"{task.name}.json", marker)
+    _ledger(out_dir).mark(task.name, marker)
     return marker
 
 
@@ -231,8 +228,9 @@ def write_manifest(plan: ShardPlan) -> Path:
                    "regions": int(sum(s["regions"] for s in shards)), "bytes": int(sum(s["bytes"] for s in shards))},
     }
     path = plan.out / MANIFEST
-    _write_json(path, manifest)
-    shutil.rmtree(plan.out / DONE_DIR, ignore_errors=True)
+    write_json_atomic(path, manifest)
+    # the manifest now lists every shard; the plan file stays, so that a rerun recognises this run
+    _ledger(plan.out).clear()
     return path
 
 
@@ -302,32 +300,14 @@ class _HashingFile:
         return self._hash.hexdigest()
 
 
-def _claim(out: Path, fingerprint: str, config: dict, overwrite: bool) -> None:
-    """Make ``out`` ours for this plan, refusing to mix two different runs in one directory."""
-    plan_path = out / PLAN_FILE
-    if plan_path.is_file():
-        old = json.loads(plan_path.read_text())
-        if old.get("fingerprint") == fingerprint:
-            return
-        if not overwrite:
-            changed = [k for k in config if old.get("config", {}).get(k) != config[k]]
-            raise ShardError(f"{out}: holds shards of another run (differs in {changed or 'fingerprint'}); "
-                             "pass overwrite=True (--overwrite) to replace them")
-        _clear(out)
-    elif out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ShardError(f"{out}: exists, is not empty and holds no xtstream shard plan; refusing to write there")
-        _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DONE_DIR).mkdir(exist_ok=True)
-    _write_json(plan_path, {"fingerprint": fingerprint, "config": config})
+def _ledger(out: Path) -> RunLedger:
+    return RunLedger(out, error=ShardError, what="shards")
 
 
 def _clear(out: Path) -> None:
+    """Remove what a shard run wrote (the ledger removes its own files); leave anything else."""
     for p in out.iterdir():
-        if p.is_dir() and p.name == DONE_DIR:
-            shutil.rmtree(p)
-        elif p.is_file() and (p.name.endswith((".tar", ".tar.partial")) or p.name in (MANIFEST, PLAN_FILE)):
+        if p.is_file() and (p.name.endswith((".tar", ".tar.partial")) or p.name == MANIFEST):
             p.unlink()
 
 
@@ -338,24 +318,8 @@ def _done_shards(out: Path) -> dict[str, dict]:
     if manifest.is_file():
         for s in json.loads(manifest.read_text()).get("shards", []):
             found[s["name"]] = s
-    done_dir = out / DONE_DIR
-    if done_dir.is_dir():
-        for p in done_dir.glob("*.json"):
-            marker = json.loads(p.read_text())
-            found[marker["name"]] = marker
+    found.update(_ledger(out).done())
     return {n: m for n, m in found.items() if (out / n).is_file() and (out / n).stat().st_size == m["bytes"]}
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _file_sha256(path: Path) -> str:
