@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_BACKBONES
 from xtstream.data.chunk import chunked
 from xtstream.models.encoders import (batch_size_for, create_region_encoder, encode_regions,
                                       forward_with_grad_ratio, region_cost)
@@ -14,11 +15,7 @@ from xtstream.data.grid import RegionGrid, extract_region
 from xtstream.data.sample import RegionSample
 
 R = 64
-BACKBONES = {
-    "convnext": ("convnext_atto", {}),
-    "swinv2": ("swinv2_tiny_window8_256", dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))),
-    "hiera": ("hiera_tiny_224", dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1))),
-}
+BACKBONES = TINY_BACKBONES
 
 
 @pytest.fixture(autouse=True)
@@ -58,8 +55,22 @@ def test_backward_reaches_every_parameter(family):
     assert all(torch.isfinite(p.grad).all() for p in params)
 
 
+def saved_activation_bytes(enc, x) -> int:
+    """Bytes autograd keeps for backward during one forward (what checkpointing exists to cut)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        enc(x)
+    return total
+
+
 @pytest.mark.parametrize("family", list(BACKBONES))
-def test_grad_checkpointing_gives_the_same_gradients(family):
+def test_grad_checkpointing_keeps_less_for_backward_and_gives_the_same_gradients(family):
     enc = make_encoder(family).eval()  # eval: SwinV2's default drop-path would differ run to run
     x = torch.randn(2, 2, R, R)
     weights = [torch.randn_like(o) for o in enc(x)]
@@ -69,8 +80,10 @@ def test_grad_checkpointing_gives_the_same_gradients(family):
         sum((o * w).sum() for o, w in zip(enc(x), weights)).backward()
         return [p.grad.clone() for p in enc.parameters()]
 
-    plain = grads()
+    plain, plain_bytes = grads(), saved_activation_bytes(enc, x)
     enc.set_grad_checkpointing(True)
+    # the point of checkpointing: stages re-run in backward instead of keeping their activations
+    assert saved_activation_bytes(enc, x) < 0.6 * plain_bytes
     for a, b in zip(plain, grads()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
