@@ -1,14 +1,24 @@
-"""Regions/s of the encode_regions stage vs the bare backbone on the same pre-stacked batches.
+"""Regions/s of the encode_regions stage and of a whole model's stream vs the bare backbone.
 
     python benchmarks/encoder_throughput.py                    # CPU, convnext_atto, 256 px, batch 8
     python benchmarks/encoder_throughput.py --device cuda --backbone swinv2_tiny_window8_256 --batch 32
 
-The stage takes an iterator of RegionSamples (numpy pixels already in memory, so reading is not
-timed): grouping, stacking, (pinned) host→device copies, the backbone, NCHW normalisation. The
-bare run calls the timm ``features_only`` model directly on batches stacked beforehand and already
-on the device: the ceiling. Inference (``torch.inference_mode``). Trials alternate between the two
-so drifting load on a shared machine hits both alike; the median trial of each is reported.
-Writes ``benchmarks/results/encoder_throughput.json``.
+Three runs over the same regions, already in memory (reading is not timed):
+
+* **bare**: the timm ``features_only`` model called directly on batches of ``--batch`` regions
+  stacked beforehand and already on the device — the ceiling;
+* **stage**: ``encode_regions`` over region chunks with ``--batch`` regions per backbone batch:
+  stacking, (pinned) host→device copies, the backbone, NCHW normalisation;
+* **model**: ``model.stream`` of an xT model (the backbone, ``--context`` over chunks of
+  ``--chunk`` regions — by default Transformer-XL of width 256, 2 layers, as the
+  ``xt_convnext_atto_xl`` preset — and the classification head) with the backbone batch its
+  memory budget chooses (independent of the chunk), per-scene state, head outputs per chunk;
+* **model, no context**: the same with ``context="none"``: what the streaming machinery itself
+  (chunking, states, batching, the head) costs over the bare backbone.
+
+Inference (``torch.inference_mode``). Trials alternate between the runs so drifting load on a
+shared machine hits all alike; the median trial of each is reported. Writes
+``benchmarks/results/encoder_throughput.json`` (``stage_vs_backbone``, ``model_vs_backbone``).
 """
 
 from __future__ import annotations
@@ -27,18 +37,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine, table  # noqa: E402
 
-from xtstream.models.encoders import create_region_encoder, encode_regions  # noqa: E402
+import xtstream  # noqa: E402
+from xtstream.data.chunk import RegionChunk  # noqa: E402
 from xtstream.data.grid import RegionGrid  # noqa: E402
-from xtstream.data.sample import RegionSample  # noqa: E402
+from xtstream.models.encoders import budget_batch_size, encode_regions  # noqa: E402
 
 
-def make_samples(n: int, region: int, bands: int) -> list[RegionSample]:
+def make_pixels(n: int, region: int, bands: int) -> tuple[RegionGrid, np.ndarray]:
+    """A scene grid of at least ``n`` regions and ``(n, bands, R, R)`` random pixels."""
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     grid = RegionGrid(rows * region, cols * region, region)
     rng = np.random.default_rng(0)
-    return [RegionSample("bench", i, grid, rng.standard_normal((bands, region, region), dtype=np.float32))
-            for i in range(n)]
+    return grid, rng.standard_normal((n, bands, region, region), dtype=np.float32)
+
+
+def make_chunks(grid: RegionGrid, pixels: np.ndarray, chunk: int) -> list[RegionChunk]:
+    """Fresh chunks over the same pixel arrays (the stream fills in outputs, so each trial gets new ones)."""
+    return [RegionChunk("bench", grid, list(range(i, min(i + chunk, len(pixels)))), pixels[i:i + chunk])
+            for i in range(0, len(pixels), chunk)]
 
 
 def sync(device: torch.device) -> None:
@@ -46,14 +63,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_stage(samples, encoder, batch: int, device: torch.device) -> float:
+def time_stage(chunks: list[RegionChunk], encoder, batch: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     n = 0
-    for out in encode_regions(iter(samples), encoder, batch_size=batch, device=device):
+    for out in encode_regions(chunks, encoder, chunk=len(chunks[0]), batch_size=batch, device=device):
         n += len(out)
     sync(device)
-    assert n == len(samples)
+    assert n == sum(len(c) for c in chunks)
+    return time.perf_counter() - start
+
+
+def time_model(chunks: list[RegionChunk], model, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    n = sum(len(c) for c in model.stream(chunks, device=device))
+    sync(device)
+    assert n == sum(len(c) for c in chunks)
     return time.perf_counter() - start
 
 
@@ -74,6 +100,8 @@ def main() -> None:
     p.add_argument("--bands", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--regions", type=int, default=64)
+    p.add_argument("--context", default="xl", help="the model run's context encoder")
+    p.add_argument("--chunk", type=int, default=4, help="the model run's context chunk (regions)")
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -81,22 +109,35 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    encoder = create_region_encoder(args.backbone, region=args.region, in_chans=args.bands).to(device).eval()
-    samples = make_samples(args.regions, args.region, args.bands)
-    stacked = [torch.from_numpy(np.stack([s.pixels for s in samples[i: i + args.batch]])).to(device)
-               for i in range(0, len(samples), args.batch)]
-    stage_s, bare_s = [], []
+
+    def build(context: str):
+        return xtstream.create_model(args.backbone, region=args.region, in_chans=args.bands, context=context,
+                                     chunk=args.chunk, dim=256, depth=2, heads=8, head="classification",
+                                     num_classes=10).to(device).eval()
+
+    models = {"model": build(args.context), "model_none": build("none")}
+    encoder = models["model"].encoder
+    grid, pixels = make_pixels(args.regions, args.region, args.bands)
+    stacked = [torch.from_numpy(pixels[i: i + args.batch]).to(device) for i in range(0, len(pixels), args.batch)]
+    model_batch = budget_batch_size(encoder, device=device)
+    runs: dict[str, list[float]] = {"bare": [], "stage": [], "model": [], "model_none": []}
     with torch.inference_mode():
         time_bare(stacked[:2], encoder, device)  # warm-up: allocator, kernels, caches
-        time_stage(samples[: 2 * args.batch], encoder, args.batch, device)
+        time_stage(make_chunks(grid, pixels[: 2 * args.batch], args.chunk), encoder, args.batch, device)
+        for m in models.values():
+            time_model(make_chunks(grid, pixels, args.chunk), m, device)
         for _ in range(args.trials):
-            bare_s.append(time_bare(stacked, encoder, device))
-            stage_s.append(time_stage(samples, encoder, args.batch, device))
-    stage_rate = args.regions / statistics.median(stage_s)
-    bare_rate = args.regions / statistics.median(bare_s)
-    rows = [["bare backbone (pre-stacked, on device)", f"{bare_rate:.1f}",
-             " ".join(f"{s:.2f}" for s in bare_s)],
-            ["encode_regions stage", f"{stage_rate:.1f}", " ".join(f"{s:.2f}" for s in stage_s)]]
+            runs["bare"].append(time_bare(stacked, encoder, device))
+            runs["stage"].append(time_stage(make_chunks(grid, pixels, args.chunk), encoder, args.batch, device))
+            for name, m in models.items():
+                runs[name].append(time_model(make_chunks(grid, pixels, args.chunk), m, device))
+    rate = {k: args.regions / statistics.median(v) for k, v in runs.items()}
+    labels = {"bare": f"bare backbone (pre-stacked batches of {args.batch}, on device)",
+              "stage": f"encode_regions stage (batches of {args.batch})",
+              "model": f"model.stream: {args.context} context, chunk {args.chunk}, classification head "
+                       f"(budget batch {model_batch})",
+              "model_none": f"model.stream: no context, classification head (budget batch {model_batch})"}
+    rows = [[labels[k], f"{rate[k]:.1f}", " ".join(f"{s:.2f}" for s in runs[k])] for k in runs]
     print(table(rows, ["run", "regions/s (median)", "trial seconds"]))
     result = {
         **machine(),
@@ -104,11 +145,19 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "backbone": args.backbone, "region": args.region, "bands": args.bands,
         "batch_size": args.batch, "regions": args.regions, "trials": args.trials,
-        "stage_regions_per_s": round(stage_rate, 2),
-        "backbone_regions_per_s": round(bare_rate, 2),
-        "stage_vs_backbone": round(stage_rate / bare_rate, 3),
-        "stage_trial_s": [round(s, 3) for s in stage_s],
-        "backbone_trial_s": [round(s, 3) for s in bare_s],
+        "model_context": args.context, "model_chunk": args.chunk, "model_head": "classification",
+        "model_batch_size": model_batch,
+        "stage_regions_per_s": round(rate["stage"], 2),
+        "backbone_regions_per_s": round(rate["bare"], 2),
+        "model_regions_per_s": round(rate["model"], 2),
+        "model_none_regions_per_s": round(rate["model_none"], 2),
+        "stage_vs_backbone": round(rate["stage"] / rate["bare"], 3),
+        "model_vs_backbone": round(rate["model"] / rate["bare"], 3),
+        "model_none_vs_backbone": round(rate["model_none"] / rate["bare"], 3),
+        "stage_trial_s": [round(s, 3) for s in runs["stage"]],
+        "backbone_trial_s": [round(s, 3) for s in runs["bare"]],
+        "model_trial_s": [round(s, 3) for s in runs["model"]],
+        "model_none_trial_s": [round(s, 3) for s in runs["model_none"]],
     }
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("trial_s")}, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ def child_ingest(scene: str, out: str, scheduler: str) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    ingest(scene, out, spec="xview3", bands=BANDS, chunk=CHUNK, scheduler=scheduler, progress=False)
+    ingest(scene, out, spec="xview3", bands=BANDS, tile=CHUNK, scheduler=scheduler, progress=False)
     return {"seconds": time.perf_counter() - t}
 
 

@@ -79,16 +79,26 @@ def model_rows(r: dict) -> list[tuple[str, str, str]]:
 
 
 def encoder_rows(r: dict) -> list[tuple[str, str, str]]:
-    return [(f"`encode_regions` vs bare {r['backbone']} on the same batches",
+    rows = [(f"`encode_regions` vs bare {r['backbone']} on the same batches",
              f"{r['stage_vs_backbone']:.2f}× ({r['stage_regions_per_s']:.0f} vs {r['backbone_regions_per_s']:.0f} regions/s)",
              f"≥ 0.95 {_mark(r['stage_vs_backbone'] >= 0.95)}")]
+    if "model_vs_backbone" in r:
+        rows += [
+            (f"`model.stream` ({r['model_context']} context, chunk {r['model_chunk']}, classification head, "
+             f"budget batch {r['model_batch_size']}) vs bare backbone",
+             f"{r['model_vs_backbone']:.2f}× ({r['model_regions_per_s']:.0f} regions/s)",
+             f"≥ 0.9 {_mark(r['model_vs_backbone'] >= 0.9)}"),
+            ("`model.stream`, no context (the streaming machinery and head alone) vs bare backbone",
+             f"{r['model_none_vs_backbone']:.2f}× ({r['model_none_regions_per_s']:.0f} regions/s)", "overhead, for scale"),
+        ]
+    return rows
 
 
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
     ("model_memory", "Model memory, forward + backward (`benchmarks/model_memory.py`, plot `benchmarks/results/model_memory.png`)", model_rows, None),
-    ("encoder_throughput", "Region-encoder stage (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
+    ("encoder_throughput", "Region-encoder stage and model path (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
 ]
 
 

@@ -132,7 +132,7 @@ def ensure_store(work: Path, h: int, w: int) -> Path:
         from xtstream.data.ingest import ingest
 
         print(f"ingesting {scene} → {store} …", flush=True)
-        ingest(scene, store, spec="xview3", bands=BANDS, chunk=REGION, progress=False)
+        ingest(scene, store, spec="xview3", bands=BANDS, tile=REGION, progress=False)
     return store
 
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with dask_client(args.scheduler) as client:
             stores = ingest_archive(args.archive, args.out / "stores", spec=args.spec, bands=bands,
-                                    chunk=args.region, scenes_in_flight=args.scenes_in_flight,
+                                    tile=args.region, scenes_in_flight=args.scenes_in_flight,
                                     scheduler=None if client is None else client.scheduler.address)
             print(f"ingest: {len(stores)} scene store(s) under {args.out / 'stores'}")
             labels = args.labels or merge_scene_labels(stores, args.archive, args.out / "labels.csv")

@@ -14,7 +14,7 @@ def test_synth_then_ingest_through_the_cli(tmp_path, capsys):
     assert main(["synth", str(scene), "--height", "600", "--width", "520", "--seed", "3", "--quiet"]) == 0
     assert (scene / "VV_dB.tif").is_file() and (scene / "labels.csv").is_file()
     store = tmp_path / "cli.zarr"
-    assert main(["ingest", str(scene), "--out", str(store), "--spec", "xview3", "--chunk", "256",
+    assert main(["ingest", str(scene), "--out", str(store), "--spec", "xview3", "--tile", "256",
                  "--bands", "VV,VH", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "cli.zarr  (complete)" in out and "'VV', 'VH'" in out

@@ -23,7 +23,7 @@ def _read(path):
 
 
 def test_parallel_ingest_is_bit_exact_and_plain_xarray(small_scene, tmp_path):
-    store = ingest(small_scene.directory, tmp_path / "raw.zarr", chunk=128, progress=False)
+    store = ingest(small_scene.directory, tmp_path / "raw.zarr", tile=128, progress=False)
     ds = xr.open_zarr(store, consolidated=False)  # any xarray user can read it
     image = ds["image"]
     assert image.dims == ("band", "y", "x") and image.shape == (3, 700, 900)  # full size, no padding
@@ -34,7 +34,7 @@ def test_parallel_ingest_is_bit_exact_and_plain_xarray(small_scene, tmp_path):
 
 
 def test_spec_normalisation_metadata_and_crs(small_scene, tmp_path):
-    store = ingest(small_scene.directory, tmp_path / "norm.zarr", spec="xview3", chunk=256, progress=False)
+    store = ingest(small_scene.directory, tmp_path / "norm.zarr", spec="xview3", tile=256, progress=False)
     ds = open_store(store)
     vv = _read(small_scene.bands["VV_dB"])
     got = ds["image"].sel(band="VV").values
@@ -60,7 +60,7 @@ def test_nan_becomes_fill_and_coarse_bathymetry_is_resampled(tmp_path):
         block = ds.read(1, window=rasterio.windows.Window(600, 590, 10, 10))
         block[:] = np.nan
         ds.write(block, 1, window=rasterio.windows.Window(600, 590, 10, 10))
-    ds = open_store(ingest(scene.directory, tmp_path / "c.zarr", spec="xview3", chunk=256, progress=False))
+    ds = open_store(ingest(scene.directory, tmp_path / "c.zarr", spec="xview3", tile=256, progress=False))
     vh = ds["image"].sel(band="VH").values
     assert (vh[590:600, 600:610] == -1.0).all() and not np.isnan(vh).any()
     bathy = ds["image"].sel(band="bathymetry").values
@@ -89,7 +89,7 @@ def test_interrupted_ingest_resumes_without_redoing_chunks(tmp_path):
     src.fail_at = Window(200, 300, 300, 400)  # a chunk in the middle of the last row
     out = tmp_path / "flaky.zarr"
     with pytest.raises(OSError, match="disk vanished"):
-        ingest(src, out, chunk=100, scheduler="sync", progress=False)
+        ingest(src, out, tile=100, scheduler="sync", progress=False)
     status = read_status(out)
     assert status.ours and not status.complete  # never mistaken for complete
     with pytest.raises(IncompleteStoreError, match="flaky.zarr: incomplete.*resume"):
@@ -98,7 +98,7 @@ def test_interrupted_ingest_resumes_without_redoing_chunks(tmp_path):
     assert 0 < len(written_first) < 15
 
     src.fail_at, src.reads = None, []
-    ingest(src, out, chunk=100, scheduler="sync", progress=False)
+    ingest(src, out, tile=100, scheduler="sync", progress=False)
     reread = {tuple(w) for w in src.reads}
     assert reread == {tuple(Window(y, x, y + 100, x + 100)) for y in (0, 100, 200)
                       for x in (0, 100, 200, 300, 400)} - written_first  # only the missing chunks
@@ -108,11 +108,11 @@ def test_interrupted_ingest_resumes_without_redoing_chunks(tmp_path):
 def test_complete_store_is_not_rewritten(tmp_path):
     data = np.ones((1, 64, 64), np.float32)
     src = Flaky(np.concatenate([data, data]))
-    out = ingest(src, tmp_path / "done.zarr", chunk=32, progress=False)
+    out = ingest(src, tmp_path / "done.zarr", tile=32, progress=False)
     src.reads = []
-    plan = plan_ingest(src, out, chunk=32)
+    plan = plan_ingest(src, out, tile=32)
     assert plan.keys == [] and plan.n_done == plan.n_chunks == 4
-    ingest(src, out, chunk=32, progress=False)
+    ingest(src, out, tile=32, progress=False)
     assert src.reads == []
 
 
@@ -130,10 +130,10 @@ def test_existing_foreign_path_is_refused_untouched(tmp_path, small_scene):
 
 
 def test_store_of_another_configuration_needs_overwrite(tmp_path, small_scene):
-    out = ingest(small_scene.directory, tmp_path / "s.zarr", chunk=256, progress=False)
+    out = ingest(small_scene.directory, tmp_path / "s.zarr", tile=256, progress=False)
     with pytest.raises(StoreError, match="s.zarr: holds an ingest of another.*differs in chunk"):
-        ingest(small_scene.directory, out, chunk=128, progress=False)
-    ingest(small_scene.directory, out, chunk=128, progress=False, overwrite=True)
+        ingest(small_scene.directory, out, tile=128, progress=False)
+    ingest(small_scene.directory, out, tile=128, progress=False, overwrite=True)
     assert open_store(out)["image"].data.chunksize == (3, 128, 128)
 
 
@@ -160,7 +160,7 @@ def test_scene_smaller_than_a_region(tmp_path, shared_data):
 
 def test_real_landsat_scene_round_trip(tmp_path, shared_data):
     path = shared_data / "landsat" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
-    ds = open_store(ingest(path, tmp_path / "landsat.zarr", chunk=512, progress=False))
+    ds = open_store(ingest(path, tmp_path / "landsat.zarr", tile=512, progress=False))
     with rasterio.open(path) as src:
         assert np.array_equal(ds["image"].values, src.read())
         assert ds["image"].rio.crs == src.crs
@@ -173,10 +173,10 @@ def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path):
     for k in range(3):
         synth_scene(root / f"s{k}", 300, 260, seed=k, progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        stores = ingest_archive(root, tmp_path / "stores", spec="xview3", chunk=128, allow_small=True,
+        stores = ingest_archive(root, tmp_path / "stores", spec="xview3", tile=128, allow_small=True,
                                 scenes_in_flight=2, scheduler=cluster.scheduler_address, progress=False)
     assert [s.name for s in stores] == ["s0.zarr", "s1.zarr", "s2.zarr"]
-    local = ingest(root / "s1", tmp_path / "threads.zarr", spec="xview3", chunk=128, allow_small=True,
+    local = ingest(root / "s1", tmp_path / "threads.zarr", spec="xview3", tile=128, allow_small=True,
                    progress=False)
     assert np.array_equal(open_store(stores[1])["image"].values, open_store(local)["image"].values)
     assert json.loads((stores[2] / "zarr.json").read_text())["attributes"]["xtstream"]["scene_id"] == "s2"
@@ -184,10 +184,10 @@ def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path):
 
 def test_changed_source_file_is_not_resumed_into(tmp_path):
     scene = synth_scene(tmp_path / "changing", 300, 300, seed=1, progress=False)
-    out = ingest(scene.directory, tmp_path / "c.zarr", chunk=128, progress=False)
+    out = ingest(scene.directory, tmp_path / "c.zarr", tile=128, progress=False)
     synth_scene(scene.directory, 300, 300, seed=2, progress=False)  # the files are rewritten
     with pytest.raises(StoreError, match="c.zarr: holds an ingest of another.*source_stamps"):
-        ingest(scene.directory, out, chunk=128, progress=False)
+        ingest(scene.directory, out, tile=128, progress=False)
 
 
 def test_scene_thinner_than_a_chunk_keeps_square_chunks_and_every_pixel(tmp_path):
@@ -196,8 +196,19 @@ def test_scene_thinner_than_a_chunk_keeps_square_chunks_and_every_pixel(tmp_path
     from xtstream.data.sources import ArraySource
 
     data = np.random.default_rng(5).random((2, 40, 250)).astype(np.float32)
-    store = ingest(ArraySource(data, scene_id="thin"), tmp_path / "thin.zarr", chunk=48,
+    store = ingest(ArraySource(data, scene_id="thin"), tmp_path / "thin.zarr", tile=48,
                    scheduler="threads", progress=False)
     image = xr.open_zarr(store, consolidated=False)["image"]
     assert image.encoding["chunks"] == (2, 48, 48)
     assert np.array_equal(image.values, data)
+
+
+def test_the_old_name_chunk_still_sets_the_tile_with_a_warning(tmp_path):
+    from xtstream.data.sources import ArraySource
+
+    src = ArraySource(np.arange(2 * 64 * 80, dtype="f4").reshape(2, 64, 80), scene_id="old")
+    with pytest.warns(DeprecationWarning, match=r"ingest\(tile=...\)"):
+        out = ingest(src, tmp_path / "old.zarr", chunk=32, progress=False)
+    assert open_store(out)["image"].data.chunksize == (2, 32, 32)
+    with pytest.raises(StoreError, match="tile=16 and chunk=32 disagree"):
+        ingest(src, tmp_path / "both.zarr", tile=16, chunk=32, progress=False)

@@ -31,7 +31,7 @@ def images():
 @pytest.fixture(scope="module")
 def stores(images, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
-    return [ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", chunk=48, progress=False)
+    return [ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", tile=48, progress=False)
             for sid, img in images.items()]
 
 
@@ -215,7 +215,7 @@ def test_prefetch_and_chunks(shards):
 
 
 def test_labels_become_targets_and_objects(small_scene, tmp_path):
-    store = ingest(small_scene.directory, tmp_path / "lab.zarr", spec="xview3", chunk=256, progress=False)
+    store = ingest(small_scene.directory, tmp_path / "lab.zarr", spec="xview3", tile=256, progress=False)
     manifest = shard_stores([store], tmp_path / "sh", region=128, labels=small_scene.labels,
                             max_shard_size=6 * 128 * 128 * 4 * 3, progress=False)
     doc = json.loads(manifest.read_text())

@@ -30,7 +30,7 @@ def images():
 @pytest.fixture(scope="module")
 def stores(images, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
-    return [ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", chunk=64, progress=False)
+    return [ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", tile=64, progress=False)
             for sid, img in images.items()]
 
 
@@ -121,7 +121,7 @@ def test_other_run_in_same_directory_refused(stores, clean, tmp_path):
 
 
 def test_incomplete_store_refused(images, tmp_path):
-    store = ingest(ArraySource(images["two"], scene_id="x"), tmp_path / "x.zarr", chunk=64, progress=False)
+    store = ingest(ArraySource(images["two"], scene_id="x"), tmp_path / "x.zarr", tile=64, progress=False)
     import zarr
 
     group = zarr.open_group(store, mode="r+")

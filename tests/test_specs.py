@@ -24,7 +24,7 @@ def _spec(**over):
 
 
 @pytest.mark.parametrize("doc, message", [
-    (_spec(chnk=512), "unknown key 'chnk' .*did you mean 'chunk'"),
+    (_spec(tle=512), "unknown key 'tle' .*did you mean 'tile'"),
     (_spec(bands=[{"name": "a", "file": "a.tif", "nodta": 0}]), r"bands\[0\]: unknown key 'nodta'.*'nodata'"),
     (_spec(bands=[]), "non-empty list"),
     ({"bands": [{"name": "a", "file": "a.tif"}]}, "missing required key 'name'"),
@@ -42,8 +42,8 @@ def test_spec_errors_name_the_problem(doc, message):
 
 def test_spec_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_spec(chunk=-3)))
-    with pytest.raises(SpecError, match="bad.yaml: spec.chunk"):
+    bad.write_text(yaml.safe_dump(_spec(tile=-3)))
+    with pytest.raises(SpecError, match="bad.yaml: spec.tile"):
         load_spec(bad)
     with pytest.raises(SpecError, match="no such spec file.*xview3"):
         load_spec("xveiw3")

@@ -28,7 +28,7 @@ def image():
 def store(image, tmp_path_factory):
     # chunk 96 is neither a multiple nor a divisor of the regions used below
     return ingest(ArraySource(image, scene_id="direct"), tmp_path_factory.mktemp("s") / "d.zarr",
-                  chunk=96, progress=False)
+                  tile=96, progress=False)
 
 
 @given(h=st.integers(1, 400), w=st.integers(1, 400), region=st.integers(8, 150),

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
           f"-> {scene.directory} ({t1 - t0:.1f} s)")
     # store chunks of the region size: sharding then decodes every chunk exactly once
     store = ingest(scene.directory, work / "stores" / f"{scene.scene_id}.zarr", spec="xview3",
-                   chunk=args.region, scheduler=args.scheduler, overwrite=True, allow_small=True)
+                   tile=args.region, scheduler=args.scheduler, overwrite=True, allow_small=True)
     t2 = time.perf_counter()
     print(f"[2/{STEPS}] ingest on {args.scheduler}: ({t2 - t1:.1f} s)")
     print(describe_store(store))

@@ -1,4 +1,4 @@
-"""``xtstream ingest SRC --out STORE.zarr [--spec …] [--chunk N] [--scheduler ADDR]``."""
+"""``xtstream ingest SRC --out STORE.zarr [--spec …] [--tile N] [--scheduler ADDR]``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="the Zarr store to write (for an archive: the directory of per-scene stores)")
     p.add_argument("--spec", help="dataset spec: a YAML path or a shipped name (e.g. xview3)")
     p.add_argument("--bands", help="comma-separated spec bands to keep (default: all)")
-    p.add_argument("--chunk", type=int, help="chunk size in pixels (default: the spec's, else 2048)")
+    p.add_argument("--tile", type=int, help="side of the store's tiles (its Zarr chunks) in pixels "
+                   "(default: the spec's, else 2048); for sharding, the region size")
+    p.add_argument("--chunk", type=int, dest="tile", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
     p.add_argument("--scene-id", help="scene id (default: the source's name)")
     p.add_argument("--codec", choices=CODECS, default="blosc-zstd")
@@ -27,7 +29,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, chunk=args.chunk,
+    kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, tile=args.tile,
               scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
               overwrite=args.overwrite, allow_small=args.allow_small)
     if is_archive(args.src, args.spec):

@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,16 +69,20 @@ def make_codec(codec: str = "blosc-zstd", level: int = 1) -> list[Any]:
 
 
 def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
-                bands: Sequence[str] | None = None, chunk: int | None = None,
+                bands: Sequence[str] | None = None, tile: int | None = None,
                 scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
-                overwrite: bool = False, allow_small: bool = False) -> ScenePlan:
-    """Create (or reopen, to resume) the store at ``out``; return the graph and the chunk keys left."""
+                overwrite: bool = False, allow_small: bool = False, chunk: int | None = None) -> ScenePlan:
+    """Create (or reopen, to resume) the store at ``out``; return the graph and the tile keys left.
+
+    ``tile``: the side of the store's square tiles (its Zarr chunks) in pixels (default: the
+    spec's, else 2048); ``chunk`` is its old name.
+    """
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
     src = open_source(source, spec, bands)
-    chunk = chunk or (spec.chunk if spec else 2048)
+    chunk = tile_size(tile, chunk) or (spec.tile if spec else 2048)
     if chunk < 1:
-        raise StoreError(f"chunk must be positive, got {chunk}")
+        raise StoreError(f"tile must be positive, got {chunk}")
     arr = src.to_dataarray(chunks=chunk)
     if spec is not None:
         arr = normalize(arr, spec.select(list(bands) if bands else None))
@@ -134,16 +139,18 @@ def finalize(plan: ScenePlan) -> Path:
 
 
 def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
-           bands: Sequence[str] | None = None, chunk: int | None = None, scene_id: str | None = None,
+           bands: Sequence[str] | None = None, tile: int | None = None, scene_id: str | None = None,
            scheduler: str | None = None, client: Any = None, progress: bool = True,
            codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False,
-           allow_small: bool = False) -> Path:
+           allow_small: bool = False, chunk: int | None = None) -> Path:
     """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
+
+    The store is tiled in ``tile x tile`` Zarr chunks (default: the spec's, else 2048).
 
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
     """
-    plan = plan_ingest(source, out, spec=spec, bands=bands, chunk=chunk, scene_id=scene_id,
+    plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile_size(tile, chunk), scene_id=scene_id,
                        codec=codec, level=level, overwrite=overwrite, allow_small=allow_small)
     if plan.keys:
         if client is not None:
@@ -202,6 +209,17 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
                       desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
             written.extend(finalize(p) for p in plans)
     return written
+
+
+def tile_size(tile: int | None, chunk: int | None) -> int | None:
+    """``tile``, or the deprecated ``chunk`` it replaced ("chunk" now means C regions only)."""
+    if chunk is not None:
+        warnings.warn("ingest(chunk=...) is now ingest(tile=...): a store's Zarr chunks are its tiles",
+                      DeprecationWarning, stacklevel=3)
+        if tile is not None and tile != chunk:
+            raise StoreError(f"tile={tile} and chunk={chunk} disagree; pass tile= only")
+        return chunk
+    return tile
 
 
 def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) -> np.ndarray:

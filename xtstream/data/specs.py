@@ -56,7 +56,7 @@ class DatasetSpec:
     bands: tuple[BandSpec, ...]
     description: str = ""
     dtype: str = "float32"
-    chunk: int = 2048
+    tile: int = 2048
     region: int = 512
     pixel_size_m: float | None = None
     labels: LabelSpec | None = None
@@ -101,7 +101,9 @@ def load_spec(spec: str | Path | DatasetSpec) -> DatasetSpec:
 
 def parse_spec(doc: Any, source: str = "<memory>") -> DatasetSpec:
     """Validate a spec given as a mapping (what the YAML holds)."""
-    top = _mapping(doc, source, "spec")
+    top = dict(_mapping(doc, source, "spec"))
+    if "chunk" in top and "tile" not in top:  # its old name: "chunk" now means C regions only
+        top["tile"] = top.pop("chunk")
     _check_keys(top, DatasetSpec, source, "spec", ignore={"source"})
     for key in ("name", "bands"):
         if key not in top:
@@ -117,7 +119,7 @@ def parse_spec(doc: Any, source: str = "<memory>") -> DatasetSpec:
         np.dtype(top.get("dtype", "float32"))
     except TypeError as err:
         raise SpecError(f"{source}: spec.dtype: {top.get('dtype')!r} is not a numpy dtype") from err
-    for key in ("chunk", "region"):
+    for key in ("tile", "region"):
         if key in top and (not isinstance(top[key], int) or top[key] < 1):
             raise SpecError(f"{source}: spec.{key}: expected a positive integer, got {top[key]!r}")
     labels = _labels(top["labels"], source) if top.get("labels") is not None else None

@@ -27,7 +27,7 @@ from xtstream.errors import ModelConfigError
 from xtstream.data.chunk import RegionChunk, chunked
 from xtstream.data.sample import RegionSample
 from xtstream.data.streams import DEFAULT_CHUNK
-from xtstream.models.encoders.budget import MAX_BATCH, batch_size_for, default_budget, region_cost
+from xtstream.models.encoders.budget import batch_size_for, default_budget, default_max_batch, region_cost
 
 
 def _check_pixels(chunk: RegionChunk, in_chans: int, region: int) -> None:
@@ -147,7 +147,7 @@ def encode_regions(
     device: torch.device | str | None = None,
     grad_ratio: float = 1.0,
     generator: torch.Generator | None = None,
-    max_batch: int = MAX_BATCH,
+    max_batch: int | None = None,
 ) -> Iterator[RegionChunk]:
     """Encode a stream of region chunks in order, batched across chunks by memory.
 
@@ -202,8 +202,9 @@ _BATCH_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDict
 
 
 def budget_batch_size(encoder: nn.Module, *, device: torch.device, memory_budget: int | None = None,
-                      train: bool = False, max_batch: int = MAX_BATCH) -> int:
-    """Regions per backbone batch under ``memory_budget`` (default: :func:`default_budget`).
+                      train: bool = False, max_batch: int | None = None) -> int:
+    """Regions per backbone batch under ``memory_budget`` (default: :func:`default_budget`), at
+    most ``max_batch`` (default: :func:`default_max_batch`).
 
     The per-region cost is measured once per encoder, device and mode (on CUDA it runs two small
     forward passes) and remembered.
@@ -213,7 +214,8 @@ def budget_batch_size(encoder: nn.Module, *, device: torch.device, memory_budget
     key = (str(device), train)
     if key not in costs:
         costs[key] = region_cost(encoder, train=train, device=device)
-    return batch_size_for(costs[key], budget, max_batch=max_batch)
+    cap = max_batch if max_batch is not None else default_max_batch(device)
+    return batch_size_for(costs[key], budget, max_batch=cap)
 
 
 def stack_targets(chunks: Sequence[RegionChunk], names: Iterable[str],
