@@ -15,7 +15,7 @@ from xtstream.data.grid import RegionGrid, Window, assemble_regions
 from xtstream.data.sources import ArraySource, WindowedSource
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.split import split_scenes
-from xtstream.data.streams import batched, open_scene, stream_scenes
+from xtstream.data.streams import open_scene, stream_scenes
 from xtstream.data.windows import SourceWindows, ZarrWindows, decode_passes, open_windows, plan_reads
 
 
@@ -190,6 +190,8 @@ def test_prefetched_scene_equals_plain(store):
     assert all(np.array_equal(a, b) for a, b in zip(plain, ahead)) and len(plain) == len(ahead)
 
 
-def test_batched_rejects_zero():
-    with pytest.raises(ValueError):
-        list(batched([1, 2], 0))
+def test_chunks_of_zero_regions_are_refused(store):
+    with pytest.raises(ValueError, match="chunk size must be >= 1"):
+        next(open_scene(store, 64).chunks(0))
+    with pytest.raises(ValueError, match="chunk must be a whole number of regions >= 1"):
+        stream_scenes(store, 64, chunk=0)

@@ -12,7 +12,7 @@ hold (readers in :mod:`xtstream.data.sources` and :mod:`xtstream.data.shards` do
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -154,10 +154,6 @@ def chunk_ranges(n: int, size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def iter_windows(grid: RegionGrid) -> Iterator[tuple[int, Window]]:
-    """``(index, window)`` for every region, row-major."""
-    for index in range(len(grid)):
-        yield index, grid.window(index)
 
 
 def pad_region(block: np.ndarray, region: int) -> np.ndarray:

@@ -80,10 +80,6 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> xr.Datase
     return ds
 
 
-def scene_id_of(path: str | Path) -> str:
-    """The scene id recorded in a store (falls back to the directory name)."""
-    status = read_status(path)
-    return str(status.attrs.get("scene_id") or Path(path).name.removesuffix(".zarr"))
 
 
 def describe_store(path: str | Path) -> str:

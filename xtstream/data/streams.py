@@ -23,7 +23,7 @@ goes to exactly one node and one DataLoader worker, so its regions stay in order
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.chunk import RegionChunk, chunked
@@ -32,7 +32,9 @@ from xtstream.data.sample import RegionSample
 from xtstream.data.split import split_scenes
 from xtstream.data.windows import DEFAULT_MAX_READ_BYTES, iter_regions, open_windows
 
-T = TypeVar("T")
+if TYPE_CHECKING:  # torch loads only when a dataset is made
+    from xtstream.data.dataset import SceneChunks
+
 #: regions per chunk when a reader is not told (the model's default chunk too)
 DEFAULT_CHUNK = 4
 
@@ -71,18 +73,6 @@ class SceneStream:
         return f"SceneStream({self.scene_id!r}, grid={self.grid.rows}x{self.grid.cols}, region={self.grid.region})"
 
 
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Lists of ``size`` consecutive items (the last may be shorter)."""
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def open_scene(source: Any, region: int, *, labels: Any = None, prefetch: int = 0,

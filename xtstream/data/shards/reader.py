@@ -24,7 +24,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from xtstream.errors import ShardError
 from xtstream.data.grid import RegionGrid
@@ -32,6 +32,9 @@ from xtstream.data.sample import RegionSample
 from xtstream.data.split import split_scenes
 from xtstream.data.streams import DEFAULT_CHUNK, SceneStream
 from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, SHARD_RE, decode_sample, split_member, unescape_key
+
+if TYPE_CHECKING:  # torch loads only when a dataset is made
+    from xtstream.data.dataset import SceneChunks
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import dask.array as da
-import numpy as np
 import xarray as xr
 
 from xtstream.errors import SourceError
@@ -53,7 +52,3 @@ class ArraySource:
         names = self._band_names or [f"band_{i + 1}" for i in range(data.shape[0])]
         return build_dataarray(data, names, name=self.name, nodata=self._nodata)
 
-
-def as_numpy_source(array: np.ndarray, **kw: Any) -> ArraySource:
-    """Shorthand for tests and notebooks."""
-    return ArraySource(np.asarray(array), **kw)
