@@ -1,8 +1,9 @@
 """xtstream: whole giant images through xT, streamed with bounded memory.
 
-The package reads as the data flow: ``sources`` → ``ingest`` (Zarr) → ``regions`` (the grid) →
-``shards`` → ``encoders`` → ``context`` → ``heads`` → ``models``. Heavy modules (torch) load
-only when first used, so data-side tools start fast.
+The package reads as the data flow: ``data`` (sources → ingest to Zarr → the region grid →
+shards → streams of region chunks) → ``models`` (region encoder → context → heads) → ``tasks`` →
+``engine`` (streaming with context state per scene, training) → ``cli``. Heavy modules (torch)
+load only when first used, so data-side tools start fast.
 """
 
 from __future__ import annotations
