@@ -1,8 +1,9 @@
 """xtstream: whole giant images through xT, streamed with bounded memory.
 
 The package reads as the data flow: ``sources`` → ``ingest`` (Zarr) → ``regions`` (the grid) →
-``shards`` → ``encoders`` → ``context`` → ``heads`` → ``models``. Heavy modules (torch) load
-only when first used, so data-side tools start fast.
+``shards`` → ``encoders`` → ``context`` → ``heads`` → ``models``; ``tasks`` say what a region is
+labelled with and how a head trains on it. Heavy modules (torch) load only when first used, so
+data-side tools start fast.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ _LAZY = {
     "list_heads": "xtstream.models.heads",
     "save_checkpoint": "xtstream.models",
     "XTConfig": "xtstream.models",
+    "Task": "xtstream.tasks",
+    "get_task": "xtstream.tasks",
+    "list_tasks": "xtstream.tasks",
+    "register_task": "xtstream.tasks",
+    "task_for_head": "xtstream.tasks",
 }
 
 
