@@ -69,7 +69,7 @@ def shard_name(scene_id: str, n: int) -> str:
 
 def npy_bytes(array: np.ndarray) -> bytearray:
     """``array`` as ``.npy`` v1 file bytes (what ``np.save`` writes), with one copy of the data."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not ascontiguousarray: it turns a () scalar into (1,)
     if array.dtype.hasobject:
         raise ShardError(f"refusing to store an object array ({array.dtype}): shards never pickle")
     header = io.BytesIO()
