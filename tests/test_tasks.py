@@ -215,3 +215,20 @@ def test_reading_labelled_shards_does_not_load_torch(stores, tmp_path):
             "print(int(next(iter(s)).targets['label']), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "False"]
+
+
+def test_cli_shard_takes_a_task(stores, tmp_path, capsys):
+    from xtstream.cli import main as cli_main
+
+    labels = _class_csv(tmp_path / "classes.csv", ["s1,2"])
+    assert cli_main(["shard", str(stores[1]), "--out", str(tmp_path / "c"), "--region", "32", "--labels",
+                     str(labels), "--task", "classification", "--quiet"]) == 0
+    doc = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert doc["config"]["labels"]["task"] == "classification"
+    assert int(next(iter(next(read_scenes(tmp_path / "c").scenes()))).targets["label"]) == 2
+    assert cli_main(["shard", str(stores[1]), "--out", str(tmp_path / "d"), "--region", "32",
+                     "--task", "classification", "--quiet"]) == 2
+    assert "no labels file" in capsys.readouterr().err
+    assert cli_main(["shard", str(stores[1]), "--out", str(tmp_path / "e"), "--region", "32", "--labels",
+                     str(labels), "--task", "nope", "--quiet"]) == 2
+    assert "no task registered as 'nope'" in capsys.readouterr().err
