@@ -7,8 +7,8 @@
 ``bathymetry.tif``, …). Labels come from ``--labels`` (xView3 ships one CSV per split) or,
 failing that, from each scene directory's labels file (the spec's ``labels.file``,
 ``labels.csv`` for xview3 — what ``xtstream synth`` writes), merged into ``WORK/labels.csv`` and
-parsed as the spec's ``labels:`` block says. Stores go to ``WORK/stores/{scene_id}.zarr`` with chunks of
-the region size (sharding then decodes each chunk once), shards to ``WORK/shards/``.
+parsed as the spec's ``labels:`` block says. Stores go to ``WORK/stores/{scene_id}.zarr`` with
+chunks of the region size (sharding then decodes each chunk once), shards to ``WORK/shards/``.
 
 Both stages are dask graphs on the same scheduler, and both resume: rerun after an interruption
 and only the missing chunks and shards are written. Workers of a remote cluster must see

@@ -155,3 +155,7 @@ def test_the_spec_labels_block_drives_parsing(tmp_path):
                     spec=spec)
     with pytest.raises(LabelError, match=r"lacks required column\(s\) \['confidence'\]"):
         read_labels(_csv(tmp_path, ["s1,4,7"], header="scene,y,x\n", name="d.csv"), spec=spec)
+    bad = parse_spec({"name": "t", "bands": [{"name": "a", "file": "a.tif"}],
+                      "labels": {"file": "l.csv", "columns": {"is_vessel": "str"}}})
+    with pytest.raises(LabelError, match=r"types columns \{'is_vessel': 'str'\}"):
+        read_labels(path, spec=bad)

@@ -3,9 +3,10 @@
 A labels CSV (the xView3 schema: ``scene_id, detect_scene_row, detect_scene_column, is_vessel,
 is_fishing, vessel_length_m, distance_from_shore_km, confidence``; the last five may be empty =
 unknown — column names, types and which are required come from the dataset spec's ``labels:``
-block, by default that of ``data_specs/xview3.yaml``) is read once into small per-scene tables sorted by row. For a region, only the objects
-*near* it (centre within ``margin`` pixels of its window) are looked up — a binary search on the
-row, then a filter on the column — and drawn into ``R x R`` maps. A full-scene mask never exists.
+block, by default that of ``data_specs/xview3.yaml``) is read once into small per-scene tables
+sorted by row. For a region, only the objects *near* it (centre within ``margin`` pixels of its
+window) are looked up — a binary search on the row, then a filter on the column — and drawn into
+``R x R`` maps. A full-scene mask never exists.
 
 Targets of one region (all ``(R, R)``, zero in the padding past the scene's edge):
 
@@ -188,9 +189,11 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
     where = (schema.scene_column, schema.row_column, schema.col_column)
     required = list(dict.fromkeys([*where, *schema.required]))  # a labelled object needs all three
     types = {schema.scene_column: "str", schema.row_column: "float", schema.col_column: "float", **schema.columns}
-    if types[schema.row_column] not in ("int", "float") or types[schema.col_column] not in ("int", "float"):
-        raise LabelError(f"{path}: the labels spec types the row/column columns "
-                         f"{types[schema.row_column]!r}/{types[schema.col_column]!r}; they must be int or float")
+    kinds = {schema.row_column: ("int", "float"), schema.col_column: ("int", "float"), **_KINDS}
+    wrong = {c: types[c] for c, ok in kinds.items() if c in types and types[c] not in ok}
+    if wrong:
+        raise LabelError(f"{path}: the labels spec types columns {wrong}; xView3 reads them as "
+                         f"{ {c: kinds[c] for c in wrong} }")
     wanted = set(scene_ids) if scene_ids is not None else None
     cols: dict[str, dict[str, list]] = {}
     try:
@@ -233,6 +236,9 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
     return result
 
 
+# the types the xView3 attribute columns may have in a spec
+_KINDS = {"is_vessel": ("bool",), "is_fishing": ("bool",), "vessel_length_m": ("int", "float"),
+          "distance_from_shore_km": ("int", "float"), "confidence": ("str",)}
 # per-object lists read_labels collects -> the xView3 column each comes from (None: by the spec)
 _FIELDS = {"rows": None, "cols": None, "v": "is_vessel", "f": "is_fishing", "len": "vessel_length_m",
            "shore": "distance_from_shore_km", "conf": "confidence", "line": None}
