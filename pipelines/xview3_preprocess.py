@@ -5,9 +5,10 @@
 
 ``ARCHIVE`` holds one directory per scene (``VV_dB.tif``, ``VH_dB.tif``, optional
 ``bathymetry.tif``, …). Labels come from ``--labels`` (xView3 ships one CSV per split) or,
-failing that, from each scene directory's ``labels.csv`` (what ``xtstream synth`` writes),
-merged into ``WORK/labels.csv``. Stores go to ``WORK/stores/{scene_id}.zarr`` with chunks of
-the region size (sharding then decodes each chunk once), shards to ``WORK/shards/``.
+failing that, from each scene directory's labels file (the spec's ``labels.file``,
+``labels.csv`` for xview3 — what ``xtstream synth`` writes), merged into ``WORK/labels.csv`` and
+parsed as the spec's ``labels:`` block says. Stores go to ``WORK/stores/{scene_id}.zarr`` with
+chunks of the region size (sharding then decodes each chunk once), shards to ``WORK/shards/``.
 
 Both stages are dask graphs on the same scheduler, and both resume: rerun after an interruption
 and only the missing chunks and shards are written. Workers of a remote cluster must see
@@ -25,11 +26,12 @@ from xtstream._runtime.cluster import dask_client
 from xtstream.errors import XTStreamError
 from xtstream.data.ingest import ingest_archive
 from xtstream.data.shards import shard_stores
+from xtstream.data.specs import load_spec
 
 
-def merge_scene_labels(stores: list[Path], archive: Path, out: Path) -> Path | None:
-    """Concatenate the scenes' ``labels.csv`` (one header) into ``out``; ``None`` if none has one."""
-    found = [archive / s.name.removesuffix(".zarr") / "labels.csv" for s in stores]
+def merge_scene_labels(stores: list[Path], archive: Path, out: Path, name: str = "labels.csv") -> Path | None:
+    """Concatenate the scenes' labels files ``name`` (one header) into ``out``; ``None`` if none has one."""
+    found = [archive / s.name.removesuffix(".zarr") / name for s in stores]
     found = [p for p in found if p.is_file()]
     if not found:
         return None
@@ -68,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                                     tile=args.region, scenes_in_flight=args.scenes_in_flight,
                                     scheduler=None if client is None else client.scheduler.address)
             print(f"ingest: {len(stores)} scene store(s) under {args.out / 'stores'}")
-            labels = args.labels or merge_scene_labels(stores, args.archive, args.out / "labels.csv")
+            spec = load_spec(args.spec)
+            labels = args.labels or merge_scene_labels(stores, args.archive, args.out / "labels.csv",
+                                                       spec.labels.file if spec.labels else "labels.csv")
             manifest = shard_stores(stores, args.out / "shards", region=args.region, labels=labels,
+                                    task="xview3" if labels else None, spec=spec if labels else None,
                                     client=client)
     except XTStreamError as err:
         print(f"xview3_preprocess: error: {err}", file=sys.stderr)

@@ -132,3 +132,30 @@ def test_padding_stays_zero():
     for t in targets.values():
         assert not np.any(t[36:, :]) and not np.any(t[:, 36:])
     assert targets["vessel"][34, 34] == 1
+
+
+def test_the_spec_labels_block_drives_parsing(tmp_path):
+    from xtstream.data.specs import parse_spec
+
+    spec = parse_spec({"name": "t", "bands": [{"name": "a", "file": "a.tif"}],
+                       "labels": {"file": "dets.csv", "row_column": "y", "col_column": "x", "scene_column": "scene",
+                                  "columns": {"scene": "str", "y": "int", "x": "int", "is_vessel": "bool",
+                                              "confidence": "str"},
+                                  "required": ["scene", "y", "x", "confidence"]}})
+    path = _csv(tmp_path, ["s1,4,7,true,HIGH,99", "s1,2,3,,LOW,"], header="scene,y,x,is_vessel,confidence,vessel_length_m\n")
+    s1 = read_labels(path, spec=spec)["s1"]
+    assert list(s1.rows) == [2, 4] and list(s1.cols) == [3, 7] and s1.confidence == ["LOW", "HIGH"]
+    assert math.isnan(s1.is_vessel[0]) and s1.is_vessel[1] == 1
+    assert np.isnan(s1.length_m).all()  # a column the spec does not list is not read
+    with pytest.raises(LabelError, match=r"line 2: y '4\.5' is not an integer"):
+        read_labels(_csv(tmp_path, ["s1,4.5,7,true,HIGH,"], header="scene,y,x,is_vessel,confidence,l\n", name="b.csv"),
+                    spec=spec)
+    with pytest.raises(LabelError, match=r"line 2: empty confidence"):
+        read_labels(_csv(tmp_path, ["s1,4,7,true,,"], header="scene,y,x,is_vessel,confidence,l\n", name="c.csv"),
+                    spec=spec)
+    with pytest.raises(LabelError, match=r"lacks required column\(s\) \['confidence'\]"):
+        read_labels(_csv(tmp_path, ["s1,4,7"], header="scene,y,x\n", name="d.csv"), spec=spec)
+    bad = parse_spec({"name": "t", "bands": [{"name": "a", "file": "a.tif"}],
+                      "labels": {"file": "l.csv", "columns": {"is_vessel": "str"}}})
+    with pytest.raises(LabelError, match=r"types columns \{'is_vessel': 'str'\}"):
+        read_labels(path, spec=bad)

@@ -2,7 +2,8 @@
 
 The package reads as the data flow: ``data`` (sources → ingest to Zarr → the region grid →
 shards → streams of region chunks) → ``models`` (region encoder → context → heads) → ``tasks`` →
-``engine`` (streaming with context state per scene, training) → ``cli``. Heavy modules (torch)
+``engine`` (streaming with context state per scene, training) → ``cli``; ``tasks`` say what a
+region is labelled with and how a head trains on it. Heavy modules (torch)
 load only when first used, so data-side tools start fast.
 """
 
@@ -44,6 +45,11 @@ _LAZY = {
     "list_heads": "xtstream.models.heads",
     "save_checkpoint": "xtstream.models",
     "XTConfig": "xtstream.models",
+    "Task": "xtstream.tasks",
+    "get_task": "xtstream.tasks",
+    "list_tasks": "xtstream.tasks",
+    "register_task": "xtstream.tasks",
+    "task_for_head": "xtstream.tasks",
 }
 
 

@@ -35,3 +35,7 @@ class ModelConfigError(XTStreamError, ValueError):
 
 class StreamOrderError(XTStreamError, ValueError):
     """Chunks of a scene arrived out of order, with a gap, or too many scenes are open at once."""
+
+
+class TaskError(XTStreamError, ValueError):
+    """An unknown task name, a task registered twice, or a head no task trains."""

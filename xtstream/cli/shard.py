@@ -1,4 +1,5 @@
-"""``xtstream shard STORE.zarr… --out SHARD_DIR --region R [--labels labels.csv] [--max-shard-size B]``."""
+"""``xtstream shard STORE.zarr… --out SHARD_DIR --region R [--labels labels.csv [--task xview3] [--spec S]]
+[--max-shard-size B]``."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("stores", nargs="+", type=Path, help="complete Zarr scene stores (from `xtstream ingest`)")
     p.add_argument("--out", required=True, type=Path, help="directory for the shards and manifest.json")
     p.add_argument("--region", required=True, type=int, help="region size R in pixels (regions are R x R)")
-    p.add_argument("--labels", type=Path, help="xView3 labels CSV; adds per-region targets and objects")
+    p.add_argument("--labels", type=Path, help="labels file of --task; adds per-region targets and objects")
+    p.add_argument("--task", help="the task that reads --labels (xview3 — the default —, classification, "
+                                  "or a plug-in's name)")
+    p.add_argument("--spec", help="dataset spec (name or YAML) whose labels: block describes --labels")
     p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
                    help="largest shard, bytes (suffixes K/M/G; default 1G)")
     p.add_argument("--max-count", type=int, help="most regions per shard (default: by size only)")
@@ -40,6 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     manifest = shard_stores(args.stores, args.out, region=args.region, labels=args.labels,
+                            task=args.task, spec=args.spec,
                             max_shard_size=args.max_shard_size, max_count=args.max_count,
                             max_read_bytes=args.max_read_bytes, scheduler=args.scheduler,
                             progress=not args.quiet, overwrite=args.overwrite)

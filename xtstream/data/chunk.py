@@ -26,7 +26,8 @@ class RegionChunk:
     """Regions ``indices`` (consecutive, row-major) of scene ``scene_id`` on ``grid``.
 
     ``pixels``: ``(n, bands, R, R)`` (numpy from the readers, a tensor once on the device);
-    ``targets``: ``{name: (n, R, R)}`` for the target maps every region has; ``objects``: ``n``
+    ``targets``: ``{name: (n, R, R)}`` for the target maps every region has (``(n,)`` for
+    scalar targets, e.g. a scene's class ``label``); ``objects``: ``n``
     lists of the labelled objects inside each region (region-relative pixels); ``outputs``: the
     head's outputs once the model ran (``{name: (n, 1, R, R)}`` for dense heads, ``(1,
     num_classes)`` scene logits so far for classification); ``info``: anything else a reader

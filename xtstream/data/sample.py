@@ -14,9 +14,10 @@ from xtstream.data.grid import RegionGrid, Window
 class RegionSample:
     """One ``R x R`` region of a scene, zero-padded at the scene's edges.
 
-    ``pixels`` is ``(bands, R, R)``; ``targets`` maps a name (``"vessel"``, ``"centre"``,
-    ``"length"``, ``"is_vessel"``, ``"is_fishing"``) to a ``(R, R)`` array in the same frame; ``objects`` lists the
-    labelled objects inside the region as dicts with region-relative pixel coordinates.
+    ``pixels`` is ``(bands, R, R)``; ``targets`` maps a name (the task's: xView3's ``"vessel"``,
+    ``"centre"``, …, classification's ``"label"``) to a ``(R, R)`` array in the same frame or a
+    ``()`` scalar; ``objects`` lists the labelled objects inside the region as dicts with
+    region-relative pixel coordinates.
     """
 
     scene_id: str

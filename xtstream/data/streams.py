@@ -85,7 +85,7 @@ def open_scene(source: Any, region: int, *, labels: Any = None, prefetch: int = 
     reader = open_windows(source)
     bands, height, width = reader.shape
     grid = RegionGrid(height, width, region)
-    if labels is not None:
+    if labels is not None and hasattr(labels, "check_inside"):  # labels with positions (xView3's)
         labels.check_inside(height, width, source=f"labels of {reader.scene_id}")
     return SceneStream(reader.scene_id, grid,
                        lambda: iter_regions(reader, grid, labels=labels, max_read_bytes=max_read_bytes),
@@ -128,7 +128,7 @@ def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEF
     between workers (and nodes) whole, so each scene's chunks stay in order.
 
     ``kw``: ``labels`` (``{scene_id: labels}`` with a ``region_targets(grid, index)`` method, e.g.
-    from :func:`xtstream.tasks.xview3.labels.read_labels`), ``shuffle``, ``seed``, ``by_node``,
+    from ``xtstream.tasks.get_task(name).read_labels(path)``), ``shuffle``, ``seed``, ``by_node``,
     ``by_worker``, ``prefetch``, ``max_read_bytes``.
     """
     from xtstream.data.dataset import SceneChunks

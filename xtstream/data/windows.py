@@ -186,7 +186,8 @@ def iter_regions(reader: ZarrWindows | SourceWindows, grid: RegionGrid, start: i
                  max_read_bytes: int = DEFAULT_MAX_READ_BYTES, scene_id: str | None = None) -> Iterator[RegionSample]:
     """Regions ``start .. stop - 1`` of a scene in row-major order, zero-padded to ``(bands, R, R)``.
 
-    ``labels``: a :class:`~xtstream.tasks.xview3.labels.SceneLabels` to attach targets and objects.
+    ``labels``: one scene's labels (from a task's ``read_labels``, with a ``region_targets(grid,
+    index)`` method) to attach targets and objects.
     """
     limit_arenas()
     stop = len(grid) if stop is None else stop

@@ -17,23 +17,10 @@ from torch import Tensor
 
 from xtstream.data.chunk import RegionChunk
 from xtstream.errors import ModelConfigError
-from xtstream.models.encoders import stack_targets
-from xtstream.tasks.xview3.head import OUTPUTS as XVIEW3_OUTPUTS
-from xtstream.tasks.xview3.head import xview3_loss
+from xtstream.tasks.base import task_for_head
 
-LossFn = Callable[[RegionChunk], Tensor]
-
-
-def xview3_chunk_loss(chunk: RegionChunk) -> Tensor:
-    """:func:`~xtstream.tasks.xview3.head.xview3_loss` of a chunk's outputs against its target maps."""
-    device = next(iter(chunk.outputs.values())).device
-    names = list(XVIEW3_OUTPUTS) + ["fishing", "center"]
-    targets = stack_targets([chunk], names, device)
-    if not targets:
-        raise ModelConfigError(f"scene {chunk.scene_id!r}, regions {chunk.indices}: no target maps "
-                               f"named any of {names}")
-    loss, _ = xview3_loss(chunk.outputs, targets)
-    return loss
+#: ``loss_fn(chunk) -> scalar`` or ``-> (scalar, {part: value})`` (what :meth:`Task.loss` returns)
+LossFn = Callable[[RegionChunk], "Tensor | tuple[Tensor, dict[str, float]]"]
 
 
 def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimizer,
@@ -43,16 +30,15 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
                  ) -> Iterator[dict[str, Any]]:
     """Train on a stream of region chunks (or regions), one optimizer step per chunk group.
 
-    ``loss_fn(chunk) -> scalar`` (default: :func:`xview3_chunk_loss` for the xview3 head; a
-    classification model needs one, e.g. cross-entropy of ``chunk.outputs`` against a label
-    looked up by ``chunk.scene_id``). ``scenes_per_step``: chunks of that many scenes at the same
-    grid positions, when they arrive one after another, are stepped together (their losses
-    averaged). Records: ``scene_id`` (the first of the group), ``scenes``, ``indices``, ``loss``.
+    ``loss_fn(chunk) -> scalar`` (or ``(scalar, parts)``); default: the loss of the task that
+    trains the model's head (:func:`xtstream.tasks.task_for_head`), e.g. the xView3 map losses, or
+    the cross-entropy of a scene's logits against its ``label`` target. ``scenes_per_step``:
+    chunks of that many scenes at the same grid positions, when they arrive one after another, are
+    stepped together (their losses averaged). Records: ``scene_id`` (the first of the group),
+    ``scenes``, ``indices``, ``loss``.
     """
     if loss_fn is None:
-        if model.config.head != "xview3":
-            raise ModelConfigError(f"head {model.config.head!r} has no default loss; pass loss_fn")
-        loss_fn = xview3_chunk_loss
+        loss_fn = task_for_head(model.config.head).loss
     ctx_config = getattr(model.context, "config", None)
     if ctx_config is not None and not getattr(ctx_config, "detach_state", True):
         raise ModelConfigError("per-chunk training needs detach_state=True in the context config: "
@@ -61,7 +47,7 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     with torch.enable_grad():
         for group in model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
                                          scenes_per_group=scenes_per_step):
-            loss = sum(loss_fn(c) for c in group) / len(group)
+            loss = sum(_scalar(loss_fn(c)) for c in group) / len(group)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad_norm is not None:
@@ -69,3 +55,8 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
             optimizer.step()
             yield {"scene_id": group[0].scene_id, "scenes": [c.scene_id for c in group],
                    "indices": group[0].indices, "loss": float(loss.detach())}
+
+
+def _scalar(value: Any) -> Tensor:
+    """A loss function's scalar, whether it returned it alone or with its parts."""
+    return value[0] if isinstance(value, tuple) else value

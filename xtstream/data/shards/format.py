@@ -7,9 +7,15 @@ One sample per region, its files adjacent, keyed ``{scene_key}/{row:05d}_{col:05
 * ``KEY.json``       — ``format``, ``key``, ``scene_id``, ``index``, ``row``, ``col``, ``grid`` =
   ``[rows, cols]``, ``region``, ``scene_shape`` = ``[H, W]``, ``window`` = ``[y0, x0, y1, x1]``
   (may reach past the scene: padding), ``valid`` (the part inside), ``bands``, ``dtype``; with
-  labels also ``objects`` (centres inside the region, region-relative), ``nearby`` (objects
-  outside whose footprint reaches in) and ``labels`` = ``{radius, sigma}``;
-* ``KEY.vessel.npy`` (uint8) and ``KEY.centre.npy`` (float16) — target crops ``(R, R)``, with labels.
+  labels also ``task`` (the :mod:`xtstream.tasks` name), ``objects`` (labelled objects inside the
+  region, region-relative) and ``labels`` (whatever else the task keeps, e.g. xView3's ``nearby``
+  objects and ``radius``/``sigma``);
+* ``KEY.<name>.npy`` — one per target the task stores: an ``(R, R)`` map or a ``()`` scalar, in
+  the dtype the task chose (xView3: ``vessel`` uint8, ``centre`` float16; classification: ``label``
+  int64). Reading gives back every such member, then lets the task rebuild what it did not store.
+
+Samples of format ``xtstream-region/1`` (xView3 labels implied, ``nearby`` at the top level) are
+still read.
 
 ``scene_key`` is the scene id with every character outside ``[A-Za-z0-9_-]`` percent-escaped
 (``.`` → ``%2E``): WebDataset cuts a sample key at the first dot of the file name. Shards of one
@@ -26,17 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from xtstream.errors import ShardError
-from xtstream.tasks.xview3.labels import rasterise
+from xtstream.errors import ShardError, TaskError
 from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
 
-SAMPLE_FORMAT = "xtstream-region/1"
+SAMPLE_FORMAT = "xtstream-region/2"
+#: earlier sample formats still read: /1 stored xView3 targets only, without a task name
+OLD_FORMATS = ("xtstream-region/1",)
 MANIFEST_FORMAT = "xtstream-shards/1"
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"^(?P<scene>[A-Za-z0-9_%-]+)-(?P<n>\d{5})\.tar$")
 REQUIRED_KEYS = ("scene_id", "index", "row", "col", "grid", "region", "scene_shape", "window")
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
+TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # no dots: WebDataset keys end at the first one
 
 
 def scene_key(scene_id: str) -> str:
@@ -61,7 +69,7 @@ def shard_name(scene_id: str, n: int) -> str:
 
 def npy_bytes(array: np.ndarray) -> bytearray:
     """``array`` as ``.npy`` v1 file bytes (what ``np.save`` writes), with one copy of the data."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not ascontiguousarray: it turns a () scalar into (1,)
     if array.dtype.hasobject:
         raise ShardError(f"refusing to store an object array ({array.dtype}): shards never pickle")
     header = io.BytesIO()
@@ -80,17 +88,24 @@ def npy_load(data: bytes, where: str) -> np.ndarray:
         raise ShardError(f"{where}: not a valid .npy array ({err})") from None
 
 
-def encode_sample(sample: RegionSample, bands: list[str], label_params: dict | None,
-                  nearby: list[dict] | None = None) -> dict[str, Any]:
-    """A RegionSample → ``{"__key__": KEY, ext: bytes}`` for ``webdataset.TarWriter(encoder=False)``."""
+def encode_sample(sample: RegionSample, bands: list[str], task: str | None = None,
+                  labels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A RegionSample → ``{"__key__": KEY, ext: bytes}`` for ``webdataset.TarWriter(encoder=False)``.
+
+    Every target of the sample becomes ``KEY.<name>.npy`` in its own dtype (the task packed it:
+    :meth:`xtstream.tasks.Task.pack_targets`); ``task`` and ``labels`` (the task's extra record)
+    go into the JSON with the sample's objects.
+    """
     key = sample_key(sample.scene_id, sample.row, sample.col)
     meta = {"format": SAMPLE_FORMAT, "key": key, **sample.metadata(), "bands": list(bands),
             "dtype": str(sample.pixels.dtype)}
     files: dict[str, Any] = {"__key__": key, "npy": npy_bytes(sample.pixels)}
-    if label_params is not None:
-        meta.update(objects=sample.objects, nearby=nearby or [], labels=label_params)
-        files["vessel.npy"] = npy_bytes(sample.targets["vessel"].astype(np.uint8))
-        files["centre.npy"] = npy_bytes(sample.targets["centre"].astype(np.float16))
+    if task is not None:
+        meta.update(task=task, objects=sample.objects, labels=labels or {})
+    for name, target in sample.targets.items():
+        if not TARGET_NAME.match(name):
+            raise ShardError(f"target name {name!r}: shards take names of letters, digits, '_' and '-'")
+        files[f"{name}.npy"] = npy_bytes(np.asarray(target))
     files["json"] = json.dumps(meta, separators=(",", ":")).encode()
     return files
 
@@ -100,8 +115,9 @@ def decode_sample(files: dict[str, bytes], where: str, *, region: int | None = N
     """``{ext: bytes}`` of one sample → a RegionSample, checking it is whole and consistent.
 
     ``where`` names the shard and key in errors; ``region`` (if given) is the region size every
-    sample must have. Attribute targets (``length``, ``is_vessel``, ``is_fishing``) are drawn from
-    the stored objects; ``vessel`` and ``centre`` come from the stored crops.
+    sample must have. Targets: every ``.<name>.npy`` member (an ``(R, R)`` map or a scalar), then
+    the sample's task (:meth:`xtstream.tasks.Task.unpack_targets`) rebuilds any it drew from its
+    objects instead of storing — the task's module is imported only for labelled samples.
     """
     if "json" not in files:
         raise ShardError(f"{where}: sample has no .json (files: {sorted(files)})")
@@ -111,7 +127,7 @@ def decode_sample(files: dict[str, bytes], where: str, *, region: int | None = N
         meta = json.loads(files["json"])
     except ValueError as err:
         raise ShardError(f"{where}: .json is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SAMPLE_FORMAT:
+    if not isinstance(meta, dict) or (meta.get("format") != SAMPLE_FORMAT and meta.get("format") not in OLD_FORMATS):
         raise ShardError(f"{where}: .json is not an {SAMPLE_FORMAT} record")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
@@ -126,21 +142,44 @@ def decode_sample(files: dict[str, bytes], where: str, *, region: int | None = N
     if pixels.ndim != 3 or pixels.shape[1:] != (grid.region, grid.region):
         raise ShardError(f"{where}: pixels of shape {pixels.shape}, expected (bands, {grid.region}, {grid.region})")
     sample = RegionSample(str(meta["scene_id"]), int(meta["index"]), grid, pixels)
-    if targets and meta.get("labels") is not None:
-        sample.objects = list(meta.get("objects") or [])
-        valid = grid.valid_window(sample.index)
-        params = meta["labels"]
-        sample.targets = rasterise(sample.objects + list(meta.get("nearby") or []), grid.region,
-                                   (valid.height, valid.width), radius=int(params["radius"]),
-                                   sigma=float(params["sigma"]), names=("length", "is_vessel", "is_fishing"))
-        for name, dtype in (("vessel", np.uint8), ("centre", np.float32)):
-            if f"{name}.npy" not in files:
-                raise ShardError(f"{where}: labelled sample has no .{name}.npy")
-            crop = npy_load(files[f"{name}.npy"], f"{where}.{name}.npy")
-            if crop.shape != (grid.region, grid.region):
-                raise ShardError(f"{where}.{name}.npy: shape {crop.shape}, expected {(grid.region, grid.region)}")
-            sample.targets[name] = crop.astype(dtype)
+    if targets:
+        stored = {}
+        for ext in sorted(files):
+            if ext.endswith(".npy") and ext != "npy":
+                name = ext[:-len(".npy")]
+                stored[name] = npy_load(files[ext], f"{where}.{ext}")
+                if stored[name].shape not in ((grid.region, grid.region), ()):
+                    raise ShardError(f"{where}.{ext}: shape {stored[name].shape}, expected "
+                                     f"{(grid.region, grid.region)} or a scalar")
+        sample.targets = stored
+        task, extra = _task_record(meta)
+        if task is not None:
+            sample.objects = list(meta.get("objects") or [])
+            sample.targets = _unpack(task, stored, sample, extra, where)
     return sample
+
+
+def _task_record(meta: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """``(task name, its extra record)`` of a sample's JSON; ``(None, {})`` when unlabelled."""
+    if meta.get("task") is not None:
+        return str(meta["task"]), dict(meta.get("labels") or {})
+    if meta.get("labels") is not None:  # format /1: xView3 labels, ``nearby`` beside them
+        return "xview3", {**meta["labels"], "nearby": list(meta.get("nearby") or [])}
+    return None, {}
+
+
+def _unpack(name: str, stored: dict[str, np.ndarray], sample: RegionSample, extra: dict[str, Any],
+            where: str) -> dict[str, np.ndarray]:
+    from xtstream.tasks.base import get_task  # the task's module, only for labelled samples
+
+    try:
+        task = get_task(name)
+    except TaskError as err:
+        raise ShardError(f"{where}: written for task {name!r}: {err}") from None
+    try:
+        return task.unpack_targets(stored, sample.objects, extra, sample.grid, sample.index)
+    except (KeyError, ValueError, TypeError) as err:
+        raise ShardError(f"{where}: task {name!r} cannot read the sample's targets: {err}") from None
 
 
 def split_member(name: str) -> tuple[str, str] | None:

@@ -30,17 +30,17 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from xtstream import __version__
 from xtstream.errors import ShardError
-from xtstream.tasks.xview3.labels import SceneLabels, read_labels
 from xtstream._runtime.malloc import limit_arenas
 from xtstream.data.grid import RegionGrid
 from xtstream.data.ledger import RunLedger, write_json_atomic
+from xtstream.data.sample import RegionSample
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
-from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, encode_sample, shard_name, tar_member_bytes
+from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, encode_sample, npy_bytes, shard_name, tar_member_bytes
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ TAR_OWNER = "xtstream"
 
 @dataclass
 class ShardTask:
-    """One shard to write: regions ``start .. stop - 1`` of scene ``scene_id`` from ``store``."""
+    """One shard to write: regions ``start .. stop - 1`` of scene ``scene_id`` from ``store``;
+    ``labels`` (the scene's, read by ``label_task``) add targets and objects."""
 
     name: str
     scene_id: str
@@ -69,7 +70,8 @@ class ShardTask:
     stop: int
     region: int
     max_read_bytes: int
-    labels: SceneLabels | None = field(default=None, repr=False)
+    labels: Any = field(default=None, repr=False)
+    label_task: Any = field(default=None, repr=False)  # the xtstream.tasks.Task of the labels
 
 
 @dataclass
@@ -86,13 +88,20 @@ class ShardPlan:
         return [t for t in self.tasks if t.name not in self.done]
 
 
-def sample_bytes(bands: int, itemsize: int, region: int, labelled: bool) -> int:
-    """Tar bytes of one sample: its ``.npy`` pixels (+ target crops) exactly, plus the JSON allowance."""
+def sample_bytes(bands: int, itemsize: int, region: int, targets: dict[str, Any] | None = None) -> int:
+    """Tar bytes of one sample: its ``.npy`` pixels and stored ``targets`` exactly, plus the JSON
+    allowance."""
     npy_header = 128
     total = tar_member_bytes(npy_header + bands * itemsize * region * region) + JSON_ALLOWANCE
-    if labelled:
-        total += tar_member_bytes(npy_header + region * region) + tar_member_bytes(npy_header + 2 * region * region)
+    for target in (targets or {}).values():
+        total += tar_member_bytes(len(npy_bytes(target)))
     return total
+
+
+def stored_targets(task: Any, labels: Any, grid: RegionGrid, index: int = 0) -> dict[str, Any]:
+    """What a shard stores of region ``index``'s targets (its sizes are every region's)."""
+    targets, _ = task.region_targets(labels, grid, index)
+    return task.pack_targets(labels, grid, index, targets)[0]
 
 
 def cut_shards(blocks: Sequence[Any], n_regions: int, per_shard: int) -> list[tuple[int, int]]:
@@ -112,10 +121,15 @@ def cut_shards(blocks: Sequence[Any], n_regions: int, per_shard: int) -> list[tu
 
 
 def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
-                labels: str | Path | None = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
-                max_count: int | None = None, max_read_bytes: int = SHARD_MAX_READ_BYTES,
-                overwrite: bool = False) -> ShardPlan:
-    """Check the inputs, fix the plan (or reload it to resume) and find the shards already done."""
+                labels: str | Path | None = None, task: Any = None, spec: Any = None,
+                max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, max_count: int | None = None,
+                max_read_bytes: int = SHARD_MAX_READ_BYTES, overwrite: bool = False) -> ShardPlan:
+    """Check the inputs, fix the plan (or reload it to resume) and find the shards already done.
+
+    ``labels``: a labels file parsed by ``task`` (a :mod:`xtstream.tasks` name or instance;
+    default ``"xview3"``), with the ``labels:`` block of ``spec`` (a dataset spec or its name) if
+    given. Without labels, ``task`` and ``spec`` must be left out.
+    """
     out = Path(out)
     if region < 1:
         raise ShardError(f"region must be a positive number of pixels, got {region}")
@@ -127,13 +141,20 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
     if dup:
         raise ShardError(f"scene id(s) {dup} appear in more than one store; scene ids must be unique")
     grids = [RegionGrid(r.shape[1], r.shape[2], region) for r in readers]
-    scene_labels = None
+    scene_labels, label_config = None, None
     if labels is not None:
-        scene_labels = read_labels(labels, scene_ids=ids, shapes={i: (g.height, g.width) for i, g in zip(ids, grids)})
+        from xtstream.tasks.base import get_task  # the task's modules only when there are labels
+
+        task = get_task("xview3" if task is None else task)
+        scene_labels = task.read_labels(labels, scene_ids=ids, spec=spec,
+                                        shapes={i: (g.height, g.width) for i, g in zip(ids, grids)})
+        label_config = {"path": str(labels), "sha256": _file_sha256(Path(labels)), "task": task.name,
+                        "spec": None if spec is None else str(getattr(spec, "source", spec))}
+    elif task is not None or spec is not None:
+        raise ShardError("a task or spec (--task, --spec) describes labels, but no labels file was given")
     config = {
         "format": MANIFEST_FORMAT, "region": region, "max_shard_size": int(max_shard_size),
-        "max_count": max_count, "max_read_bytes": int(max_read_bytes),
-        "labels": None if labels is None else {"path": str(labels), "sha256": _file_sha256(Path(labels))},
+        "max_count": max_count, "max_read_bytes": int(max_read_bytes), "labels": label_config,
         "stores": [{"path": str(Path(s).resolve()), "scene_id": r.scene_id, "shape": list(r.shape),
                     "dtype": str(r.dtype), "fingerprint": r.attrs.get("fingerprint"),
                     "completed": r.attrs.get("completed")} for s, r in zip(stores, readers)],
@@ -144,7 +165,8 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
     scenes, tasks = [], []
     for store, reader, grid in zip(stores, readers, grids):
         bands, itemsize = reader.shape[0], reader.dtype.itemsize
-        per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, labels is not None))
+        stored = None if scene_labels is None else stored_targets(task, scene_labels[reader.scene_id], grid)
+        per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, stored))
         per = min(per, max_count) if max_count else per
         blocks = plan_reads(grid, reader.tiles, bands * itemsize, max_read_bytes)
         passes = decode_passes(blocks, reader.tiles, (grid.height, grid.width))
@@ -157,11 +179,12 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
             name = shard_name(reader.scene_id, n)
             names.append(name)
             tasks.append(ShardTask(name, reader.scene_id, str(store), a, b, region, max_read_bytes,
-                                   scene_labels[reader.scene_id] if scene_labels else None))
+                                   None if scene_labels is None else scene_labels[reader.scene_id],
+                                   None if scene_labels is None else task))
         scenes.append({"scene_id": reader.scene_id, "store": str(store), "bands": reader.bands,
                        "dtype": str(reader.dtype), "scene_shape": [grid.height, grid.width],
                        "grid": [grid.rows, grid.cols], "region": region, "regions": len(grid),
-                       "objects": len(scene_labels[reader.scene_id]) if scene_labels else None,
+                       "objects": None if scene_labels is None else len(scene_labels[reader.scene_id]),
                        "shards": names})
     return ShardPlan(out, fingerprint, config, scenes, tasks, _done_shards(out))
 
@@ -175,16 +198,14 @@ def write_shard(task: ShardTask, out: str) -> dict:
     partial = out_dir / (task.name + ".partial")
     reader = ZarrWindows(task.store)
     grid = RegionGrid(reader.shape[1], reader.shape[2], task.region)
-    label_params = None if task.labels is None else {"radius": task.labels.radius, "sigma": task.labels.sigma}
     with open(partial, "wb", buffering=1 << 20) as raw:  # tar headers are 512 B: batch them
         sink = _HashingFile(raw)
         with open_tar(sink) as tar:
             # decoding the next block overlaps encoding, hashing and writing this one
-            samples = iter_regions(reader, grid, task.start, task.stop, labels=task.labels,
-                                   max_read_bytes=task.max_read_bytes)
-            for sample in prefetched(samples, PREFETCH_REGIONS):
-                nearby = task.labels.region_objects(grid, sample.index)[1] if task.labels is not None else None
-                add_sample(tar, encode_sample(sample, reader.bands, label_params, nearby))
+            samples = iter_regions(reader, grid, task.start, task.stop, max_read_bytes=task.max_read_bytes)
+            for sample, extra in prefetched(_labelled(samples, task, grid), PREFETCH_REGIONS):
+                name = None if task.label_task is None else task.label_task.name
+                add_sample(tar, encode_sample(sample, reader.bands, name, extra))
     # no fsync: the marker-after-rename protocol survives a killed process; after a power loss a
     # shard can keep its size with lost contents, which read_scenes(verify=True) catches by SHA-256
     os.replace(partial, final)
@@ -192,6 +213,18 @@ def write_shard(task: ShardTask, out: str) -> dict:
               "regions": task.stop - task.start, "bytes": sink.size, "sha256": sink.hexdigest()}
     _ledger(out_dir).mark(task.name, marker)
     return marker
+
+
+def _labelled(samples: Iterator[RegionSample], task: ShardTask, grid: RegionGrid
+              ) -> Iterator[tuple[RegionSample, dict | None]]:
+    """``(sample, extra)``: the sample with its targets as the label task stores them and its
+    objects, plus the task's extra record (``None`` without labels)."""
+    for sample in samples:
+        extra = None
+        if task.label_task is not None:
+            targets, sample.objects = task.label_task.region_targets(task.labels, grid, sample.index)
+            sample.targets, extra = task.label_task.pack_targets(task.labels, grid, sample.index, targets)
+        yield sample, extra
 
 
 def open_tar(fileobj: Any) -> tarfile.TarFile:
@@ -235,13 +268,14 @@ def write_manifest(plan: ShardPlan) -> Path:
 
 
 def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
-                 labels: str | Path | None = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
-                 max_count: int | None = None, max_read_bytes: int = SHARD_MAX_READ_BYTES,
-                 scheduler: str | None = None, client: Any = None, progress: bool = True,
+                 labels: str | Path | None = None, task: Any = None, spec: Any = None,
+                 max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, max_count: int | None = None,
+                 max_read_bytes: int = SHARD_MAX_READ_BYTES, scheduler: str | None = None, client: Any = None, progress: bool = True,
                  overwrite: bool = False) -> Path:
     """Cut scene stores into ordered region shards under ``out``; resume an interrupted run.
 
-    Returns the path of ``manifest.json``. ``scheduler``/``client`` choose where the graph runs
+    Returns the path of ``manifest.json``. ``labels``, ``task``, ``spec``: see :func:`plan_shards`.
+    ``scheduler``/``client`` choose where the graph runs
     (see :func:`xtstream._runtime.cluster.dask_client`); the shard directory must be visible to workers.
 
     >>> shard_stores(["a.zarr", "b.zarr"], "shards/", region=512, labels="labels.csv")  # doctest: +SKIP
@@ -249,8 +283,9 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
     from xtstream._runtime.cluster import dask_client, run_graph
 
     limit_arenas()  # before the thread pool starts, so that its threads share the arenas
-    plan = plan_shards(stores, out, region=region, labels=labels, max_shard_size=max_shard_size,
-                       max_count=max_count, max_read_bytes=max_read_bytes, overwrite=overwrite)
+    plan = plan_shards(stores, out, region=region, labels=labels, task=task, spec=spec,
+                       max_shard_size=max_shard_size, max_count=max_count, max_read_bytes=max_read_bytes,
+                       overwrite=overwrite)
     todo = plan.todo
     if todo:
         graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}

@@ -1,6 +1,6 @@
 """The xView3 task: SAR vessel detection — labels, synthetic scenes, the dense head and its loss,
-and decoding detections back to scene pixels. The torch parts load on first use, so the data side
-(labels, synthetic scenes) stays torch-free."""
+decoding detections back to scene pixels, model presets. The torch parts load on first use, so the
+data side (labels, synthetic scenes, the task's label parsing) stays torch-free."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import importlib
 from typing import Any
 
 _LAZY = {"decode_xview3": "decode", "find_peaks": "decode", "to_scene": "decode", "OUTPUTS": "head",
-         "XView3Head": "head", "gaussian_heatmap": "head", "xview3_loss": "head"}
+         "XView3Head": "head", "gaussian_heatmap": "head", "xview3_loss": "loss",
+         "xview3_chunk_loss": "loss", "XView3Task": "task", "read_labels": "labels",
+         "SceneLabels": "labels", "rasterise": "labels", "synth_scene": "synth"}
 
 
 def __getattr__(name: str) -> Any:

@@ -60,7 +60,7 @@ def find_peaks(heatmap: Tensor, *, threshold: float = 0.5, min_distance: int = 3
 
 def decode_xview3(outputs: Mapping[str, Tensor], *, threshold: float = 0.5, min_distance: int = 3
                   ) -> list[list[dict[str, Any]]]:
-    """Detections per region from :class:`~xtstream.models.heads.XView3Head` outputs ``(N, 1, R, R)``.
+    """Detections per region from :class:`~xtstream.tasks.xview3.head.XView3Head` outputs ``(N, 1, R, R)``.
 
     Each detection: ``row``, ``col`` (region pixels), ``score`` (sigmoid of the centre logit),
     ``length_m``, ``is_vessel``, ``is_fishing`` (probabilities), read at the peak.

@@ -16,7 +16,7 @@ batch (batches follow chunks and memory budgets, not the data's statistics).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -110,54 +110,3 @@ def gaussian_heatmap(points: Sequence[tuple[float, float]], shape: tuple[int, in
     for r, c in points:
         np.maximum(out, np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2)), out=out)
     return out
-
-
-def _target(targets: Mapping[str, Tensor], name: str) -> Tensor | None:
-    for key, value in targets.items():
-        if TARGET_ALIASES.get(key, key) == name:
-            return value
-    return None
-
-
-def _masked_mean(loss: Tensor, mask: Tensor) -> Tensor:
-    # a batch without labelled pixels contributes a zero that still depends on the graph
-    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def xview3_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
-                weights: Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Sum of per-map losses over the targets present; NaN target pixels are ignored.
-
-    ``outputs``: :class:`XView3Head` maps ``(N, 1, R, R)``; ``targets``: ``(N, R, R)`` or
-    ``(N, 1, R, R)`` maps named as :data:`OUTPUTS` (or :data:`TARGET_ALIASES`). ``vessel`` /
-    ``is_vessel`` / ``is_fishing``: BCE with logits (the last two only on labelled pixels);
-    ``centre``: MSE of the sigmoid against the Gaussian map; ``length``: L1 where the length is
-    known and positive. Returns ``(total, {name: value})``.
-    """
-    weights = dict(weights or {})
-    total = sum(o.sum() * 0.0 for o in outputs.values())  # keeps every output in the graph
-    parts: dict[str, float] = {}
-    for name in OUTPUTS:
-        t = _target(targets, name)
-        if t is None:
-            continue
-        pred = outputs[name].squeeze(1).float()
-        t = t.reshape(pred.shape).to(pred.device, torch.float32)
-        valid = ~torch.isnan(t)
-        tz = torch.where(valid, t, torch.zeros_like(t))
-        if name == "centre":
-            loss = _masked_mean((torch.sigmoid(pred) - tz) ** 2, valid.float())
-        elif name == "length":
-            keep = (valid & (tz > 0)).float()
-            loss = _masked_mean((pred - tz).abs(), keep)
-        else:
-            keep = valid.float()
-            if name in ("is_vessel", "is_fishing"):
-                vessel = _target(targets, "vessel")
-                if vessel is not None:  # labels are defined on objects only
-                    keep = keep * (vessel.reshape(pred.shape).to(pred.device) > 0).float()
-            loss = _masked_mean(F.binary_cross_entropy_with_logits(pred, tz, reduction="none"), keep)
-        loss = loss * weights.get(name, 1.0)
-        parts[name] = float(loss.detach())
-        total = total + loss
-    return total, parts

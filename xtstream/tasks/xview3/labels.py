@@ -2,9 +2,11 @@
 
 A labels CSV (the xView3 schema: ``scene_id, detect_scene_row, detect_scene_column, is_vessel,
 is_fishing, vessel_length_m, distance_from_shore_km, confidence``; the last five may be empty =
-unknown) is read once into small per-scene tables sorted by row. For a region, only the objects
-*near* it (centre within ``margin`` pixels of its window) are looked up — a binary search on the
-row, then a filter on the column — and drawn into ``R x R`` maps. A full-scene mask never exists.
+unknown — column names, types and which are required come from the dataset spec's ``labels:``
+block, by default that of ``data_specs/xview3.yaml``) is read once into small per-scene tables
+sorted by row. For a region, only the objects *near* it (centre within ``margin`` pixels of its
+window) are looked up — a binary search on the row, then a filter on the column — and drawn into
+``R x R`` maps. A full-scene mask never exists.
 
 Targets of one region (all ``(R, R)``, zero in the padding past the scene's edge):
 
@@ -28,11 +30,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from xtstream.errors import LabelError
 from xtstream.data.grid import RegionGrid, Window
+from xtstream.data.specs import LabelSpec, load_spec
+from xtstream.errors import LabelError
 
-REQUIRED_COLUMNS = ("scene_id", "detect_scene_row", "detect_scene_column")
-OPTIONAL_COLUMNS = ("is_vessel", "is_fishing", "vessel_length_m", "distance_from_shore_km", "confidence")
 TARGET_NAMES = ("vessel", "centre", "length", "is_vessel", "is_fishing")
 DEFAULT_RADIUS = 4
 DEFAULT_SIGMA = 2.0
@@ -157,17 +158,42 @@ def rasterise(objects: Iterable[Mapping[str, Any]], region: int, valid: tuple[in
     return out
 
 
+def label_spec(spec: Any = None) -> LabelSpec:
+    """The labels schema to parse with: a :class:`LabelSpec`, the ``labels:`` block of a
+    :class:`DatasetSpec` (or of the spec with that name or path), or — by default — that of the
+    shipped ``xview3`` spec."""
+    if isinstance(spec, LabelSpec):
+        return spec
+    dataset = load_spec("xview3" if spec is None else spec)
+    if dataset.labels is None:
+        raise LabelError(f"{dataset.source}: spec {dataset.name!r} has no labels: block to parse labels with")
+    return dataset.labels
+
+
 def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
-                shapes: Mapping[str, tuple[int, int]] | None = None, radius: int = DEFAULT_RADIUS,
-                sigma: float = DEFAULT_SIGMA) -> dict[str, SceneLabels]:
+                shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None,
+                radius: int = DEFAULT_RADIUS, sigma: float = DEFAULT_SIGMA) -> dict[str, SceneLabels]:
     """Read an xView3 labels CSV into ``{scene_id: SceneLabels}``.
 
-    ``scene_ids`` keeps only those scenes (an xView3 CSV covers many); every one of them gets an
-    entry, empty if it has no rows. ``shapes`` (``{scene_id: (H, W)}``) checks that every object
-    lies inside its scene. Raises :class:`LabelError` naming the file and line on missing columns,
-    unparsable values or objects outside their scene.
+    The spec's ``labels:`` block (see :func:`label_spec`; default: the shipped ``xview3`` spec)
+    names the scene/row/column columns, the type of each column (``str``, ``int``, ``float``,
+    ``bool``) and which must be present and non-empty; columns it does not list are ignored, listed
+    optional ones may be missing or empty (= unknown). ``scene_ids`` keeps only those scenes (an
+    xView3 CSV covers many); every one of them gets an entry, empty if it has no rows. ``shapes``
+    (``{scene_id: (H, W)}``) checks that every object lies inside its scene. Raises
+    :class:`LabelError` naming the file and line on missing columns, unparsable values or objects
+    outside their scene.
     """
     path = Path(path)
+    schema = label_spec(spec)
+    where = (schema.scene_column, schema.row_column, schema.col_column)
+    required = list(dict.fromkeys([*where, *schema.required]))  # a labelled object needs all three
+    types = {schema.scene_column: "str", schema.row_column: "float", schema.col_column: "float", **schema.columns}
+    kinds = {schema.row_column: ("int", "float"), schema.col_column: ("int", "float"), **_KINDS}
+    wrong = {c: types[c] for c, ok in kinds.items() if c in types and types[c] not in ok}
+    if wrong:
+        raise LabelError(f"{path}: the labels spec types columns {wrong}; xView3 reads them as "
+                         f"{ {c: kinds[c] for c in wrong} }")
     wanted = set(scene_ids) if scene_ids is not None else None
     cols: dict[str, dict[str, list]] = {}
     try:
@@ -177,38 +203,62 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
     with f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        missing = [c for c in required if c not in header]
         if missing:
             raise LabelError(f"{path}: labels CSV lacks required column(s) {missing} (has {header})")
         reader.fieldnames = header
         for row in reader:
             line = reader.line_num
-            sid = (row.get("scene_id") or "").strip()
+            sid = (row.get(schema.scene_column) or "").strip()
             if wanted is not None and sid not in wanted:
                 continue
-            acc = cols.setdefault(sid, {k: [] for k in ("rows", "cols", "v", "f", "len", "shore", "conf", "line")})
-            acc["rows"].append(_number(row, "detect_scene_row", path, line, required=True))
-            acc["cols"].append(_number(row, "detect_scene_column", path, line, required=True))
-            acc["v"].append(_flag(row, "is_vessel", path, line))
-            acc["f"].append(_flag(row, "is_fishing", path, line))
-            acc["len"].append(_number(row, "vessel_length_m", path, line))
-            acc["shore"].append(_number(row, "distance_from_shore_km", path, line))
-            acc["conf"].append((row.get("confidence") or "").strip())
+            values = {c: _value(row, c, t, path, line, c in required) for c, t in types.items()}
+            acc = cols.setdefault(sid, {k: [] for k in _FIELDS})
+            acc["rows"].append(values[schema.row_column])
+            acc["cols"].append(values[schema.col_column])
+            for key, column in _FIELDS.items():
+                if column is not None:  # the xView3 attributes, unknown when the spec omits them
+                    acc[key].append(values.get(column, "" if column == "confidence" else math.nan))
             acc["line"].append(line)
     result = {}
     for sid in sorted(set(cols) | (wanted or set())):
-        acc = cols.get(sid) or {k: [] for k in ("rows", "cols", "v", "f", "len", "shore", "conf", "line")}
+        acc = cols.get(sid) or {k: [] for k in _FIELDS}
         order = np.argsort(np.asarray(acc["rows"], np.float64), kind="stable")
         labels = SceneLabels(
             sid, np.asarray(acc["rows"], np.float64)[order], np.asarray(acc["cols"], np.float64)[order],
             np.asarray(acc["v"], np.float32)[order], np.asarray(acc["f"], np.float32)[order],
             np.asarray(acc["len"], np.float32)[order], np.asarray(acc["shore"], np.float32)[order],
-            [acc["conf"][i] for i in order], np.asarray(acc["line"], np.int64)[order],
+            [str(acc["conf"][i]) for i in order], np.asarray(acc["line"], np.int64)[order],
             radius=radius, sigma=sigma)
         if shapes is not None and sid in shapes:
             labels.check_inside(*shapes[sid], source=str(path))
         result[sid] = labels
     return result
+
+
+# the types the xView3 attribute columns may have in a spec
+_KINDS = {"is_vessel": ("bool",), "is_fishing": ("bool",), "vessel_length_m": ("int", "float"),
+          "distance_from_shore_km": ("int", "float"), "confidence": ("str",)}
+# per-object lists read_labels collects -> the xView3 column each comes from (None: by the spec)
+_FIELDS = {"rows": None, "cols": None, "v": "is_vessel", "f": "is_fishing", "len": "vessel_length_m",
+           "shore": "distance_from_shore_km", "conf": "confidence", "line": None}
+
+
+def _value(row: dict, column: str, kind: str, path: Path, line: int, required: bool) -> Any:
+    """One cell parsed as the spec's column type; unknown (NaN / ``""``) when empty and optional."""
+    if kind == "bool":
+        if required and not (row.get(column) or "").strip():
+            raise LabelError(f"{path} line {line}: empty {column}")
+        return _flag(row, column, path, line)
+    if kind == "str":
+        text = (row.get(column) or "").strip()
+        if required and not text:
+            raise LabelError(f"{path} line {line}: empty {column}")
+        return text
+    value = _number(row, column, path, line, required=required)
+    if kind == "int" and math.isfinite(value) and not value.is_integer():
+        raise LabelError(f"{path} line {line}: {column} {row.get(column)!r} is not an integer")
+    return value
 
 
 def _number(row: dict, column: str, path: Path, line: int, required: bool = False) -> float:

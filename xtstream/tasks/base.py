@@ -1,0 +1,128 @@
+"""The task interface and its registry: what a region is labelled with, and how a head trains on it.
+
+A task owns everything specific to one kind of label: parsing a labels file into per-scene label
+objects, turning them into per-region targets, and the loss of its head's outputs against them.
+The data side (ingest, shards, readers) only moves named arrays around, so a new task never
+touches the shard format or the sample type.
+
+>>> @register_task                                              # doctest: +SKIP
+... class Segmentation(Task):
+...     name, head = "segmentation", "my_seg_head"
+...     def read_labels(self, path, *, scene_ids=None, shapes=None, spec=None): ...
+...     def loss(self, chunk): ...
+
+Per-scene label objects only need ``region_targets(grid, index) -> (targets, objects)`` (what
+:func:`xtstream.data.streams.open_scene` and the shard writer call through the task) and
+``len()`` (how many labelled things the scene has, for the shard manifest).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from xtstream.errors import TaskError
+
+if TYPE_CHECKING:  # the data side must not import torch
+    from torch import Tensor
+
+    from xtstream.data.chunk import RegionChunk
+    from xtstream.data.grid import RegionGrid
+
+
+class Task:
+    """Base class of tasks. Subclasses set ``name`` and ``head`` and implement :meth:`read_labels`
+    and :meth:`loss`; :meth:`pack_targets` / :meth:`unpack_targets` only where a task stores its
+    targets in shards differently from how it trains on them."""
+
+    #: the registry name, also recorded in shards written for the task
+    name: str = ""
+    #: the registered head (:func:`xtstream.models.heads.register_head`) this task trains
+    head: str = ""
+
+    def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
+                    shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None) -> dict[str, Any]:
+        """``{scene_id: labels}`` from a labels file; every id in ``scene_ids`` gets an entry.
+        ``shapes`` (``{scene_id: (H, W)}``) lets a task check labels against their scene;
+        ``spec``: a dataset spec (or its name) whose ``labels:`` block describes the file."""
+        raise NotImplementedError
+
+    def region_targets(self, labels: Any, grid: "RegionGrid", index: int
+                       ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        """``({name: (R, R) map or () scalar}, objects inside)`` of region ``index``."""
+        return labels.region_targets(grid, index)
+
+    def pack_targets(self, labels: Any, grid: "RegionGrid", index: int, targets: dict[str, np.ndarray]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a shard stores of region ``index``: ``({name: array}, JSON-ready extra)``; each
+        array becomes ``KEY.<name>.npy`` (in its dtype), ``extra`` the sample's ``labels`` record."""
+        return targets, {}
+
+    def unpack_targets(self, stored: dict[str, np.ndarray], objects: list[dict[str, Any]],
+                       extra: dict[str, Any], grid: "RegionGrid", index: int) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`pack_targets` at read time: the targets :meth:`region_targets` gave."""
+        return stored
+
+    def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
+        """``(scalar, {part: value})``: the loss of ``chunk.outputs`` against ``chunk.targets``
+        (and ``chunk.info``); the default loss of :func:`xtstream.engine.train_chunks`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, head={self.head!r})"
+
+
+#: name -> task class; instances are made by :func:`get_task` (with the task's options)
+TASKS: dict[str, type[Task]] = {}
+#: modules that register the built-in tasks, imported on first lookup (keeps torch and the task
+#: modules out of a plain ``import xtstream``)
+_BUILTIN_MODULES = ("xtstream.tasks.xview3.task", "xtstream.tasks.classification.task")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a :class:`Task` subclass under its ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or not cls.name:
+        raise TaskError(f"register_task takes a Task subclass with a name, got {cls!r}")
+    if TASKS.get(cls.name, cls) is not cls:
+        raise TaskError(f"a task named {cls.name!r} is already registered ({TASKS[cls.name].__qualname__})")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks (built-ins and plug-ins)."""
+    _load_builtins()
+    return sorted(TASKS)
+
+
+def get_task(task: str | Task, **options: Any) -> Task:
+    """The task registered as ``task`` (an instance made with ``options``); an instance passes through."""
+    if isinstance(task, Task):
+        if options:
+            raise TaskError(f"options {sorted(options)} given with an already-made task {task!r}")
+        return task
+    _load_builtins()
+    try:
+        cls = TASKS[task]
+    except KeyError:
+        raise TaskError(f"no task registered as {task!r}; known: {sorted(TASKS)} (a plug-in task "
+                        "registers itself when its module is imported)") from None
+    return cls(**options)
+
+
+def task_for_head(head: str) -> Task:
+    """The task that trains the head registered as ``head`` (its default options)."""
+    _load_builtins()
+    for cls in TASKS.values():
+        if cls.head == head:
+            return cls()
+    raise TaskError(f"no registered task trains head {head!r} (tasks: "
+                    f"{ {n: c.head for n, c in TASKS.items()} }); pass loss_fn or register a task")

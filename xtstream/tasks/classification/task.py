@@ -1,0 +1,122 @@
+"""Scene classification: one class per scene, trained on the ``classification`` head's running logits.
+
+Labels are a CSV with columns ``scene_id,label``; ``label`` is a class index or, when the task is
+made with ``classes=[...]``, one of those names. Every region of a scene carries the scene's class
+as a scalar target ``label`` (int64 ``()``; a chunk stacks them to ``(n,)``), so the label travels
+with the regions through any reader and any shard — 1 KiB of tar per region — and no reader needs
+scene-level metadata. A chunk without that target may carry ``info["label"]`` instead.
+
+The loss of a chunk is the cross-entropy of the scene's logits *so far* ``chunk.outputs`` ``(1, K)``
+against its class: the head pools every chunk seen, so each chunk's step trains the scene mean.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from xtstream.data.grid import RegionGrid
+from xtstream.errors import LabelError
+from xtstream.tasks.base import Task, register_task
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from xtstream.data.chunk import RegionChunk
+
+#: the scalar target every region of a labelled scene carries
+TARGET = "label"
+
+
+@dataclass(frozen=True)
+class SceneClass:
+    """The class of one scene: ``index`` into the classes, ``name`` if classes are named."""
+
+    scene_id: str
+    index: int
+    name: str | None = None
+
+    def __len__(self) -> int:
+        return 1  # one labelled thing per scene (the shard manifest's "objects")
+
+    def region_targets(self, grid: RegionGrid, index: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+        """``({"label": int64 ()}, [])`` — the scene's class, the same in every region."""
+        return {TARGET: np.array(self.index, dtype=np.int64)}, []
+
+
+@register_task
+class ClassificationTask(Task):
+    """One class per scene from a ``scene_id,label`` CSV; the ``classification`` head; cross-entropy.
+
+    ``classes``: class names in index order; a label may then be a name or an index.
+    """
+
+    name = "classification"
+    head = "classification"
+
+    def __init__(self, classes: Sequence[str] | None = None) -> None:
+        self.classes = list(classes) if classes is not None else None
+
+    def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
+                    shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None
+                    ) -> dict[str, SceneClass]:
+        """``{scene_id: SceneClass}`` from a ``scene_id,label`` CSV. Every scene of ``scene_ids``
+        must have exactly one row (a scene without a class cannot be trained on); other rows are
+        ignored. Raises :class:`LabelError` naming the file and line."""
+        path = Path(path)
+        wanted = set(scene_ids) if scene_ids is not None else None
+        found: dict[str, SceneClass] = {}
+        try:
+            f = open(path, newline="")
+        except OSError as err:
+            raise LabelError(f"{path}: cannot open labels CSV: {err}") from err
+        with f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            if "scene_id" not in header or TARGET not in header:
+                raise LabelError(f"{path}: classification labels need columns ['scene_id', 'label'] (has {header})")
+            reader.fieldnames = header
+            for row in reader:
+                sid = (row["scene_id"] or "").strip()
+                if wanted is not None and sid not in wanted:
+                    continue
+                if sid in found:
+                    raise LabelError(f"{path} line {reader.line_num}: a second label for scene {sid!r}")
+                found[sid] = self._parse(sid, (row[TARGET] or "").strip(), f"{path} line {reader.line_num}")
+        lacking = sorted((wanted or set()) - set(found))
+        if lacking:
+            raise LabelError(f"{path}: no label for scene(s) {lacking}")
+        return found
+
+    def _parse(self, scene_id: str, text: str, where: str) -> SceneClass:
+        """A label cell → :class:`SceneClass`: a known class name, or an index in range."""
+        if self.classes is not None and text in self.classes:
+            return SceneClass(scene_id, self.classes.index(text), text)
+        try:
+            index = int(text)
+        except ValueError:
+            known = f"one of {self.classes} or " if self.classes else ""
+            raise LabelError(f"{where}: label {text!r} is not {known}a class index") from None
+        if index < 0 or (self.classes is not None and index >= len(self.classes)):
+            raise LabelError(f"{where}: class index {index} is out of range"
+                             + (f" (classes {self.classes})" if self.classes else ""))
+        return SceneClass(scene_id, index, self.classes[index] if self.classes else None)
+
+    def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
+        """Cross-entropy of ``chunk.outputs`` ``(1, K)`` against the scene's class."""
+        import torch
+        import torch.nn.functional as F
+
+        logits = chunk.outputs
+        label = chunk.targets.get(TARGET, chunk.info.get(TARGET))
+        if label is None:
+            raise LabelError(f"scene {chunk.scene_id!r}, regions {chunk.indices}: no {TARGET!r} target or "
+                             f"info[{TARGET!r}] to train the classification head on")
+        # every region carries the scene's class; the head's logits are one row per scene
+        target = torch.as_tensor(label).reshape(-1)[:1].to(logits.device, torch.long)
+        loss = F.cross_entropy(logits.float(), target.expand(logits.shape[0]))
+        return loss, {"cross_entropy": float(loss.detach())}

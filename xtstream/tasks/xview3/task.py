@@ -1,0 +1,70 @@
+"""The xView3 task: vessel labels → five target maps per region, trained by the ``xview3`` head.
+
+In shards the two maps that cannot be redrawn cheaply are stored as crops — ``vessel`` (uint8)
+and ``centre`` (float16, half the bytes, ~1e-3 off) — and the attribute maps (``length``,
+``is_vessel``, ``is_fishing``) are redrawn at read time from the stored objects, inside and near
+the region (the ``nearby`` list), in the same order as the direct path draws them: both paths give
+the same targets. Torch loads only when :meth:`XView3Task.loss` is first called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from xtstream.data.grid import RegionGrid
+from xtstream.tasks.base import Task, register_task
+from xtstream.tasks.xview3.labels import SceneLabels, rasterise, read_labels
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from xtstream.data.chunk import RegionChunk
+
+#: the crops a shard stores, in the dtype it stores them in, and the dtype they are read back as
+STORED = {"vessel": (np.uint8, np.uint8), "centre": (np.float16, np.float32)}
+#: the maps redrawn from the stored objects when a shard is read
+REDRAWN = ("length", "is_vessel", "is_fishing")
+
+
+@register_task
+class XView3Task(Task):
+    """xView3 SAR vessel detection: labels CSV → ``vessel``, ``centre``, ``length``, ``is_vessel``,
+    ``is_fishing`` maps ``(R, R)`` per region; the ``xview3`` head; :func:`xview3_chunk_loss`."""
+
+    name = "xview3"
+    head = "xview3"
+
+    def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
+                    shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None
+                    ) -> dict[str, SceneLabels]:
+        """See :func:`xtstream.tasks.xview3.labels.read_labels`."""
+        return read_labels(path, scene_ids=scene_ids, shapes=shapes, spec=spec)
+
+    def pack_targets(self, labels: SceneLabels, grid: RegionGrid, index: int,
+                     targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The ``vessel`` / ``centre`` crops, and ``{radius, sigma, nearby}`` to redraw the rest."""
+        stored = {name: targets[name].astype(dtype) for name, (dtype, _) in STORED.items()}
+        nearby = labels.region_objects(grid, index)[1]
+        return stored, {"radius": labels.radius, "sigma": labels.sigma, "nearby": nearby}
+
+    def unpack_targets(self, stored: dict[str, np.ndarray], objects: list[dict[str, Any]],
+                       extra: dict[str, Any], grid: RegionGrid, index: int) -> dict[str, np.ndarray]:
+        """Stored crops in their training dtypes, plus the attribute maps drawn from the objects."""
+        valid = grid.valid_window(index)
+        targets = rasterise(list(objects) + list(extra.get("nearby") or []), grid.region,
+                            (valid.height, valid.width), radius=int(extra["radius"]),
+                            sigma=float(extra["sigma"]), names=REDRAWN)
+        for name, (_, dtype) in STORED.items():
+            if name not in stored:
+                raise KeyError(f"labelled sample has no .{name}.npy")
+            targets[name] = stored[name].astype(dtype)
+        return {**stored, **targets}
+
+    def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
+        """:func:`~xtstream.tasks.xview3.loss.xview3_chunk_loss`."""
+        from xtstream.tasks.xview3.loss import xview3_chunk_loss
+
+        return xview3_chunk_loss(chunk)
