@@ -144,8 +144,7 @@ def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: Scene
         state = stack_states([states.take(c) for c in group])
         feats = group[0].features if b == 1 else [torch.cat(level) for level in
                                                     zip(*(c.features for c in group))]
-        positions = torch.from_numpy(group[0].positions)
-        out, new_state = model.forward_features(feats, positions, state)
+        out, new_state = model.forward_features(feats, _positions(group[0], feats[-1].device), state)
         n = len(group[0])
         for k, c in enumerate(group):
             c.outputs = _select(out, k * n, n) if per_region else _select(out, k, 1)
@@ -165,10 +164,17 @@ def _whole_scenes(model: Any, groups: Iterable[list[RegionChunk]], states: Scene
             if c.last:
                 scene = held.pop(c.scene_id)
                 outs = model.forward_scene([s.features for s in scene],
-                                           [torch.from_numpy(s.positions) for s in scene])
+                                           [_positions(s, s.features[-1].device) for s in scene])
                 for s, out in zip(scene, outs):
                     s.outputs, s.features = out, None
                 yield scene
+
+
+def _positions(c: RegionChunk, device: torch.device) -> Tensor:
+    """``(n, 2)`` grid ``(row, col)`` made on ``device``: a host tensor copied there each chunk
+    would make the host wait for the device, chunk after chunk."""
+    idx = torch.arange(c.start, c.stop, device=device)
+    return torch.stack([idx // c.grid.cols, idx % c.grid.cols], dim=1)
 
 
 def _select(out: Any, start: int, n: int) -> Any:

@@ -18,9 +18,10 @@ from xtstream.errors import ModelConfigError
 DEFAULT_CPU_BUDGET = 2 * 2**30
 DEFAULT_CUDA_FRACTION = 0.5
 MAX_BATCH = 256
-#: on a CPU a batch past a few dozen regions only adds memory traffic: convnext_atto at 256 px ran
-#: at 59 / 63 / 64 / 49 regions/s with batches of 8 / 16 / 32 / 64 (2 cores)
-MAX_CPU_BATCH = 32
+#: on a CPU a batch only needs to fill the cores, and past that its activations fall out of cache:
+#: at 256 px on 2 cores, convnext_atto ran at 62 / 75 / 71 / 66 / 64 / 57 regions/s with batches of
+#: 1 / 2 / 4 / 8 / 16 / 32, swinv2_tiny at 9.9 / 9.8 / 8.6 / 6.4 / 5.4 with 2 / 4 / 8 / 16 / 32
+MAX_CPU_BATCH = 4
 
 
 def _region_input(encoder: nn.Module, n: int, device: torch.device) -> torch.Tensor:

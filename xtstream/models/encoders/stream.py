@@ -52,15 +52,16 @@ def windows(chunks: Iterable[RegionChunk], regions: int) -> Iterator[list[Region
         yield window
 
 
-def stack_pixels(chunks: Sequence[RegionChunk], encoder: nn.Module, pin: bool = False) -> Tensor:
-    """``(sum n, bands, R, R)`` float32 host tensor of the chunks' pixels (pinned for CUDA copies)."""
+def stack_pixels(chunks: Sequence[RegionChunk], encoder: nn.Module, out: Tensor | None = None) -> Tensor:
+    """``(sum n, bands, R, R)`` float32 host tensor of the chunks' pixels, written into ``out``
+    (e.g. a reused pinned buffer) when given."""
     for c in chunks:
         _check_pixels(c, encoder.in_chans, encoder.region)
-    if len(chunks) == 1 and isinstance(chunks[0].pixels, Tensor):
-        return chunks[0].pixels.float()
     n = sum(len(c) for c in chunks)
-    out = torch.empty((n, encoder.in_chans, encoder.region, encoder.region), dtype=torch.float32,
-                      pin_memory=pin)
+    if out is None:
+        if len(chunks) == 1 and isinstance(chunks[0].pixels, Tensor):
+            return chunks[0].pixels.float()
+        out = torch.empty((n, encoder.in_chans, encoder.region, encoder.region), dtype=torch.float32)
     k = 0
     for c in chunks:
         px = c.pixels.numpy() if isinstance(c.pixels, Tensor) else np.asarray(c.pixels)
@@ -69,29 +70,37 @@ def stack_pixels(chunks: Sequence[RegionChunk], encoder: nn.Module, pin: bool = 
     return out
 
 
-def _host_windows(groups: Iterable[list[RegionChunk]], encoder: nn.Module, pin: bool
-                  ) -> Iterator[tuple[list[RegionChunk], Tensor]]:
-    for window in groups:
-        yield window, stack_pixels(window, encoder, pin)
+def _to_device(windows: Iterable[list[RegionChunk]], encoder: nn.Module, device: torch.device
+               ) -> Iterator[tuple[list[RegionChunk], Tensor]]:
+    """Each window's pixels stacked and on the device.
 
-
-def _to_device(host: Iterator[tuple[Any, Tensor]], device: torch.device
-               ) -> Iterator[tuple[Any, Tensor]]:
-    """Device copies of the host batches; on CUDA batch k+1's copy is issued before batch k is
-    handed out, on a side stream, so it overlaps the consumer's compute on batch k."""
+    On CUDA, window k+1 is stacked into a pinned buffer and its copy issued on a side stream
+    before window k is handed out, so the copy overlaps the consumer's compute on window k. The
+    pinned buffers are a ring of three reused for the whole stream (pinning memory costs far more
+    than filling it); a buffer is refilled only once the copy out of it has finished.
+    """
     if device.type != "cuda":
-        for hb, px in host:
-            yield hb, px.to(device)
+        for window in windows:
+            yield window, stack_pixels(window, encoder).to(device)
         return
     copy_stream = torch.cuda.Stream(device)
-    pending: tuple[Any, Tensor, torch.cuda.Event] | None = None
-    for hb, px in host:
+    ring: list[Tensor | None] = [None, None, None]
+    copied: list[torch.cuda.Event | None] = [None, None, None]
+    pending: tuple[list[RegionChunk], Tensor, torch.cuda.Event] | None = None
+    for k, window in enumerate(windows):
+        slot, n = k % 3, sum(len(c) for c in window)
+        if copied[slot] is not None:
+            copied[slot].synchronize()
+        if ring[slot] is None or len(ring[slot]) < n:
+            ring[slot] = torch.empty((n, encoder.in_chans, encoder.region, encoder.region),
+                                     dtype=torch.float32, pin_memory=True)
+        host = stack_pixels(window, encoder, out=ring[slot][:n])
         with torch.cuda.stream(copy_stream):
-            x = px.to(device, non_blocking=True)
-            ready = copy_stream.record_event()
+            x = host.to(device, non_blocking=True)
+            copied[slot] = copy_stream.record_event()
         if pending is not None:
             yield _ready(pending)
-        pending = (hb, x, ready)
+        pending = (window, x, copied[slot])
     if pending is not None:
         yield _ready(pending)
 
@@ -180,8 +189,7 @@ def encode_regions(
                                        max_batch=max_batch)
     if batch_size < 1:
         raise ModelConfigError(f"batch size must be >= 1, got {batch_size}")
-    host = _host_windows(windows(chunked(items, chunk), batch_size), encoder, pin=device.type == "cuda")
-    for window, x in _to_device(host, device):
+    for window, x in _to_device(windows(chunked(items, chunk), batch_size), encoder, device):
         parts = [forward_with_grad_ratio(encoder, x[i:i + batch_size], grad_ratio, generator)
                  for i in range(0, len(x), batch_size)]
         feats = [torch.cat([p[0][level] for p in parts]) if len(parts) > 1 else parts[0][0][level]
