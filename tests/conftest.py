@@ -82,3 +82,41 @@ def scene_chunks(scene_id: str, rows: int, cols: int, chunk: int = 2, seed: int 
     from xtstream.data.chunk import chunked
 
     return list(chunked(scene_regions(scene_id, rows, cols, seed, **kw), chunk))
+
+
+# -- plug-ins, registered from outside the package (in every model test matrix) -------------------
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from xtstream.models.context import ContextEncoder, register_context  # noqa: E402
+from xtstream.models.heads import Head, register_head  # noqa: E402
+
+
+@register_context("toy_running_mean")
+class RunningMeanContext(ContextEncoder):
+    """Adds the running mean of every token seen so far in the scene (a plug-in with state)."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.scale = nn.Parameter(torch.tensor(float(config.options.get("scale", 1.0))))
+
+    def forward(self, x, pos, state=None):
+        self.check_inputs(x, pos)
+        total, count = (x.sum(1), x.shape[1]) if state is None else (state[0] + x.sum(1), state[1] + x.shape[1])
+        return x + self.scale * (total / count).unsqueeze(1), (self.hand_on(total), count)
+
+
+class CountHead(Head):
+    """One number per region: the mean of its deepest map (a plug-in head)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, 1)
+
+    def forward(self, features, scenes, state=None):
+        return self.fc(features[-1].mean((2, 3))), None
+
+
+@register_head("toy_count")
+def toy_count(channels, reductions, config):
+    return CountHead(channels[-1])

@@ -6,15 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import xtstream
-from conftest import scene_chunks, tiny_model
+from conftest import RunningMeanContext, scene_chunks, tiny_model
 from xtstream.data.chunk import RegionChunk
 from xtstream.engine import SceneStates, stack_states, select_state
 from xtstream.errors import ModelConfigError, StreamOrderError
-from xtstream.models.context import ContextEncoder, register_context
-from xtstream.models.heads import Head, register_head
+from xtstream.models.context import register_context
+from xtstream.models.heads import register_head
 
 STREAMING = ["xl", "mamba"]
 
@@ -196,37 +195,7 @@ def test_states_stack_and_split_back():
         assert torch.equal(back.head.total, s[k].head.total)
 
 
-# -- plug-ins, registered from outside the package ------------------------------------------------
-@register_context("toy_running_mean")
-class RunningMeanContext(ContextEncoder):
-    """Adds the running mean of every token seen so far in the scene (a plug-in with state)."""
-
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        self.scale = nn.Parameter(torch.tensor(float(config.options.get("scale", 1.0))))
-
-    def forward(self, x, pos, state=None):
-        self.check_inputs(x, pos)
-        total, count = (x.sum(1), x.shape[1]) if state is None else (state[0] + x.sum(1), state[1] + x.shape[1])
-        return x + self.scale * (total / count).unsqueeze(1), (self.hand_on(total), count)
-
-
-class CountHead(Head):
-    """One number per region: the mean of its deepest map (a plug-in head)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(channels, 1)
-
-    def forward(self, features, scenes, state=None):
-        return self.fc(features[-1].mean((2, 3))), None
-
-
-@register_head("toy_count")
-def toy_count(channels, reductions, config):
-    return CountHead(channels[-1])
-
-
+# -- plug-ins (registered in conftest.py, from outside the package) ------------------------------
 def test_plugin_context_and_head_build_a_model_and_stream():
     assert "toy_running_mean" in xtstream.list_contexts() and "toy_count" in xtstream.list_heads()
     model = tiny_model(context="toy_running_mean", head="toy_count", context_kwargs={"options": {"scale": 2.0}})
@@ -242,3 +211,5 @@ def test_plugin_context_and_head_build_a_model_and_stream():
     assert not torch.allclose(out[2].outputs, moved[2].outputs)  # its state carried the first chunk
     with pytest.raises(ModelConfigError, match="already registered"):
         register_context("xl")(RunningMeanContext)
+    with pytest.raises(ModelConfigError, match="already registered"):
+        register_head("xview3")(lambda channels, reductions, config: None)
