@@ -210,5 +210,5 @@ def test_the_old_name_chunk_still_sets_the_tile_with_a_warning(tmp_path):
     with pytest.warns(DeprecationWarning, match=r"ingest\(tile=...\)"):
         out = ingest(src, tmp_path / "old.zarr", chunk=32, progress=False)
     assert open_store(out)["image"].data.chunksize == (2, 32, 32)
-    with pytest.raises(StoreError, match="tile=16 and chunk=32 disagree"):
+    with pytest.raises(StoreError, match="tile=16 and chunk=32 disagree"), pytest.warns(DeprecationWarning):
         ingest(src, tmp_path / "both.zarr", tile=16, chunk=32, progress=False)

@@ -36,7 +36,7 @@ def stores(tmp_path_factory):
     out = []
     for k, sid in enumerate(["s0", "s1", "s2"]):
         img = (rng.standard_normal((2, 100, 150)) + k).astype(np.float32)
-        out.append(ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", chunk=64, progress=False))
+        out.append(ingest(ArraySource(img, scene_id=sid), root / f"{sid}.zarr", tile=64, progress=False))
     return out
 
 
@@ -69,7 +69,7 @@ def toy_task():
             return {sid: MaskLabels(int(values[sid])) for sid in (scene_ids or values)}
 
     yield ToyMask
-    del TASKS["toy_mask"]
+    del TASKS.entries["toy_mask"]
 
 
 def test_registry_finds_tasks_by_name_and_head():
@@ -109,12 +109,12 @@ def test_shards_of_an_unregistered_task_name_it(stores, tmp_path, toy_task):
     labels = tmp_path / "masks.json"
     labels.write_text(json.dumps({"s0": 1}))
     shard_stores(stores[:1], tmp_path / "sh", region=32, labels=labels, task="toy_mask", progress=False)
-    del TASKS["toy_mask"]
+    del TASKS.entries["toy_mask"]
     try:
         with pytest.raises(ShardError, match="written for task 'toy_mask'.*no task registered"):
             list(next(read_scenes(tmp_path / "sh").scenes()))
     finally:
-        TASKS["toy_mask"] = toy_task
+        TASKS.entries["toy_mask"] = toy_task
 
 
 def _class_csv(path: Path, rows: list[str]) -> Path:

@@ -29,7 +29,8 @@ from torch import Tensor
 from xtstream.data.chunk import RegionChunk, chunked
 from xtstream.engine.state import SceneStates, order_error
 from xtstream.errors import ModelConfigError
-from xtstream.models.encoders import budget_batch_size, encode_regions, forward_with_grad_ratio, stack_pixels
+from xtstream.models.encoders import (assign_features, budget_batch_size, encode_regions,
+                                      forward_with_grad_ratio, stack_pixels)
 
 
 def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | str | None = None,
@@ -126,14 +127,7 @@ def _encode_groups(model: Any, groups: Iterable[list[RegionChunk]], device: torc
     """Training: each group is one backbone batch, encoded when the consumer asks for it."""
     for group in groups:
         x = stack_pixels(group, model.encoder).to(device)
-        feats, mask = forward_with_grad_ratio(model.encoder, x, ratio, generator)
-        k = 0
-        for c in group:
-            c.features = [f[k:k + len(c)] for f in feats]
-            if mask is not None:
-                c.info["grad_mask"] = mask[k:k + len(c)]
-            k += len(c)
-        yield group
+        yield assign_features(group, *forward_with_grad_ratio(model.encoder, x, ratio, generator))
 
 
 def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: SceneStates

@@ -9,36 +9,29 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib
 from typing import Any, Callable
 
+from xtstream._runtime.registry import Registry
 from xtstream.errors import ModelConfigError
 from xtstream.models.config import config_from_kwargs
 from xtstream.models.xt import XTModel
 
-_PRESETS: dict[str, Callable[..., XTModel]] = {}
-#: modules holding the tasks' presets, imported on first lookup (tasks import models, not the
-#: other way round)
-_PRESET_MODULES = ("xtstream.tasks.xview3.presets", "xtstream.tasks.classification.presets")
+#: preset name -> ``fn(**overrides) -> XTModel``; the tasks' preset modules are imported on first
+#: lookup (tasks import models, not the other way round)
+PRESETS: Registry[Callable[..., XTModel]] = Registry(
+    "model", ModelConfigError, ["xtstream.tasks.xview3.presets", "xtstream.tasks.classification.presets"])
 
 
 def register_model(fn: Callable[..., XTModel]) -> Callable[..., XTModel]:
     """Decorator: register ``fn(**overrides) -> XTModel`` under its function name."""
-    if fn.__name__ in _PRESETS:
+    if fn.__name__ in PRESETS.entries:
         raise ModelConfigError(f"a model named {fn.__name__!r} is already registered")
-    _PRESETS[fn.__name__] = fn
-    return fn
-
-
-def _load_presets() -> None:
-    for module in _PRESET_MODULES:
-        importlib.import_module(module)
+    return PRESETS.add(fn.__name__, fn)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered preset names matching a glob ``pattern``."""
-    _load_presets()
-    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, pattern))
+    return [n for n in PRESETS.names() if fnmatch.fnmatch(n, pattern)]
 
 
 def create_model(name: str, **kwargs: Any) -> XTModel:
@@ -49,9 +42,8 @@ def create_model(name: str, **kwargs: Any) -> XTModel:
     knobs (``mem_len=``, ``attention=``, …) or backbone options (``embed_dim=``, …).
     ``context="none"`` is the plain backbone with the same head: the baseline.
     """
-    _load_presets()
-    if name in _PRESETS:
-        return _PRESETS[name](**kwargs)
+    if name in PRESETS:
+        return PRESETS.get(name)(**kwargs)
     return XTModel(config_from_kwargs(name, **kwargs))
 
 

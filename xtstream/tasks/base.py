@@ -18,13 +18,14 @@ Per-scene label objects only need ``region_targets(grid, index) -> (targets, obj
 
 from __future__ import annotations
 
-import importlib
+import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from xtstream.errors import TaskError
+from xtstream._runtime.registry import Registry
+from xtstream.errors import LabelError, TaskError
 
 if TYPE_CHECKING:  # the data side must not import torch
     from torch import Tensor
@@ -76,31 +77,40 @@ class Task:
 
 
 #: name -> task class; instances are made by :func:`get_task` (with the task's options)
-TASKS: dict[str, type[Task]] = {}
-#: modules that register the built-in tasks, imported on first lookup (keeps torch and the task
-#: modules out of a plain ``import xtstream``)
-_BUILTIN_MODULES = ("xtstream.tasks.xview3.task", "xtstream.tasks.classification.task")
+#: name -> Task subclass; the built-in tasks' modules are imported on first lookup (keeps torch and
+#: the task modules out of a plain ``import xtstream``)
+TASKS: Registry[type[Task]] = Registry("task", TaskError, ["xtstream.tasks.xview3.task",
+                                                          "xtstream.tasks.classification.task"])
+
+
+def csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of a labels CSV whose header (stripped of spaces) has every column of
+    ``required``; a file that cannot be opened or lacks columns raises :class:`LabelError` naming it."""
+    try:
+        f = open(path, newline="")
+    except OSError as err:
+        raise LabelError(f"{path}: cannot open labels CSV: {err}") from err
+    with f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise LabelError(f"{path}: labels CSV lacks required column(s) {missing} (has {header})")
+        reader.fieldnames = header
+        for row in reader:
+            yield reader.line_num, row
 
 
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: register a :class:`Task` subclass under its ``name``."""
     if not (isinstance(cls, type) and issubclass(cls, Task)) or not cls.name:
         raise TaskError(f"register_task takes a Task subclass with a name, got {cls!r}")
-    if TASKS.get(cls.name, cls) is not cls:
-        raise TaskError(f"a task named {cls.name!r} is already registered ({TASKS[cls.name].__qualname__})")
-    TASKS[cls.name] = cls
-    return cls
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    return TASKS.add(cls.name, cls)
 
 
 def list_tasks() -> list[str]:
     """Names of the registered tasks (built-ins and plug-ins)."""
-    _load_builtins()
-    return sorted(TASKS)
+    return TASKS.names()
 
 
 def get_task(task: str | Task, **options: Any) -> Task:
@@ -109,20 +119,13 @@ def get_task(task: str | Task, **options: Any) -> Task:
         if options:
             raise TaskError(f"options {sorted(options)} given with an already-made task {task!r}")
         return task
-    _load_builtins()
-    try:
-        cls = TASKS[task]
-    except KeyError:
-        raise TaskError(f"no task registered as {task!r}; known: {sorted(TASKS)} (a plug-in task "
-                        "registers itself when its module is imported)") from None
-    return cls(**options)
+    return TASKS.get(task)(**options)
 
 
 def task_for_head(head: str) -> Task:
     """The task that trains the head registered as ``head`` (its default options)."""
-    _load_builtins()
-    for cls in TASKS.values():
-        if cls.head == head:
-            return cls()
+    for name in TASKS.names():
+        if TASKS.get(name).head == head:
+            return TASKS.get(name)()
     raise TaskError(f"no registered task trains head {head!r} (tasks: "
-                    f"{ {n: c.head for n, c in TASKS.items()} }); pass loss_fn or register a task")
+                    f"{ {n: c.head for n, c in TASKS.entries.items()} }); pass loss_fn or register a task")

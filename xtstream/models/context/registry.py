@@ -10,31 +10,26 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from xtstream._runtime.registry import Registry
 from xtstream.errors import ModelConfigError
 from xtstream.models.context.base import ContextEncoder
 from xtstream.models.context.config import ContextConfig
 
 ContextFactory = Callable[[ContextConfig], ContextEncoder]
 
-#: kind -> encoder class or factory ``f(config) -> ContextEncoder``
-CONTEXT_ENCODERS: dict[str, ContextFactory] = {}
+#: kind -> encoder class or factory ``f(config) -> ContextEncoder`` (the built-ins register when
+#: :mod:`xtstream.models.context` is imported)
+CONTEXT_ENCODERS: Registry[ContextFactory] = Registry("context encoder", ModelConfigError, ["xtstream.models.context"])
 
 
 def register_context(kind: str) -> Callable[[ContextFactory], ContextFactory]:
     """Decorator: register a :class:`ContextEncoder` class (or factory) as ``kind``."""
-    def add(factory: ContextFactory) -> ContextFactory:
-        if kind in CONTEXT_ENCODERS and CONTEXT_ENCODERS[kind] is not factory:
-            raise ModelConfigError(f"a context encoder of kind {kind!r} is already registered")
-        CONTEXT_ENCODERS[kind] = factory
-        return factory
-    return add
+    return CONTEXT_ENCODERS.register(kind)
 
 
 def list_contexts() -> list[str]:
     """The registered context kinds (``"none"`` included)."""
-    import xtstream.models.context  # noqa: F401 - the built-ins register on import
-
-    return sorted(CONTEXT_ENCODERS)
+    return CONTEXT_ENCODERS.names()
 
 
 def create_context(config: ContextConfig | None = None, **overrides: Any) -> ContextEncoder:
@@ -48,12 +43,7 @@ def create_context(config: ContextConfig | None = None, **overrides: Any) -> Con
         raise ModelConfigError(f"create_context: config must be a ContextConfig, got {type(config).__name__}")
     if overrides:
         config = config.replace(**overrides)
-    try:
-        factory = CONTEXT_ENCODERS[config.kind]
-    except KeyError:
-        raise ModelConfigError(f"create_context: no encoder registered for kind {config.kind!r}; "
-                               f"known: {list_contexts()}") from None
-    encoder = factory(config)
+    encoder = CONTEXT_ENCODERS.get(config.kind)(config)
     if not isinstance(encoder, ContextEncoder):
         raise ModelConfigError(f"context kind {config.kind!r}: its factory returned a "
                                f"{type(encoder).__name__}, not a ContextEncoder")

@@ -8,11 +8,12 @@
 
 from xtstream.models.encoders.backbone import RegionEncoder, create_region_encoder, suggest_backbones
 from xtstream.models.encoders.budget import batch_size_for, default_budget, region_cost
-from xtstream.models.encoders.stream import (budget_batch_size, encode_regions, forward_with_grad_ratio,
+from xtstream.models.encoders.stream import (assign_features, budget_batch_size, encode_regions, forward_with_grad_ratio,
                                              stack_pixels, stack_targets, windows)
 
 __all__ = [
     "RegionEncoder",
+    "assign_features",
     "batch_size_for",
     "budget_batch_size",
     "create_region_encoder",

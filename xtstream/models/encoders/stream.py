@@ -197,13 +197,20 @@ def encode_regions(
         masks = [p[1] for p in parts]
         mask = None if all(m is None for m in masks) else torch.cat(
             [m if m is not None else torch.ones(len(p[0][0]), dtype=torch.bool) for m, p in zip(masks, parts)])
-        k = 0
-        for c in window:
-            c.features = [f[k:k + len(c)] for f in feats]
-            if mask is not None:
-                c.info["grad_mask"] = mask[k:k + len(c)]
-            k += len(c)
-            yield c
+        yield from assign_features(window, feats, mask)
+
+
+def assign_features(chunks: Sequence[RegionChunk], features: list[Tensor], grad_mask: Tensor | None
+                    ) -> list[RegionChunk]:
+    """Hand each chunk its rows of features encoded for all of them: ``features`` ``[(sum n, C_i,
+    h_i, w_i)]`` in chunk order; ``grad_mask`` ``(sum n,)`` goes to ``info["grad_mask"]``."""
+    k = 0
+    for c in chunks:
+        c.features = [f[k:k + len(c)] for f in features]
+        if grad_mask is not None:
+            c.info["grad_mask"] = grad_mask[k:k + len(c)]
+        k += len(c)
+    return list(chunks)
 
 
 _BATCH_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()

@@ -20,20 +20,19 @@ can hand every scene its part.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
+from xtstream._runtime.registry import Registry
 from xtstream.errors import ModelConfigError
 
 HeadFactory = Callable[[Sequence[int], Sequence[int], Any], "Head"]
 
-#: name -> factory(channels, reductions, config) -> Head
-HEADS: dict[str, HeadFactory] = {}
-#: modules that register the built-in heads, imported on first lookup (tasks import models, not
-#: the other way round)
-_BUILTIN_MODULES = ("xtstream.models.heads.classification", "xtstream.tasks.xview3.head")
+#: name -> factory(channels, reductions, config) -> Head; the built-in heads' modules are imported
+#: on first lookup (tasks import models, not the other way round)
+HEADS: Registry[HeadFactory] = Registry("head", ModelConfigError, ["xtstream.models.heads.classification",
+                                                                  "xtstream.tasks.xview3.head"])
 
 
 class Head(nn.Module):
@@ -47,33 +46,17 @@ class Head(nn.Module):
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
     """Decorator: register ``factory(channels, reductions, config) -> Head`` under ``name``."""
-    def add(factory: HeadFactory) -> HeadFactory:
-        if name in HEADS and HEADS[name] is not factory:
-            raise ModelConfigError(f"a head named {name!r} is already registered")
-        HEADS[name] = factory
-        return factory
-    return add
-
-
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    return HEADS.register(name)
 
 
 def list_heads() -> list[str]:
     """Names of the registered heads (built-ins and plug-ins)."""
-    _load_builtins()
-    return sorted(HEADS)
+    return HEADS.names()
 
 
 def create_head(name: str, channels: Sequence[int], reductions: Sequence[int], config: Any) -> Head:
     """The head registered as ``name`` for an encoder of ``channels`` / ``reductions`` maps."""
-    _load_builtins()
-    try:
-        factory = HEADS[name]
-    except KeyError:
-        raise ModelConfigError(f"no head registered as {name!r}; known: {sorted(HEADS)}") from None
-    head = factory(list(channels), list(reductions), config)
+    head = HEADS.get(name)(list(channels), list(reductions), config)
     if not isinstance(head, Head):
         raise ModelConfigError(f"head {name!r}: its factory returned a {type(head).__name__}, "
                                "not an xtstream.models.heads.Head")

@@ -12,7 +12,6 @@ against its class: the head pools every chunk seen, so each chunk's step trains 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from xtstream.data.grid import RegionGrid
 from xtstream.errors import LabelError
-from xtstream.tasks.base import Task, register_task
+from xtstream.tasks.base import Task, csv_rows, register_task
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -70,23 +69,13 @@ class ClassificationTask(Task):
         path = Path(path)
         wanted = set(scene_ids) if scene_ids is not None else None
         found: dict[str, SceneClass] = {}
-        try:
-            f = open(path, newline="")
-        except OSError as err:
-            raise LabelError(f"{path}: cannot open labels CSV: {err}") from err
-        with f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            if "scene_id" not in header or TARGET not in header:
-                raise LabelError(f"{path}: classification labels need columns ['scene_id', 'label'] (has {header})")
-            reader.fieldnames = header
-            for row in reader:
-                sid = (row["scene_id"] or "").strip()
-                if wanted is not None and sid not in wanted:
-                    continue
-                if sid in found:
-                    raise LabelError(f"{path} line {reader.line_num}: a second label for scene {sid!r}")
-                found[sid] = self._parse(sid, (row[TARGET] or "").strip(), f"{path} line {reader.line_num}")
+        for line, row in csv_rows(path, ["scene_id", TARGET]):
+            sid = (row["scene_id"] or "").strip()
+            if wanted is not None and sid not in wanted:
+                continue
+            if sid in found:
+                raise LabelError(f"{path} line {line}: a second label for scene {sid!r}")
+            found[sid] = self._parse(sid, (row[TARGET] or "").strip(), f"{path} line {line}")
         lacking = sorted((wanted or set()) - set(found))
         if lacking:
             raise LabelError(f"{path}: no label for scene(s) {lacking}")

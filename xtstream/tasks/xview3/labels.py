@@ -22,7 +22,6 @@ attribute maps from the stored objects in the same order, so both paths agree).
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from xtstream.data.grid import RegionGrid, Window
 from xtstream.data.specs import LabelSpec, load_spec
 from xtstream.errors import LabelError
+from xtstream.tasks.base import csv_rows
 
 TARGET_NAMES = ("vessel", "centre", "length", "is_vessel", "is_fishing")
 DEFAULT_RADIUS = 4
@@ -196,30 +196,18 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
                          f"{ {c: kinds[c] for c in wrong} }")
     wanted = set(scene_ids) if scene_ids is not None else None
     cols: dict[str, dict[str, list]] = {}
-    try:
-        f = open(path, newline="")
-    except OSError as err:
-        raise LabelError(f"{path}: cannot open labels CSV: {err}") from err
-    with f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise LabelError(f"{path}: labels CSV lacks required column(s) {missing} (has {header})")
-        reader.fieldnames = header
-        for row in reader:
-            line = reader.line_num
-            sid = (row.get(schema.scene_column) or "").strip()
-            if wanted is not None and sid not in wanted:
-                continue
-            values = {c: _value(row, c, t, path, line, c in required) for c, t in types.items()}
-            acc = cols.setdefault(sid, {k: [] for k in _FIELDS})
-            acc["rows"].append(values[schema.row_column])
-            acc["cols"].append(values[schema.col_column])
-            for key, column in _FIELDS.items():
-                if column is not None:  # the xView3 attributes, unknown when the spec omits them
-                    acc[key].append(values.get(column, "" if column == "confidence" else math.nan))
-            acc["line"].append(line)
+    for line, row in csv_rows(path, required):
+        sid = (row.get(schema.scene_column) or "").strip()
+        if wanted is not None and sid not in wanted:
+            continue
+        values = {c: _value(row, c, t, path, line, c in required) for c, t in types.items()}
+        acc = cols.setdefault(sid, {k: [] for k in _FIELDS})
+        acc["rows"].append(values[schema.row_column])
+        acc["cols"].append(values[schema.col_column])
+        for key, column in _FIELDS.items():
+            if column is not None:  # the xView3 attributes, unknown when the spec omits them
+                acc[key].append(values.get(column, "" if column == "confidence" else math.nan))
+        acc["line"].append(line)
     result = {}
     for sid in sorted(set(cols) | (wanted or set())):
         acc = cols.get(sid) or {k: [] for k in _FIELDS}
