@@ -95,11 +95,28 @@ def encoder_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def probe_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for run in r["runs"].values():
+        c, probe = run["context"], run["probe"]
+        name = "region-only" if c == "none" else f"xT-{c}"
+        if c == "none":
+            target = f"≤ 0.6 {_mark(run['auc_mean'] <= 0.6)}" if probe != "vertical" else "for scale"
+        elif probe == "vertical" or (c == "full" and probe != "in_chunk"):
+            target = "for scale"
+        else:
+            target = f"≥ 0.95 {_mark(run['auc_mean'] >= 0.95)}"
+        rows.append((f"{probe}: {name}", f"{run['auc_mean']:.3f} ± {run['auc_std']:.3f} "
+                     f"({run['seconds_per_model']:.0f} s per model)", target))
+    return rows
+
+
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
     ("model_memory", "Model memory, forward + backward (`benchmarks/model_memory.py`, plot `benchmarks/results/model_memory.png`)", model_rows, None),
     ("encoder_throughput", "Region-encoder stage and model path (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
+    ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 
 

@@ -113,7 +113,7 @@ class CountHead(Head):
         super().__init__()
         self.fc = nn.Linear(channels, 1)
 
-    def forward(self, features, scenes, state=None):
+    def forward(self, features, scenes, state=None, context=None):
         return self.fc(features[-1].mean((2, 3))), None
 
 

@@ -105,12 +105,14 @@ class XTModel(nn.Module):
         return bool(getattr(self.context, "whole_scene", False))
 
     def contextualise(self, last: Tensor, positions: Tensor, scenes: int, state: Any = None
-                      ) -> tuple[Tensor, Any]:
+                      ) -> tuple[Tensor, Tensor | None, Any]:
         """The context stage on the deepest maps ``last`` ``(B * C, ch, h, w)`` of ``B`` scenes at the
         same ``C`` grid ``positions`` ``(C, 2)``: tokens in row-major scene order → context
-        encoder (with ``state``) → back into maps. Returns the maps and the new context state."""
+        encoder (with ``state``) → back into maps. Returns the contextualised maps, the context
+        encoder's own contribution as maps (``None`` without a context encoder; what heads
+        condition on) and the new context state."""
         if self.context is None:
-            return last, state
+            return last, None, state
         bc, ch, h, w = last.shape
         n_regions = positions.shape[0]
         # (B*C, ch, h, w) -> (B, C*h*w, ch): region-major, row-major inside a region
@@ -118,9 +120,11 @@ class XTModel(nn.Module):
         pos = token_positions(positions.to(last.device), h, w).unsqueeze(0).expand(scenes, -1, -1)
         y, state = self.context(self.proj_in(tokens), pos, state)
         y = self.proj_out(y)
-        tokens = tokens + y if self.config.residual else y
-        maps = tokens.reshape(scenes, n_regions, h, w, ch).permute(0, 1, 4, 2, 3).reshape(bc, ch, h, w)
-        return maps, state
+
+        def as_maps(t: Tensor) -> Tensor:
+            return t.reshape(scenes, n_regions, h, w, ch).permute(0, 1, 4, 2, 3).reshape(bc, ch, h, w)
+
+        return as_maps(tokens + y if self.config.residual else y), as_maps(y), state
 
     def forward_features(self, features: list[Tensor], positions: Tensor,
                          state: ChunkState | None = None) -> tuple[Any, ChunkState]:
@@ -137,8 +141,8 @@ class XTModel(nn.Module):
         if bc % n_regions:
             raise ModelConfigError(f"{bc} encoded regions do not split into scenes of {n_regions}")
         b = bc // n_regions
-        maps, context_state = self.contextualise(features[-1], positions, b, state.context)
-        out, head_state = self.head([*features[:-1], maps], b, state.head)
+        maps, context, context_state = self.contextualise(features[-1], positions, b, state.context)
+        out, head_state = self.head([*features[:-1], maps], b, state.head, context=context)
         return out, ChunkState(context_state, head_state)
 
     def forward_scene(self, features: list[list[Tensor]], positions: list[Tensor]) -> list[Any]:
@@ -147,10 +151,11 @@ class XTModel(nn.Module):
         head then decodes chunk by chunk. Returns each chunk's outputs."""
         sizes = [f[-1].shape[0] for f in features]
         last = torch.cat([f[-1] for f in features])
-        maps, _ = self.contextualise(last, torch.cat(positions), 1, None)
+        maps, context, _ = self.contextualise(last, torch.cat(positions), 1, None)
+        contexts = context.split(sizes) if context is not None else [None] * len(sizes)
         outs, head_state = [], None
-        for f, m in zip(features, maps.split(sizes)):
-            out, head_state = self.head([*f[:-1], m], 1, head_state)
+        for f, m, c in zip(features, maps.split(sizes), contexts):
+            out, head_state = self.head([*f[:-1], m], 1, head_state, context=c)
             outs.append(out)
         return outs
 

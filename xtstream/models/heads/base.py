@@ -1,13 +1,17 @@
 """The head interface and its registry: heads are created by name, plug-ins register their own.
 
 A head turns one chunk's (contextualised) features into outputs. The model calls
-``head(features, scenes, state) -> (outputs, state)``:
+``head(features, scenes, state, context=context) -> (outputs, state)``:
 
 * ``features``: the region encoder's pyramid ``[(B * C, C_i, h_i, w_i)]`` (shallow → deep), ``B``
   scenes of ``C`` regions each, scene-major; the deepest map carries the context encoder's output;
 * ``scenes``: ``B``;
 * ``state``: what the head returned for the same scenes' previous chunk (``None`` at a scene's
-  start) — e.g. the running pool of a classification head.
+  start) — e.g. the running pool of a classification head;
+* ``context``: the context encoder's own contribution to the deepest map, ``(B * C, C_deep, h,
+  w)`` (``None`` without a context encoder) — the part of ``features[-1]`` that comes from other
+  regions, for heads that condition on it explicitly (a head that ignores it still sees it inside
+  ``features[-1]``).
 
 ``outputs`` is a tensor or a ``{name: tensor}`` dict whose leading axis is ``B * C`` (one row per
 region, ``per_region = True``) or ``B`` (one row per scene, ``per_region = False``), so the engine
@@ -40,7 +44,8 @@ class Head(nn.Module):
 
     per_region: bool = True
 
-    def forward(self, features: list[Tensor], scenes: int, state: Any = None) -> tuple[Any, Any]:
+    def forward(self, features: list[Tensor], scenes: int, state: Any = None,
+                context: Tensor | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
 

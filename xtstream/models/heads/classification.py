@@ -36,8 +36,8 @@ class ClassificationHead(Head):
         self.drop = nn.Dropout(drop)
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, features: list[Tensor], scenes: int, state: PoolState | None = None
-                ) -> tuple[Tensor, PoolState]:
+    def forward(self, features: list[Tensor], scenes: int, state: PoolState | None = None,
+                context: Tensor | None = None) -> tuple[Tensor, PoolState]:
         """Logits of each scene so far, and the pool to hand to the scenes' next chunk."""
         last = features[-1]
         bc, d, h, w = last.shape

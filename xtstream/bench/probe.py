@@ -1,0 +1,237 @@
+"""Context probes: tasks that only context can solve, to see whether a trained xT uses its context.
+
+Every probe scene holds bright 16 x 16 squares in some regions (in every scene); the vessel mask
+marks them **only when the scene is marked** — by a bright disc in a region elsewhere. A model that
+decodes each region from its own pixels cannot know; a model whose context reaches the outputs can.
+The score is the object AUC: each square's mean vessel probability, marked scenes' squares against
+unmarked scenes' (0.5: blind to the marker; 1.0: separates them perfectly).
+
+Probes (regions of ``R`` px, chunks of ``C`` = one region row unless said):
+
+* ``in_chunk`` — one row of ``C`` regions: the marker in region 0, squares in regions 1..C-1, the
+  same chunk. Any context encoder can solve it, without memory.
+* ``across_chunks`` — three rows: the marker in chunk 0 (region 0), squares in chunks 1 and 2.
+  Transformer-XL reaches chunk 2 from chunk 0 only through two layers of memory (depth >= 2);
+  Mamba through its carried state.
+* ``vertical`` — two rows of ``2 C`` regions: the marker in row 0, squares in the region directly
+  below it, which is two chunks later in row-major order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from xtstream.data.chunk import RegionChunk
+from xtstream.data.grid import RegionGrid
+
+PROBES = ("in_chunk", "across_chunks", "vertical")
+SQUARE = 16
+MARKER_RADIUS = 8
+
+
+@dataclass(frozen=True)
+class ProbeLayout:
+    """Where a probe puts things: grid ``rows x cols`` regions, chunk size, marker region (or
+    ``None``: chosen per scene in row 0), object regions (``None``: the region below the marker)."""
+
+    rows: int
+    cols: int
+    chunk: int
+    marker: int | None
+    objects: tuple[int, ...] | None
+
+
+def probe_layout(probe: str, chunk: int = 4) -> ProbeLayout:
+    """The layout of ``probe`` with chunks of ``chunk`` regions (one region row, or half of one)."""
+    if probe == "in_chunk":
+        return ProbeLayout(1, chunk, chunk, 0, tuple(range(1, chunk)))
+    if probe == "across_chunks":
+        return ProbeLayout(3, chunk, chunk, 0, tuple(range(chunk, 3 * chunk)))
+    if probe == "vertical":
+        return ProbeLayout(2, 2 * chunk, chunk, None, None)
+    raise ValueError(f"unknown probe {probe!r}; known: {PROBES}")
+
+
+@dataclass
+class ProbeScene:
+    """One probe scene as chunks, plus where its squares are (for scoring)."""
+
+    chunks: list[RegionChunk]
+    marked: bool
+    squares: list[tuple[int, int, int]] = field(default_factory=list)  # (region index, y, x)
+
+
+def make_scene(probe: str, marked: bool, rng: np.random.Generator, *, region: int = 64, chunk: int = 4,
+               scene_id: str = "probe") -> ProbeScene:
+    """A probe scene of one band: noise (std 0.1), squares (+1.5) and, when ``marked``, the marker
+    disc (+3). Targets: ``vessel`` (the squares when marked, else zeros)."""
+    lay = probe_layout(probe, chunk)
+    grid = RegionGrid(lay.rows * region, lay.cols * region, region)
+    image = rng.normal(0.0, 0.1, (1, grid.height, grid.width)).astype(np.float32)
+    vessel = np.zeros((grid.height, grid.width), np.float32)
+    marker = lay.marker if lay.marker is not None else int(rng.integers(lay.cols))
+    objects = lay.objects if lay.objects is not None else (marker + lay.cols,)
+    if marked:
+        y0, x0, _, _ = grid.window(marker)
+        yy, xx = np.mgrid[:region, :region]
+        disc = (yy - region / 2) ** 2 + (xx - region / 2) ** 2 <= MARKER_RADIUS**2
+        image[0, y0:y0 + region, x0:x0 + region][disc] += 3.0
+    squares = []
+    for index in objects:
+        y0, x0, _, _ = grid.window(index)
+        dy, dx = (int(v) for v in rng.integers(4, region - SQUARE - 4, size=2))
+        image[0, y0 + dy:y0 + dy + SQUARE, x0 + dx:x0 + dx + SQUARE] += 1.5
+        if marked:
+            vessel[y0 + dy:y0 + dy + SQUARE, x0 + dx:x0 + dx + SQUARE] = 1.0
+        squares.append((index, dy, dx))
+    chunks = []
+    for start in range(0, len(grid), chunk):
+        idx = list(range(start, min(start + chunk, len(grid))))
+        pixels = np.stack([_crop(image, grid, i) for i in idx])
+        target = np.stack([_crop(vessel[None], grid, i)[0] for i in idx])
+        chunks.append(RegionChunk(scene_id, grid, idx, pixels, {"vessel": target}))
+    return ProbeScene(chunks, marked, squares)
+
+
+def _crop(image: np.ndarray, grid: RegionGrid, index: int) -> np.ndarray:
+    y0, x0, y1, x1 = grid.window(index)
+    return image[:, y0:y1, x0:x1]
+
+
+def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4) -> Iterator[RegionChunk]:
+    """An endless stream of fresh probe scenes, half marked, chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    while True:
+        scene = make_scene(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk, scene_id=f"train{k}")
+        yield from scene.chunks
+        k += 1
+
+
+def object_auc(model: Any, probe: str, *, scenes: int = 32, seed: int = 10_000, region: int = 64,
+               chunk: int = 4) -> float:
+    """Object AUC of ``model`` on ``scenes`` held-out probe scenes (half marked)."""
+    rng = np.random.default_rng(seed)
+    scores = {True: [], False: []}
+    model.eval()
+    with torch.no_grad():
+        for k in range(scenes):
+            scene = make_scene(probe, k % 2 == 0, rng, region=region, chunk=chunk, scene_id=f"eval{k}")
+            prob = {}
+            for c in model.stream(scene.chunks):
+                v = torch.sigmoid(c.outputs["vessel"][:, 0]).cpu().numpy()
+                prob.update({i: v[j] for j, i in enumerate(c.indices)})
+            for index, dy, dx in scene.squares:
+                scores[scene.marked].append(float(prob[index][dy:dy + SQUARE, dx:dx + SQUARE].mean()))
+    return auc(np.asarray(scores[True]), np.asarray(scores[False]))
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Probability that a positive scores above a negative (ties count half): Mann-Whitney U."""
+    if not len(positive) or not len(negative):
+        return math.nan
+    diff = positive[:, None] - negative[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 2, seed: int = 0,
+                **kw: Any):
+    """The probes' model: a small ConvNeXt (4 stages, widths 16-128) over one band, ``context``
+    of width 64, ``depth`` layers, the xView3 head."""
+    import xtstream
+
+    torch.manual_seed(seed)
+    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head="xview3",
+                in_chans=1, depths=(1, 1, 2, 1), dims=(16, 32, 64, 128),
+                head_kwargs={"decoder_channels": [64, 32, 16], "tail_channels": 16})
+    opts.update(kw)
+    return xtstream.create_model("convnext_atto", **opts)
+
+
+@dataclass
+class ProbeResult:
+    probe: str
+    context: str
+    seed: int
+    steps: int
+    auc: float
+    seconds: float
+    final_loss: float
+
+
+def run_probe(probe: str, context: str, *, steps: int = 1000, seed: int = 0, lr: float = 3e-4,
+              chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
+              progress: bool = False, **model_kw: Any) -> ProbeResult:
+    """Train a fresh probe model for ``steps`` optimiser steps (one per chunk) on ``probe``'s
+    scenes, then score it on held-out scenes."""
+    from xtstream.engine import train_chunks
+
+    model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **model_kw)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    start = time.perf_counter()
+    stream = training_stream(probe, seed, region=region, chunk=chunk)
+    losses = []
+    records = train_chunks(model, stream, opt, clip_grad_norm=1.0)
+    if progress:
+        from tqdm import tqdm
+
+        records = tqdm(records, total=steps, desc=f"{probe}/{context}/seed {seed}", unit="step")
+    for k, record in enumerate(records):
+        losses.append(record["loss"])
+        if k + 1 >= steps:
+            break
+    score = object_auc(model, probe, scenes=eval_scenes, region=region, chunk=chunk)
+    tail = losses[-max(1, steps // 10):]
+    return ProbeResult(probe, context, seed, steps, score, time.perf_counter() - start,
+                       float(np.mean(tail)))
+
+
+#: what ``xtstream bench probe`` runs by default: every probe for the streaming encoders and the
+#: region-only baseline, in_chunk for the whole-scene encoder too
+DEFAULT_RUNS = (("in_chunk", "none"), ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"),
+                ("across_chunks", "none"), ("across_chunks", "xl"), ("across_chunks", "mamba"),
+                ("vertical", "none"), ("vertical", "xl"), ("vertical", "mamba"))
+
+
+def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, steps: int = 1000,
+          progress: bool = True, **kw: Any) -> dict[str, Any]:
+    """Every ``(probe, context)`` of ``runs`` trained from ``seeds`` seeds; returns the results
+    document: per run mean/std/per-seed AUC and seconds, plus the summary keys
+    ``auc_<context>_<probe>`` (means), ``auc_region_only`` (the worst region-only mean, i.e. the
+    one closest to solving a probe) and ``seeds``."""
+    results: dict[str, Any] = {"seeds": seeds, "steps": steps, "runs": {}}
+    for probe, context in runs:
+        per_seed = [run_probe(probe, context, steps=steps, seed=s, progress=progress, **kw) for s in range(seeds)]
+        aucs = [r.auc for r in per_seed]
+        results["runs"][f"{context}_{probe}"] = {
+            "probe": probe, "context": context, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
+            "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
+            "final_loss": float(np.mean([r.final_loss for r in per_seed]))}
+    for key, run in results["runs"].items():
+        name = "region_only" if run["context"] == "none" else run["context"]
+        results[f"auc_{name}_{run['probe']}"] = round(run["auc_mean"], 3)
+        results[f"auc_{name}_{run['probe']}_std"] = round(run["auc_std"], 3)
+    only = [r["auc_mean"] for r in results["runs"].values() if r["context"] == "none"]
+    if only:
+        results["auc_region_only"] = round(max(only), 3)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The sweep as a text table: probe x context, mean ± std over seeds."""
+    probes = list(dict.fromkeys(r["probe"] for r in results["runs"].values()))
+    contexts = list(dict.fromkeys(r["context"] for r in results["runs"].values()))
+    lines = ["probe".ljust(15) + "".join(c.rjust(16) for c in contexts)]
+    for p in probes:
+        cells = []
+        for c in contexts:
+            r = results["runs"].get(f"{c}_{p}")
+            cells.append(("-" if r is None else f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}").rjust(16))
+        lines.append(p.ljust(15) + "".join(cells))
+    return "\n".join(lines)

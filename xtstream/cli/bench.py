@@ -1,0 +1,41 @@
+"""``xtstream bench probe [--seeds N] [--steps N] [--out results.json]``: measurements that train
+models (see :mod:`xtstream.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    probe = sub.add_parser("probe", help="context probes: does a trained xT use its context? (object AUC)",
+                           description="Train region-only and xT models on tasks only context can solve "
+                                       "and report each one's object AUC (mean ± std over seeds).")
+    probe.add_argument("--seeds", type=int, default=3, help="models per probe and context (default 3)")
+    probe.add_argument("--steps", type=int, default=1000, help="optimiser steps per model (default 1000)")
+    probe.add_argument("--runs", help="comma-separated probe:context pairs (default: every probe, "
+                                      "none/xl/mamba, and in_chunk:full)")
+    probe.add_argument("--out", type=Path, help="write the results JSON here")
+    probe.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xtstream.bench.probe import DEFAULT_RUNS, PROBES, sweep, table
+
+    if args.seeds < 1 or args.steps < 1:
+        raise SystemExit("xtstream bench probe: --seeds and --steps must be >= 1")
+    runs = DEFAULT_RUNS
+    if args.runs:
+        runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))
+        bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
+        if bad:
+            raise SystemExit(f"xtstream bench probe: --runs wants probe:context pairs with probes {PROBES}, got {bad}")
+    results = sweep(runs, seeds=args.seeds, steps=args.steps, progress=not args.quiet)
+    print(table(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
