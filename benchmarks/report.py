@@ -95,6 +95,16 @@ def encoder_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def gpu_note(r: dict) -> str:
+    return ("On the GPU the streaming machinery without context keeps pace with a large backbone (SwinV2-T) "
+            "but not with a tiny one (convnext_atto runs at ~10,000 regions/s, and stacking 0.5 MB of "
+            "pixels per region on one host thread is then the bound), and the XL context costs more than "
+            "the backbone: a scene's chunks are sequential, and a chunk of 4 regions is too little work per "
+            "step to hide ~4 ms of kernel launches. Larger chunks (16: 0.83× here) or several scenes per "
+            "context batch (which the engine does when scenes arrive in step) are the levers; CUDA graphs or "
+            "`torch.compile` of the context step are not done yet.")
+
+
 def probe_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
     for run in r["runs"].values():
@@ -116,6 +126,8 @@ SECTIONS = [
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
     ("model_memory", "Model memory, forward + backward (`benchmarks/model_memory.py`, plot `benchmarks/results/model_memory.png`)", model_rows, None),
     ("encoder_throughput", "Region-encoder stage and model path (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
+    ("encoder_throughput_cuda", "Region-encoder stage and model path on a GPU, swinv2_tiny_window8_256 (`benchmarks/encoder_throughput.py --device cuda --backbone swinv2_tiny_window8_256 --batch 64 --regions 1024`)", encoder_rows, None),
+    ("encoder_throughput_cuda_atto", "The same on a GPU with convnext_atto (`--backbone convnext_atto --regions 2048`)", encoder_rows, gpu_note),
     ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 

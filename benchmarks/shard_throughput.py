@@ -17,8 +17,8 @@ float32; chunks = the region size, so that region reads are chunk-aligned) and c
   block and a few regions per *running task*, so a scene with fewer shards than threads (the
   4,096² one has a single 1 GiB shard) uses less; with shards small enough that both scenes keep
   every thread busy, the comparison isolates what scene size itself does to memory;
-* ``read_shards``: :func:`xtstream.data.shards.read_scenes` → chunks of 16 regions → tensors
-  (:func:`xtstream.data.shards.collate_chunk`), one process, no DataLoader;
+* ``read_shards``: :func:`xtstream.data.shards.read_scenes` → region chunks of 16 regions →
+  tensors, one process, no DataLoader;
 * ``read_zarr``: the same from the store through :func:`xtstream.data.streams.stream_scenes`.
 
 Writes ``benchmarks/results/shard_throughput.json``. Everything is read from the page cache
@@ -97,29 +97,28 @@ def child_shard(store: str, out: str, max_shard_size: str = str(1 << 30)) -> dic
             "shard_bytes": doc["totals"]["bytes"]}
 
 
-def _consume(scenes) -> dict:
-    from xtstream.data.shards import collate_chunk
+def _consume(chunks) -> dict:
+    import torch
 
     t = time.perf_counter()
     regions = nbytes = 0
-    for scene in scenes:
-        for chunk in scene.chunks(CHUNK_SIZE):
-            batch = collate_chunk(chunk, scene)
-            regions += len(chunk)
-            nbytes += batch["pixels"].numel() * batch["pixels"].element_size()
+    for chunk in chunks:
+        pixels = torch.from_numpy(chunk.pixels)
+        regions += len(chunk)
+        nbytes += pixels.numel() * pixels.element_size()
     return {"seconds": time.perf_counter() - t, "regions": regions, "bytes": nbytes}
 
 
 def child_read_shards(out: str) -> dict:
     from xtstream.data.shards import read_scenes
 
-    return _consume(read_scenes(out))
+    return _consume(read_scenes(out, chunk=CHUNK_SIZE))
 
 
 def child_read_zarr(store: str) -> dict:
     from xtstream.data.streams import stream_scenes
 
-    return _consume(stream_scenes(store, REGION))
+    return _consume(stream_scenes(store, REGION, chunk=CHUNK_SIZE))
 
 
 def ensure_store(work: Path, h: int, w: int) -> Path:
@@ -150,7 +149,7 @@ def main() -> None:
         kind, *rest = args.child
         _warm("zarr", "numpy", "xtstream.data.store", "xtstream.data.streams", "xtstream.data.shards",
               *(("xtstream._runtime.cluster", "tqdm.dask") if kind == "shard" else ()),
-              *(("torch", "xtstream.data.shards.loader") if kind.startswith("read") else ()))
+              *(("torch", "xtstream.data.dataset") if kind.startswith("read") else ()))
         fn = {"floor": child_floor, "write_floor": child_write_floor, "shard": child_shard, "read_shards": child_read_shards,
               "read_zarr": child_read_zarr}[kind]
         print(json.dumps(fn(*rest)))
