@@ -51,7 +51,7 @@ def test_decode_reads_the_maps_at_the_peaks_and_to_scene_drops_padding():
     centre[0, 0, 50, 10] = 5.0    # scene row 114 >= 100: padding
     centre[0, 0, 10, 40] = 5.0    # scene col 104 >= 90: padding
     length = torch.zeros(1, 1, R, R)
-    length[0, 0, 10, 10] = 123.0
+    length[0, 0, 10, 10] = float(np.log(123.0 / 100.0))  # the head regresses log(length / 100 m)
     outputs = {"centre": centre, "length": length, "vessel": torch.zeros(1, 1, R, R),
                "is_vessel": torch.full((1, 1, R, R), 2.0), "is_fishing": torch.full((1, 1, R, R), -2.0)}
     (dets,) = decode_xview3(outputs, threshold=0.5, min_distance=2)
@@ -59,14 +59,15 @@ def test_decode_reads_the_maps_at_the_peaks_and_to_scene_drops_padding():
     scene = to_scene(dets, grid, 3)
     assert len(scene) == 1
     d = scene[0]
-    assert (d["scene_row"], d["scene_col"], d["length_m"]) == (74, 74, 123.0)
-    assert d["is_vessel"] == pytest.approx(1 / (1 + np.exp(-2.0)))
-    assert d["is_fishing"] == pytest.approx(1 / (1 + np.exp(2.0)))
+    assert (d["scene_row"], d["scene_col"]) == (74, 74) and d["length_m"] == pytest.approx(123.0)
+    assert d["is_vessel_prob"] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert d["is_fishing_prob"] == pytest.approx(1 / (1 + np.exp(2.0)))
+    assert d["is_vessel"] is True and d["is_fishing"] is False
 
 
 def test_xview3_head_gives_full_resolution_maps_and_grads_everywhere():
     channels, reductions = [8, 16, 32, 64], [4, 8, 16, 32]
-    head = XView3Head(channels, reductions, decoder_channels=(16, 8, 8), tail_channels=8)
+    head = XView3Head(channels, reductions, decoder_channels=(16, 8, 8), tail_channels=8, stride=1)
     feats = [torch.randn(3, c, R // r, R // r) for c, r in zip(channels, reductions)]
     out, _ = head(feats)
     assert set(out) == {"vessel", "centre", "length", "is_vessel", "is_fishing"}

@@ -35,7 +35,8 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     the cross-entropy of a scene's logits against its ``label`` target. ``scenes_per_step``:
     chunks of that many scenes at the same grid positions, when they arrive one after another, are
     stepped together (their losses averaged). Records: ``scene_id`` (the first of the group),
-    ``scenes``, ``indices``, ``loss``.
+    ``scenes``, ``indices``, ``loss``, and ``parts`` (``{part: value}`` averaged over the group's
+    chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone).
     """
     if loss_fn is None:
         loss_fn = task_for_head(model.config.head).loss
@@ -47,16 +48,28 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     with torch.enable_grad():
         for group in model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
                                          scenes_per_group=scenes_per_step):
-            loss = sum(_scalar(loss_fn(c)) for c in group) / len(group)
+            results = [loss_fn(c) for c in group]
+            loss = sum(_scalar(r) for r in results) / len(group)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
             yield {"scene_id": group[0].scene_id, "scenes": [c.scene_id for c in group],
-                   "indices": group[0].indices, "loss": float(loss.detach())}
+                   "indices": group[0].indices, "loss": float(loss.detach()), "parts": _mean_parts(results)}
 
 
 def _scalar(value: Any) -> Tensor:
     """A loss function's scalar, whether it returned it alone or with its parts."""
     return value[0] if isinstance(value, tuple) else value
+
+
+def _mean_parts(results: list[Any]) -> dict[str, float]:
+    """``{part: mean}`` over the loss results that came with parts: what each term contributed, so
+    a record shows which term the step trained for."""
+    sums: dict[str, list[float]] = {}
+    for r in results:
+        if isinstance(r, tuple) and len(r) > 1 and r[1]:
+            for name, value in r[1].items():
+                sums.setdefault(name, []).append(float(value))
+    return {name: sum(v) / len(v) for name, v in sums.items()}

@@ -9,7 +9,8 @@ from typing import Any
 
 _LAZY = {"decode_xview3": "decode", "find_peaks": "decode", "to_scene": "decode", "OUTPUTS": "head",
          "XView3Head": "head", "gaussian_heatmap": "head", "xview3_loss": "loss",
-         "xview3_chunk_loss": "loss", "XView3Task": "task", "read_labels": "labels",
+         "xview3_chunk_loss": "loss", "downsample_targets": "loss", "DEFAULT_WEIGHTS": "loss",
+         "LENGTH_REF_M": "head", "length_to_metres": "head", "metres_to_length": "head", "XView3Task": "task", "read_labels": "labels",
          "SceneLabels": "labels", "rasterise": "labels", "synth_scene": "synth"}
 
 

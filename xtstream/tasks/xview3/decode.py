@@ -1,6 +1,6 @@
 """From centre heat-maps to detections, and from region to scene coordinates.
 
-A peak is a pixel whose score is at least ``threshold`` and is the largest within the
+A peak is a pixel (an output cell, at the head's stride) whose score is at least ``threshold`` and is the largest within the
 ``(2d+1) x (2d+1)`` square around it (``d = min_distance``: max-pool NMS). Equal maxima closer
 than that (plateaus) keep only the first in row-major order, so no two peaks are within
 Chebyshev distance ``d`` of each other.
@@ -58,27 +58,56 @@ def find_peaks(heatmap: Tensor, *, threshold: float = 0.5, min_distance: int = 3
     return out
 
 
-def decode_xview3(outputs: Mapping[str, Tensor], *, threshold: float = 0.5, min_distance: int = 3
+def decode_xview3(outputs: Mapping[str, Tensor], *, threshold: float = 0.5, min_distance: int = 3,
+                  region: int | None = None, vessel_threshold: float = 0.5, fishing_threshold: float = 0.5
                   ) -> list[list[dict[str, Any]]]:
-    """Detections per region from :class:`~xtstream.tasks.xview3.head.XView3Head` outputs ``(N, 1, R, R)``.
+    """Detections per region from :class:`~xtstream.tasks.xview3.head.XView3Head` outputs
+    ``(N, 1, R / s, R / s)``.
 
-    Each detection: ``row``, ``col`` (region pixels), ``score`` (sigmoid of the centre logit),
-    ``length_m``, ``is_vessel``, ``is_fishing`` (probabilities), read at the peak.
+    ``region``: ``R``, the region size in pixels (``grid.region``), from which the output stride
+    ``s`` follows; ``None``: the maps are at full resolution (``s = 1``). ``min_distance`` is in
+    region pixels (at stride ``s`` peaks are kept at least ``min_distance + 1`` pixels, and at least
+    two cells, apart).
+
+    Each detection: ``row``, ``col`` (full-resolution region pixels: the peak cell's centre,
+    ``cell * s + s // 2``, at most ``s / 2`` px from the true centre — a tenth of xView3's 20 px
+    match tolerance even at ``s = 4``; no sub-pixel refinement, since the centre targets are
+    max-pooled to the grid and do not encode where in the cell the centre lies), ``score`` (sigmoid
+    of the centre logit), ``length_m`` (``>= 0``, from the log-length), ``is_vessel_prob``,
+    ``is_fishing_prob`` (probabilities), and the xView3 CSV's booleans ``is_vessel`` (probability
+    ``>= vessel_threshold``) and ``is_fishing`` (a vessel whose fishing probability is ``>=
+    fishing_threshold``: a non-vessel cannot fish), all read at the peak.
     """
+    from xtstream.tasks.xview3.head import length_to_metres
+
     centre = torch.sigmoid(outputs["centre"].detach().float())
-    peaks = find_peaks(centre, threshold=threshold, min_distance=min_distance)
+    h = centre.shape[-2]
+    if region is None:
+        region = h
+    stride = region // h
+    if stride < 1 or stride * h != region:
+        raise ValueError(f"region {region} is not a whole multiple of the {h}-cell output maps")
+    # the largest cell distance whose peaks are still within min_distance pixels: suppress those;
+    # at a stride, at least the adjacent cells, since max-pooling the centre Gaussians into the
+    # grid leaves the neighbours of a peak cell above threshold too (0.61 at stride 4, σ = 2 px)
+    cells = -(-(min_distance + 1) // stride) - 1 if min_distance >= 0 else min_distance
+    if stride > 1 and min_distance > 0:
+        cells = max(cells, 1)
+    peaks = find_peaks(centre, threshold=threshold, min_distance=cells)
     result = []
     for i, (pos, scores) in enumerate(peaks):
         r, c = pos[:, 0], pos[:, 1]
 
-        def at(name: str, prob: bool) -> list[float]:
-            v = outputs[name].detach().float()[i, 0].cpu()[r, c]
-            return (torch.sigmoid(v) if prob else v).tolist()
+        def at(name: str) -> Tensor:
+            return outputs[name].detach().float()[i, 0].cpu()[r, c]
 
-        length, vessel, fishing = at("length", False), at("is_vessel", True), at("is_fishing", True)
+        length = length_to_metres(at("length")).tolist()
+        vessel, fishing = torch.sigmoid(at("is_vessel")).tolist(), torch.sigmoid(at("is_fishing")).tolist()
         result.append([
-            {"row": int(r[k]), "col": int(c[k]), "score": float(scores[k]), "length_m": length[k],
-             "is_vessel": vessel[k], "is_fishing": fishing[k]}
+            {"row": int(r[k]) * stride + stride // 2, "col": int(c[k]) * stride + stride // 2,
+             "score": float(scores[k]), "length_m": length[k], "is_vessel_prob": vessel[k],
+             "is_fishing_prob": fishing[k], "is_vessel": vessel[k] >= vessel_threshold,
+             "is_fishing": vessel[k] >= vessel_threshold and fishing[k] >= fishing_threshold}
             for k in range(len(scores))])
     return result
 

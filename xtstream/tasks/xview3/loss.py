@@ -1,4 +1,5 @@
-"""The xView3 losses: per-map losses of the dense head's outputs, and of one chunk against its targets."""
+"""The xView3 losses: per-map losses of the dense head's outputs (on its output grid, targets
+downsampled to it), and of one chunk against its targets; term weights configurable."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from xtstream.data.chunk import RegionChunk
 from xtstream.errors import ModelConfigError
 from xtstream.models.encoders import stack_targets
-from xtstream.tasks.xview3.head import OUTPUTS, TARGET_ALIASES
+from xtstream.tasks.xview3.head import OUTPUTS, TARGET_ALIASES, metres_to_length
 
 
 def _target(targets: Mapping[str, Tensor], name: str) -> Tensor | None:
@@ -26,52 +27,128 @@ def _masked_mean(loss: Tensor, mask: Tensor) -> Tensor:
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+#: the weight of each term by default: every term is of unit scale at initialisation (the length
+#: is a log-length, see :func:`~xtstream.tasks.xview3.head.metres_to_length`), so equal weights
+DEFAULT_WEIGHTS: dict[str, float] = {name: 1.0 for name in OUTPUTS}
+
+
+def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """:data:`DEFAULT_WEIGHTS` updated with ``weights`` (keys: :data:`OUTPUTS` or their aliases)."""
+    out = dict(DEFAULT_WEIGHTS)
+    for key, value in (weights or {}).items():
+        name = TARGET_ALIASES.get(key, key)
+        if name not in OUTPUTS:
+            raise ModelConfigError(f"xview3 loss weight for {key!r}: expected one of {list(OUTPUTS)}")
+        out[name] = float(value)
+    return out
+
+
+def _max_pool(t: Tensor, s: int) -> Tensor:
+    """NaN-aware ``s × s`` max-pool of ``(N, H, W)``: NaN only where the whole cell is NaN."""
+    if s == 1:
+        return t
+    pooled = F.max_pool2d(torch.nan_to_num(t, nan=-float("inf"))[:, None], s)[:, 0]
+    return torch.where(torch.isinf(pooled) & (pooled < 0), torch.full_like(pooled, float("nan")), pooled)
+
+
+def _object_mean(t: Tensor, on: Tensor, s: int) -> Tensor:
+    """Mean of ``t`` ``(N, H, W)`` over the cell's pixels where ``on`` (and ``t`` is not NaN), per
+    ``s × s`` cell; NaN (= ignored) for cells without such pixels."""
+    keep = (on & ~torch.isnan(t)).float()
+    if s == 1:
+        return torch.where(keep > 0, t, torch.full_like(t, float("nan")))
+    num = F.avg_pool2d((torch.nan_to_num(t) * keep)[:, None], s)[:, 0]
+    den = F.avg_pool2d(keep[:, None], s)[:, 0]
+    return torch.where(den > 0, num / den.clamp_min(1e-12), torch.full_like(den, float("nan")))
+
+
+def downsample_targets(targets: Mapping[str, Tensor], stride: int) -> dict[str, Tensor]:
+    """Full-resolution target maps ``(N, R, R)`` → the head's output grid ``(N, R / s, R / s)``.
+
+    * ``vessel``, ``centre``: max-pool — a cell touching an object is positive, and the centre
+      Gaussian's peak (1 at the centre pixel) survives in the cell that holds the centre, which is
+      where :func:`~xtstream.tasks.xview3.decode.decode_xview3` looks for peaks (an average would
+      flatten σ = 2 px Gaussians to ~0.8 at stride 2 and lower at 4);
+    * ``length``, ``is_vessel``, ``is_fishing``: the mean over the cell's *object* pixels (length:
+      known and positive; the classes: inside the ``vessel`` mask, when there is one) — these are
+      only defined on objects, so background pixels must not dilute them; cells without any are NaN
+      (ignored). Where two objects share a cell the mean blends them (a soft class target, which
+      BCE takes; a length in between).
+
+    At stride 1 the maps come back as they are except that undefined pixels become NaN, which is
+    exactly what :func:`xview3_loss` ignored before. Returns float32 maps.
+    """
+    out: dict[str, Tensor] = {}
+    vessel = targets.get("vessel")
+    for name, t in targets.items():
+        t = t.float()  # NaN marks what is ignored: stored uint8 masks must become float first
+        if name in ("vessel", "centre"):
+            out[name] = _max_pool(t, stride)
+        elif name == "length":
+            out[name] = _object_mean(t, torch.nan_to_num(t) > 0, stride)
+        else:  # is_vessel, is_fishing: labels are defined on objects only
+            on = vessel > 0 if vessel is not None else torch.ones_like(t, dtype=torch.bool)
+            out[name] = _object_mean(t, on, stride)
+    return out
+
+
 def xview3_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
                 weights: Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Sum of per-map losses over the targets present; NaN target pixels are ignored.
+    """Weighted sum of per-map losses over the targets present; NaN target pixels are ignored.
 
-    ``outputs``: :class:`XView3Head` maps ``(N, 1, R, R)``; ``targets``: ``(N, R, R)`` or
-    ``(N, 1, R, R)`` maps named as :data:`OUTPUTS` (or :data:`TARGET_ALIASES`). ``vessel`` /
-    ``is_vessel`` / ``is_fishing``: BCE with logits (the last two only on labelled pixels);
-    ``centre``: MSE of the sigmoid against the Gaussian map; ``length``: L1 where the length is
-    known and positive. Returns ``(total, {name: value})``.
+    ``outputs``: :class:`XView3Head` maps ``(N, 1, R / s, R / s)``; ``targets``: full-resolution
+    ``(N, R, R)`` or ``(N, 1, R, R)`` maps named as :data:`OUTPUTS` (or :data:`TARGET_ALIASES`),
+    brought to the output grid by :func:`downsample_targets` (``s`` = their size ratio).
+    ``vessel`` / ``is_vessel`` / ``is_fishing``: BCE with logits (the last two only on object
+    cells); ``centre``: MSE of the sigmoid against the Gaussian map; ``length``: L1 of log-lengths
+    (:func:`~xtstream.tasks.xview3.head.metres_to_length`) where the length is known and positive.
+    ``weights``: ``{name: weight}``, missing names :data:`DEFAULT_WEIGHTS`. Returns ``(total,
+    {name: weighted value})``; the parts sum to the total.
     """
-    weights = dict(weights or {})
+    weights = check_weights(weights)
     total = sum(o.sum() * 0.0 for o in outputs.values())  # keeps every output in the graph
-    parts: dict[str, float] = {}
+    h, w = next(iter(outputs.values())).shape[-2:]
+    full: dict[str, Tensor] = {}
     for name in OUTPUTS:
         t = _target(targets, name)
-        if t is None:
-            continue
+        if t is not None:
+            t = t.to(outputs[name].device, torch.float32)
+            full[name] = t.reshape(-1, *t.shape[-2:])
+    if not full:
+        return total, {}
+    th, tw = next(iter(full.values())).shape[-2:]
+    stride = th // h
+    if stride < 1 or (th, tw) != (h * stride, w * stride):
+        raise ModelConfigError(f"xview3 loss: target maps {th}x{tw} are not a whole multiple of the "
+                               f"outputs' {h}x{w}")
+    grid = downsample_targets(full, stride)
+    parts: dict[str, float] = {}
+    for name, t in grid.items():
         pred = outputs[name].squeeze(1).float()
-        t = t.reshape(pred.shape).to(pred.device, torch.float32)
         valid = ~torch.isnan(t)
         tz = torch.where(valid, t, torch.zeros_like(t))
         if name == "centre":
             loss = _masked_mean((torch.sigmoid(pred) - tz) ** 2, valid.float())
         elif name == "length":
-            keep = (valid & (tz > 0)).float()
-            loss = _masked_mean((pred - tz).abs(), keep)
+            keep = valid & (tz > 0)
+            log_len = metres_to_length(torch.where(keep, tz, torch.ones_like(tz)))
+            loss = _masked_mean((pred - log_len).abs(), keep.float())
         else:
-            keep = valid.float()
-            if name in ("is_vessel", "is_fishing"):
-                vessel = _target(targets, "vessel")
-                if vessel is not None:  # labels are defined on objects only
-                    keep = keep * (vessel.reshape(pred.shape).to(pred.device) > 0).float()
-            loss = _masked_mean(F.binary_cross_entropy_with_logits(pred, tz, reduction="none"), keep)
-        loss = loss * weights.get(name, 1.0)
+            loss = _masked_mean(F.binary_cross_entropy_with_logits(pred, tz, reduction="none"), valid.float())
+        loss = loss * weights[name]
         parts[name] = float(loss.detach())
         total = total + loss
     return total, parts
 
 
-def xview3_chunk_loss(chunk: RegionChunk) -> tuple[Tensor, dict[str, float]]:
-    """:func:`xview3_loss` of a chunk's outputs ``{name: (n, 1, R, R)}`` against its target maps
-    ``{name: (n, R, R)}`` (moved to the outputs' device)."""
+def xview3_chunk_loss(chunk: RegionChunk, weights: Mapping[str, float] | None = None
+                      ) -> tuple[Tensor, dict[str, float]]:
+    """:func:`xview3_loss` of a chunk's outputs ``{name: (n, 1, R / s, R / s)}`` against its
+    target maps ``{name: (n, R, R)}`` (moved to the outputs' device), with ``weights``."""
     device = next(iter(chunk.outputs.values())).device
     names = list(OUTPUTS) + list(TARGET_ALIASES)
     targets = stack_targets([chunk], names, device)
     if not targets:
         raise ModelConfigError(f"scene {chunk.scene_id!r}, regions {chunk.indices}: no target maps "
                                f"named any of {names}")
-    return xview3_loss(chunk.outputs, targets)
+    return xview3_loss(chunk.outputs, targets, weights)

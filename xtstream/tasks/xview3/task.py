@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import numpy as np
 
 from xtstream.data.grid import RegionGrid
+from xtstream.errors import TaskError
 from xtstream.tasks.base import Task, register_task
-from xtstream.tasks.xview3.labels import SceneLabels, rasterise, read_labels
+from xtstream.tasks.xview3.labels import TARGET_NAMES, SceneLabels, rasterise, read_labels
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -32,10 +33,23 @@ REDRAWN = ("length", "is_vessel", "is_fishing")
 @register_task
 class XView3Task(Task):
     """xView3 SAR vessel detection: labels CSV → ``vessel``, ``centre``, ``length``, ``is_vessel``,
-    ``is_fishing`` maps ``(R, R)`` per region; the ``xview3`` head; :func:`xview3_chunk_loss`."""
+    ``is_fishing`` maps ``(R, R)`` per region; the ``xview3`` head; :func:`xview3_chunk_loss`.
+
+    ``weights``: the loss's term weights ``{name: weight}`` (names of the
+    head's outputs, :data:`~xtstream.tasks.xview3.labels.TARGET_NAMES`; missing ones 1.0), e.g.
+    ``get_task("xview3", weights={"length": 0.5})``.
+    """
 
     name = "xview3"
     head = "xview3"
+
+    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+        # checked here, not at the first loss, so a misspelt key fails when the task is made
+        # (against the labels' map names, which are the head's outputs: no torch import)
+        for key in weights or {}:
+            if key not in TARGET_NAMES:
+                raise TaskError(f"xview3 task: loss weight for {key!r}; expected one of {list(TARGET_NAMES)}")
+        self.weights = {k: float(v) for k, v in (weights or {}).items()}
 
     def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
                     shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None
@@ -64,7 +78,7 @@ class XView3Task(Task):
         return {**stored, **targets}
 
     def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
-        """:func:`~xtstream.tasks.xview3.loss.xview3_chunk_loss`."""
+        """:func:`~xtstream.tasks.xview3.loss.xview3_chunk_loss` with the task's ``weights``."""
         from xtstream.tasks.xview3.loss import xview3_chunk_loss
 
-        return xview3_chunk_loss(chunk)
+        return xview3_chunk_loss(chunk, self.weights)
