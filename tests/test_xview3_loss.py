@@ -73,7 +73,7 @@ def test_training_records_carry_each_term_averaged_over_the_group():
     def loss_fn(chunk):  # two chunks per group: the record holds their mean
         value = torch.tensor(float(len(seen)), requires_grad=True)
         seen.append(float(value.detach()))
-        return value + 0.0 * sum(o.sum() for o in chunk.outputs.values()), {"x": float(value)}
+        return value + 0.0 * sum(o.sum() for o in chunk.outputs.values()), {"x": float(value.detach())}
 
     a, b = scene_regions("a", 1, 2), scene_regions("b", 1, 2, seed=1)
     (rec,) = train_chunks(model, a + b, opt, loss_fn, scenes_per_step=2)
