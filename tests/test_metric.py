@@ -234,8 +234,10 @@ def test_shorelines_read_plain_and_contour_layouts(tmp_path):
     contours = np.empty(2, dtype=object)
     contours[0], contours[1] = np.array([[0.0, 0.0]]), np.array([[5.0, 5.0], [6.0, 6.0]])
     np.save(tmp_path / "b_shoreline.npy", contours, allow_pickle=True)
+    with pytest.raises(LabelError, match=r"b_shoreline.npy: a pickled array.*allow_pickle=True"):
+        read_shorelines(tmp_path, ["a", "b"])  # never unpickled unless asked
     with pytest.warns(UserWarning, match=r"1 scene\(s\) have no shoreline file.*\['c'\]"):
-        lines, missing = read_shorelines(tmp_path, ["a", "b", "c"])
+        lines, missing = read_shorelines(tmp_path, ["a", "b", "c"], allow_pickle=True)
     assert lines["a"].shape == (2, 2) and lines["b"].shape == (3, 2) and missing == ["c"]
 
 

@@ -16,6 +16,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("gt", type=Path, help="ground-truth CSV (xView3 labels, or scene_id,label)")
     p.add_argument("--task", choices=["xview3", "classification"], default="xview3",
                    help="which metric (default xview3)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read pickled shoreline files (the official xView3 layout) — runs pickle: trusted dirs only")
     p.add_argument("--shoreline-dir", type=Path,
                    help="directory of {scene_id}_shoreline.npy; without it F1_shore is 0 (as the reference)")
     conf = p.add_mutually_exclusive_group()
@@ -42,7 +44,8 @@ def _evaluate_xview3(args: argparse.Namespace) -> dict[str, Any]:
     if args.shoreline_dir is not None:
         with warnings.catch_warnings():  # said once, on stdout beside the scores, not as a Python warning
             warnings.simplefilter("ignore")
-            shorelines, missing = read_shorelines(args.shoreline_dir, {g["scene_id"] for g in gt})
+            shorelines, missing = read_shorelines(args.shoreline_dir, {g["scene_id"] for g in gt},
+                                                  allow_pickle=args.allow_pickle)
         if missing:
             print(f"note: {len(missing)} scene(s) have no shoreline file in {args.shoreline_dir}; "
                   f"left out of F1_shore: {', '.join(missing)}")

@@ -377,7 +377,8 @@ def check_scenes(preds: Sequence[Row], gt: Sequence[Row], pred_path: str | Path)
                              f"the ground truth ({len(known)} scenes)")
 
 
-def read_shorelines(directory: str | Path, scene_ids: Iterable[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+def read_shorelines(directory: str | Path, scene_ids: Iterable[str], *, allow_pickle: bool = False
+                    ) -> tuple[dict[str, np.ndarray], list[str]]:
     """``({scene_id: (N, 2) row/col points}, scenes without a file)`` from ``{scene_id}_shoreline.npy``.
 
     A plain ``(N, 2)`` array (what :func:`xtstream.tasks.xview3.synth.synth_scene` writes) loads
@@ -397,6 +398,10 @@ def read_shorelines(directory: str | Path, scene_ids: Iterable[str]) -> tuple[di
             try:
                 arr = np.load(f, allow_pickle=False)
             except ValueError:  # object array of contours (the official layout)
+                if not allow_pickle:
+                    raise LabelError(f"{f}: a pickled array (the official xView3 contour layout); "
+                                     "loading it runs pickle, so it needs allow_pickle=True "
+                                     "(--allow-pickle) for a directory you trust") from None
                 contours = np.load(f, allow_pickle=True)
                 arr = np.vstack([np.asarray(c, dtype=np.float64).reshape(-1, 2) for c in contours]) \
                     if len(contours) else np.zeros((0, 2))
