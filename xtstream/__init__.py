@@ -38,6 +38,7 @@ _LAZY = {
     "RegionChunk": "xtstream.data.chunk",
     "SceneStates": "xtstream.engine",
     "train_chunks": "xtstream.engine",
+    "predict": "xtstream.engine.predict",
     "register_model": "xtstream.models",
     "register_context": "xtstream.models.context",
     "list_contexts": "xtstream.models.context",

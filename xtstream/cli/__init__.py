@@ -19,6 +19,7 @@ COMMANDS = {
     "synth": ("xtstream.cli.synth", "write a synthetic xView3-like scene (GeoTIFFs + labels)"),
     "ingest": ("xtstream.cli.ingest", "ingest a raster source (or an archive of scenes) into Zarr v3"),
     "shard": ("xtstream.cli.shard", "cut Zarr scene stores into ordered WebDataset region shards"),
+    "predict": ("xtstream.cli.predict", "predict whole scenes with a trained model: georeferenced maps + detections CSV"),
     "bench": ("xtstream.cli.bench", "measurements that train models: bench probe (does xT use its context?)"),
     "evaluate": ("xtstream.cli.evaluate", "score predictions: the xView3 metric, or top-1/top-5 for classification"),
     "demo": ("xtstream.cli.demo", "run the main job on a generated scene with a local dask cluster"),

@@ -89,7 +89,8 @@ def open_scene(source: Any, region: int, *, labels: Any = None, prefetch: int = 
         labels.check_inside(height, width, source=f"labels of {reader.scene_id}")
     return SceneStream(reader.scene_id, grid,
                        lambda: iter_regions(reader, grid, labels=labels, max_read_bytes=max_read_bytes),
-                       bands=reader.bands, prefetch=prefetch, info={"source": str(getattr(reader, "path", ""))})
+                       bands=reader.bands, prefetch=prefetch,
+                       info={"source": str(getattr(reader, "path", "")), **getattr(reader, "georef", {})})
 
 
 class SourceSceneSet:

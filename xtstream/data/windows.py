@@ -117,6 +117,8 @@ class ZarrWindows:
         # the Zarr array's chunks: in our API a storage block is a tile (a chunk is C regions)
         self.tiles = (int(arr.chunks[1]), int(arr.chunks[2]))
         self.bands = [str(b) for b in status.attrs.get("band_names") or self._band_coords()]
+        #: ``{"crs": WKT or None, "transform": [a, b, c, d, e, f] or None}`` (see :mod:`xtstream.data.georef`)
+        self.georef = {"crs": status.attrs.get("crs"), "transform": status.attrs.get("transform")}
         self._arr = None
 
     def _array(self):
@@ -149,6 +151,10 @@ class SourceWindows:
 
         self.source = open_source(source)
         self.scene_id = str(getattr(self.source, "scene_id", None) or Path(str(self.source.name)).name.split(".")[0])
+        from xtstream.data.georef import to_wkt, transform_list
+
+        self.georef = {"crs": to_wkt(getattr(self.source, "crs", None)),
+                       "transform": transform_list(getattr(self.source, "transform", None))}
         if isinstance(self.source, WindowedSource):
             self.shape, self.dtype = tuple(self.source.shape), np.dtype(self.source.dtype)
             self.bands = [str(b) for b in self.source.band_names]

@@ -72,6 +72,18 @@ class Task:
         (and ``chunk.info``); the default loss of :func:`xtstream.engine.train_chunks`."""
         raise NotImplementedError
 
+    #: the merged CSV :func:`xtstream.predict` writes (one part per scene, merged in scene order)
+    predictions_csv: str = "predictions.csv"
+
+    def scene_writer(self, out_dir: Path, scene_id: str, grid: "RegionGrid", georef: Any = None,
+                     **options: Any) -> Any:
+        """What :func:`xtstream.predict` writes a scene with: an object with ``columns`` (the CSV
+        header), ``write(chunk)`` (each chunk with ``outputs``, in order), ``finish() -> rows``
+        (``[{column: value}]``, after the last chunk; any files under ``out_dir`` complete by then)
+        and ``summary(rows) -> str``. ``georef``: the scene's :class:`~xtstream.data.georef.Georef`;
+        ``options``: the task's prediction options (thresholds, ...)."""
+        raise NotImplementedError(f"task {self.name!r} cannot predict yet (no scene_writer)")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, head={self.head!r})"
 

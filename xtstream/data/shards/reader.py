@@ -48,6 +48,7 @@ class ShardedScene:
     grid: RegionGrid | None = None
     bands: list[str] | None = None
     expected: dict[str, dict] | None = None  # shard url -> manifest entry (bytes, sha256, start, stop)
+    georef: dict | None = None  # {"crs", "transform"} of the sharded store (manifests from 2026-11-25 on)
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ShardSceneSet:
                 raise ShardError(f"{entry.shards[0]}: scene {entry.scene_id!r} was sharded with region "
                                  f"{grid.region}, expected {self.region}")
             yield SceneStream(entry.scene_id, grid, lambda e=entry, g=grid: self._regions(e, g),
-                              bands=entry.bands, prefetch=self.prefetch, info={"shards": list(entry.shards)})
+                              bands=entry.bands, prefetch=self.prefetch, info={"shards": list(entry.shards), **(entry.georef or {})})
         if self.bad:
             log.warning("skipped %d bad sample(s) or shard tail(s): %s", len(self.bad), self.report())
 
@@ -271,7 +272,8 @@ def load_manifest(path: str | Path) -> list[ShardedScene]:
         urls = [str(root / n) for n in sc["shards"]]
         grid = RegionGrid(int(sc["scene_shape"][0]), int(sc["scene_shape"][1]), int(sc["region"]))
         scenes.append(ShardedScene(sc["scene_id"], urls, grid, sc.get("bands"),
-                                  {str(root / n): by_name[n] for n in sc["shards"]}))
+                                  {str(root / n): by_name[n] for n in sc["shards"]},
+                                  {k: sc[k] for k in ("crs", "transform") if k in sc}))
     return scenes
 
 

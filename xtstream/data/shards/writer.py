@@ -185,7 +185,7 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
                        "dtype": str(reader.dtype), "scene_shape": [grid.height, grid.width],
                        "grid": [grid.rows, grid.cols], "region": region, "regions": len(grid),
                        "objects": None if scene_labels is None else len(scene_labels[reader.scene_id]),
-                       "shards": names})
+                       "shards": names, **reader.georef})
     return ShardPlan(out, fingerprint, config, scenes, tasks, _done_shards(out))
 
 

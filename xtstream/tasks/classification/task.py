@@ -95,6 +95,12 @@ class ClassificationTask(Task):
                              + (f" (classes {self.classes})" if self.classes else ""))
         return SceneClass(scene_id, index, self.classes[index] if self.classes else None)
 
+    def scene_writer(self, out_dir: Path, scene_id: str, grid: RegionGrid, georef: Any = None,
+                     top_k: int = 5) -> "ClassificationSceneWriter":
+        """Writes a scene's ``top1..topK`` classes (names when the task has ``classes``) and their
+        probabilities ``prob1..probK``, from the logits after the scene's last chunk."""
+        return ClassificationSceneWriter(scene_id, top_k, self.classes)
+
     def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
         """Cross-entropy of ``chunk.outputs`` ``(1, K)`` against the scene's class."""
         import torch
@@ -109,3 +115,34 @@ class ClassificationTask(Task):
         target = torch.as_tensor(label).reshape(-1)[:1].to(logits.device, torch.long)
         loss = F.cross_entropy(logits.float(), target.expand(logits.shape[0]))
         return loss, {"cross_entropy": float(loss.detach())}
+
+
+class ClassificationSceneWriter:
+    """One CSV row per scene: the softmax of the head's pooled logits after the last chunk (the head
+    pools every chunk seen, so the last chunk's ``(1, K)`` outputs are the whole scene's)."""
+
+    def __init__(self, scene_id: str, top_k: int = 5, classes: Sequence[str] | None = None) -> None:
+        if top_k < 1:
+            raise LabelError(f"top_k must be at least 1, got {top_k}")
+        self.scene_id, self.top_k, self.classes = scene_id, top_k, classes
+        self.columns: list[str] = []  # set by finish(): top1..topK with K = min(top_k, classes)
+        self.logits = None
+
+    def write(self, chunk: "RegionChunk") -> None:
+        self.logits = chunk.outputs.detach().float().reshape(-1).cpu()
+
+    def finish(self) -> list[dict[str, Any]]:
+        import torch
+
+        probs = torch.softmax(self.logits, dim=0)
+        k = min(self.top_k, probs.numel())
+        p, idx = torch.topk(probs, k)
+        self.columns = ["scene_id"] + [f"top{i}" for i in range(1, k + 1)] + [f"prob{i}" for i in range(1, k + 1)]
+        row: dict[str, Any] = {"scene_id": self.scene_id}
+        for i in range(k):
+            row[f"top{i + 1}"] = self.classes[int(idx[i])] if self.classes else int(idx[i])
+            row[f"prob{i + 1}"] = round(float(p[i]), 6)
+        return [row]
+
+    def summary(self, rows: list[dict[str, Any]]) -> str:
+        return f"top1 {rows[0]['top1']} ({rows[0]['prob1']:.3f})"

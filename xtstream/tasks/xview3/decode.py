@@ -8,13 +8,14 @@ Chebyshev distance ``d`` of each other.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xtstream.data.grid import RegionGrid
+from xtstream.data.grid import RegionGrid, Window
 
 
 def find_peaks(heatmap: Tensor, *, threshold: float = 0.5, min_distance: int = 3
@@ -40,15 +41,9 @@ def find_peaks(heatmap: Tensor, *, threshold: float = 0.5, min_distance: int = 3
     if hm.ndim != 3:
         raise ValueError(f"expected (H, W), (N, H, W) or (N, 1, H, W), got {tuple(heatmap.shape)}")
     hm = hm.float()[:, None]
-    k = 2 * min_distance + 1
-    pooled = F.max_pool2d(hm, k, stride=1, padding=min_distance)
-    candidate = (hm == pooled) & (hm >= threshold)
-    # plateau tie-break: among candidates in one window keep the smallest row-major index
     h, w = hm.shape[-2:]
-    order = torch.arange(h * w, device=hm.device, dtype=torch.float32).reshape(1, 1, h, w)
-    neg_index = torch.where(candidate, -order, torch.full_like(hm, -float("inf")))
-    first = F.max_pool2d(neg_index, k, stride=1, padding=min_distance)
-    keep = candidate & (neg_index == first)
+    index = torch.arange(h * w, device=hm.device, dtype=torch.float64).reshape(1, 1, h, w)
+    keep = _peak_mask(hm, index, threshold, min_distance)
     out = []
     for i in range(hm.shape[0]):
         rows, cols = torch.nonzero(keep[i, 0], as_tuple=True)
@@ -56,6 +51,67 @@ def find_peaks(heatmap: Tensor, *, threshold: float = 0.5, min_distance: int = 3
         idx = torch.argsort(scores, descending=True, stable=True)
         out.append((torch.stack([rows[idx], cols[idx]], dim=1).cpu(), scores[idx].cpu()))
     return out
+
+
+def _peak_mask(hm: Tensor, index: Tensor, threshold: float, d: int) -> Tensor:
+    """Peaks of ``hm`` ``(N, 1, H, W)``: at least ``threshold``, the maximum of their ``(2d+1)^2``
+    window, and on a plateau the smallest ``index`` ``(1, 1, H, W)`` (float64: exact to 2^53
+    cells, where float32 would merge neighbours past 2^24 cells — a 16k^2 map)."""
+    k = 2 * d + 1
+    pooled = F.max_pool2d(hm, k, stride=1, padding=d)
+    candidate = (hm == pooled) & (hm >= threshold)
+    neg_index = torch.where(candidate, -index, torch.full(hm.shape, -float("inf"), dtype=torch.float64,
+                                                           device=hm.device))
+    first = F.max_pool2d(neg_index, k, stride=1, padding=d)
+    return candidate & (neg_index == first)
+
+
+def find_peaks_tiled(read: Callable[[Window], np.ndarray], shape: tuple[int, int], tiles: Iterable[Window],
+                     *, threshold: float = 0.5, min_distance: int = 3) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The peaks :func:`find_peaks` finds on a whole ``(H, W)`` map, found tile by tile.
+
+    ``read(window)`` returns the map's ``(h, w)`` values in ``window`` (e.g. from a Zarr store);
+    ``tiles`` must cover the map without overlap. Each tile is read with a halo of
+    ``2 * min_distance`` cells — a peak depends on the values within ``d`` of it, and its plateau
+    tie-break on the peaks within ``d``, hence on values within ``2d`` — so the result is exactly
+    the whole map's, with memory of one tile. Yields, per tile, ``(positions (K, 2) int64 (row,
+    col) in map cells, scores (K,))``.
+    """
+    if min_distance < 0:
+        raise ValueError(f"min_distance must be >= 0, got {min_distance}")
+    h, w = shape
+    halo = 2 * min_distance
+    for tile in tiles:
+        big = Window(max(tile.y0 - halo, 0), max(tile.x0 - halo, 0), min(tile.y1 + halo, h), min(tile.x1 + halo, w))
+        values = torch.from_numpy(np.ascontiguousarray(read(big), dtype=np.float32))[None, None]
+        rows = torch.arange(big.y0, big.y1, dtype=torch.float64).view(-1, 1)
+        cols = torch.arange(big.x0, big.x1, dtype=torch.float64).view(1, -1)
+        index = (rows * w + cols)[None, None]
+        # NaN (cells never written) is no peak and suppresses none
+        keep = _peak_mask(torch.nan_to_num(values, nan=-float("inf")), index, threshold, min_distance)[0, 0]
+        core = keep[tile.y0 - big.y0:tile.y1 - big.y0, tile.x0 - big.x0:tile.x1 - big.x0]
+        r, c = torch.nonzero(core, as_tuple=True)
+        scores = values[0, 0, r + tile.y0 - big.y0, c + tile.x0 - big.x0]
+        order = torch.argsort(scores, descending=True, stable=True)
+        pos = torch.stack([r[order] + tile.y0, c[order] + tile.x0], dim=1)
+        yield pos.numpy().astype(np.int64), scores[order].numpy()
+
+
+def peak_cells(min_distance: int, stride: int) -> int:
+    """The NMS half-window in output cells for ``min_distance`` scene pixels at ``stride``: the
+    largest cell distance whose peaks are still within ``min_distance`` pixels; at a stride at
+    least the adjacent cells, since max-pooling the centre Gaussians into the grid leaves the
+    neighbours of a peak cell above threshold too (0.61 at stride 4, σ = 2 px)."""
+    if min_distance < 0:
+        return min_distance
+    cells = -(-(min_distance + 1) // stride) - 1
+    return max(cells, 1) if stride > 1 and min_distance > 0 else cells
+
+
+def cell_to_pixel(cell: np.ndarray | int, stride: int, size: int) -> np.ndarray | int:
+    """Scene pixel of an output cell: its centre ``cell * s + s // 2``, at most ``size - 1`` (an
+    edge cell may reach past the scene)."""
+    return np.minimum(np.asarray(cell) * stride + stride // 2, size - 1)
 
 
 def decode_xview3(outputs: Mapping[str, Tensor], *, threshold: float = 0.5, min_distance: int = 3,
@@ -87,13 +143,7 @@ def decode_xview3(outputs: Mapping[str, Tensor], *, threshold: float = 0.5, min_
     stride = region // h
     if stride < 1 or stride * h != region:
         raise ValueError(f"region {region} is not a whole multiple of the {h}-cell output maps")
-    # the largest cell distance whose peaks are still within min_distance pixels: suppress those;
-    # at a stride, at least the adjacent cells, since max-pooling the centre Gaussians into the
-    # grid leaves the neighbours of a peak cell above threshold too (0.61 at stride 4, σ = 2 px)
-    cells = -(-(min_distance + 1) // stride) - 1 if min_distance >= 0 else min_distance
-    if stride > 1 and min_distance > 0:
-        cells = max(cells, 1)
-    peaks = find_peaks(centre, threshold=threshold, min_distance=cells)
+    peaks = find_peaks(centre, threshold=threshold, min_distance=peak_cells(min_distance, stride))
     result = []
     for i, (pos, scores) in enumerate(peaks):
         r, c = pos[:, 0], pos[:, 1]

@@ -77,6 +77,16 @@ class XView3Task(Task):
             targets[name] = stored[name].astype(dtype)
         return {**stored, **targets}
 
+    predictions_csv = "detections.csv"
+
+    def scene_writer(self, out_dir: Path, scene_id: str, grid: RegionGrid, georef: Any = None,
+                     **options: Any) -> Any:
+        """:class:`~xtstream.tasks.xview3.predict.XView3SceneWriter` (options: ``threshold``,
+        ``min_distance``, ``vessel_threshold``, ``fishing_threshold``, ``geotiff``)."""
+        from xtstream.tasks.xview3.predict import XView3SceneWriter
+
+        return XView3SceneWriter(out_dir, scene_id, grid, georef, **options)
+
     def loss(self, chunk: "RegionChunk") -> tuple["Tensor", dict[str, float]]:
         """:func:`~xtstream.tasks.xview3.loss.xview3_chunk_loss` with the task's ``weights``."""
         from xtstream.tasks.xview3.loss import xview3_chunk_loss
