@@ -82,6 +82,7 @@ class PredictionStore:
         """Create an empty store (replacing an unfinished prediction store at ``path``; anything
         else there is refused). ``variables``: ``{name: attrs}`` (e.g. ``long_name``, ``units``)."""
         import dask.array as da
+        import rioxarray  # noqa: F401 - registers the .rio accessor used below
         import xarray as xr
         import zarr
 
