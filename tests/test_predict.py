@@ -267,3 +267,17 @@ def test_classification_predict_writes_topk_that_evaluate_scores(stores, tmp_pat
     gt = tmp_path / "labels.csv"
     gt.write_text("scene_id,label\n" + "".join(f"{r['scene_id']},{r['top1']}\n" for r in rows))
     assert topk(res.csv, gt)["top1"] == 1.0
+
+
+def test_predict_command_in_a_fresh_process(stores, tmp_path):
+    """As users run it: nothing the test process happened to import (rioxarray's accessor) helps."""
+    import subprocess
+    import sys
+
+    ckpt = xtstream.save_checkpoint(_model(), tmp_path / "model.pt")
+    out = tmp_path / "pred"
+    proc = subprocess.run([sys.executable, "-m", "xtstream", "predict", str(ckpt), str(stores[2]), "--out", str(out),
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("detections.csv")
+    assert prediction_status(out / "scenes" / "scene2.zarr")[:2] == (True, True)
