@@ -281,3 +281,15 @@ def test_predict_command_in_a_fresh_process(stores, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("detections.csv")
     assert prediction_status(out / "scenes" / "scene2.zarr")[:2] == (True, True)
+
+
+def test_predict_from_shards_equals_predict_from_stores(stores, tmp_path):
+    """Shards carry the store's georeference (manifest), so both paths give the same outputs."""
+    from xtstream.data.shards import shard_stores
+
+    model = _model()
+    manifest = shard_stores(stores[1:], tmp_path / "shards", region=REGION, progress=False)
+    a = predict(model, stores[1:], tmp_path / "from_stores", progress=False, threshold=0.3)
+    b = predict(model, [manifest.parent], tmp_path / "from_shards", progress=False, threshold=0.3)
+    assert a.csv.read_bytes() == b.csv.read_bytes()
+    assert prediction_status(tmp_path / "from_shards" / "scenes" / "scene1.zarr")[2]["crs"] is not None
