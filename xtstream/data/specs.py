@@ -17,7 +17,20 @@ import yaml
 
 from xtstream.errors import SpecError
 
+#: specs in a source checkout (the source of truth; installs ship them as ``xtstream.data_specs``)
 SPEC_DIR = Path(__file__).resolve().parents[2] / "data_specs"
+
+
+def shipped_specs() -> dict[str, Any]:
+    """``{name: resource}`` of the specs shipped with the package (``importlib.resources``), or of
+    the checkout's ``data_specs/`` when running from a source tree that is not installed."""
+    try:
+        from importlib.resources import files
+
+        root: Any = files("xtstream.data_specs")
+    except ModuleNotFoundError:
+        root = SPEC_DIR
+    return {p.name.removesuffix(".yaml"): p for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
 @dataclass(frozen=True)
@@ -86,12 +99,11 @@ def load_spec(spec: str | Path | DatasetSpec) -> DatasetSpec:
     """Load and validate a spec from a YAML path or a shipped name (``"xview3"``)."""
     if isinstance(spec, DatasetSpec):
         return spec
-    path = Path(spec)
+    path: Any = Path(spec)
     if not path.exists() and not path.suffix:
-        path = SPEC_DIR / f"{spec}.yaml"
+        path = shipped_specs().get(str(spec), path)
     if not path.is_file():
-        shipped = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
-        raise SpecError(f"{spec}: no such spec file (shipped specs: {shipped})")
+        raise SpecError(f"{spec}: no such spec file (shipped specs: {sorted(shipped_specs())})")
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
