@@ -251,6 +251,8 @@ def test_cli_predict_then_evaluate(stores, tmp_path, capsys):
     scores = json.loads((tmp_path / "s.json").read_text())
     n = len(rows)
     assert scores["F1_loc"] == pytest.approx(2 * 2 / (n + 2), rel=1e-6)  # precision 2/n, recall 1
+    task = xtstream.get_task("xview3")  # what validation during training calls
+    assert task.score(out / "detections.csv", gt)[task.primary_metric] == pytest.approx(scores["aggregate"])
 
 
 def test_classification_predict_writes_topk_that_evaluate_scores(stores, tmp_path):
@@ -267,6 +269,7 @@ def test_classification_predict_writes_topk_that_evaluate_scores(stores, tmp_pat
     gt = tmp_path / "labels.csv"
     gt.write_text("scene_id,label\n" + "".join(f"{r['scene_id']},{r['top1']}\n" for r in rows))
     assert topk(res.csv, gt)["top1"] == 1.0
+    assert xtstream.get_task("classification").score(res.csv, gt)["top1"] == 1.0
 
 
 def test_predict_command_in_a_fresh_process(stores, tmp_path):

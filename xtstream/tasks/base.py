@@ -84,6 +84,14 @@ class Task:
         ``options``: the task's prediction options (thresholds, ...)."""
         raise NotImplementedError(f"task {self.name!r} cannot predict yet (no scene_writer)")
 
+    #: the key of :meth:`score`'s result that validation ranks checkpoints by (higher is better)
+    primary_metric: str = ""
+
+    def score(self, predictions: str | Path, labels: str | Path, **options: Any) -> dict[str, Any]:
+        """The task's metric of a predictions CSV (what :func:`xtstream.predict` merged) against a
+        labels file: ``{component: value}`` with :attr:`primary_metric` among them."""
+        raise NotImplementedError(f"task {self.name!r} has no metric")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, head={self.head!r})"
 

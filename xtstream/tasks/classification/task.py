@@ -95,6 +95,14 @@ class ClassificationTask(Task):
                              + (f" (classes {self.classes})" if self.classes else ""))
         return SceneClass(scene_id, index, self.classes[index] if self.classes else None)
 
+    primary_metric = "top1"
+
+    def score(self, predictions: str | Path, labels: str | Path, **options: Any) -> dict[str, Any]:
+        """Top-1/top-5 accuracy (:func:`xtstream.tasks.classification.metric.topk`)."""
+        from xtstream.tasks.classification.metric import topk
+
+        return topk(predictions, labels, **options)
+
     def scene_writer(self, out_dir: Path, scene_id: str, grid: RegionGrid, georef: Any = None,
                      top_k: int = 5) -> "ClassificationSceneWriter":
         """Writes a scene's ``top1..topK`` classes (names when the task has ``classes``) and their

@@ -78,6 +78,22 @@ class XView3Task(Task):
         return {**stored, **targets}
 
     predictions_csv = "detections.csv"
+    primary_metric = "aggregate"
+
+    def score(self, predictions: str | Path, labels: str | Path, shoreline_dir: str | Path | None = None,
+              **options: Any) -> dict[str, Any]:
+        """The xView3 metric (:func:`xtstream.tasks.xview3.metric.score`; ``options`` go there) of a
+        detections CSV against a labels CSV; shorelines from ``shoreline_dir`` when given (numpy
+        ``.npy`` files, never unpickled here)."""
+        from xtstream.tasks.xview3.metric import (check_scenes, read_ground_truth, read_predictions,
+                                                  read_shorelines, score)
+
+        gt, preds = read_ground_truth(labels), read_predictions(predictions)
+        check_scenes(preds, gt, predictions)
+        shorelines = None
+        if shoreline_dir is not None:
+            shorelines, _ = read_shorelines(shoreline_dir, {g["scene_id"] for g in gt})
+        return score(preds, gt, shorelines, **options)
 
     def scene_writer(self, out_dir: Path, scene_id: str, grid: RegionGrid, georef: Any = None,
                      **options: Any) -> Any:
