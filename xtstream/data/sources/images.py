@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,15 @@ class ImageRef:
         return ImageSource(self.path, scene_id=self.scene_id, channels=self.channels)
 
 
+#: ``catch_warnings`` swaps process-wide state: two threads inside it at once can restore each
+#: other's filters (and let the warning through); the lock serialises only the ~1 ms opens
+_QUIET = threading.Lock()
+
+
 def _open(path: str) -> Any:
-    """``rasterio.open`` without the NotGeoreferencedWarning every plain image would raise."""
-    with warnings.catch_warnings():
+    """``rasterio.open`` without the NotGeoreferencedWarning every plain image would raise (the
+    warning is silenced here only, not for the rest of the process)."""
+    with _QUIET, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path, sharing=False)
 
