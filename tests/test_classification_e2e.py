@@ -101,6 +101,21 @@ def test_alpha_palette_and_luma(tmp_path):
     assert np.abs(luma - np.asarray(Image.fromarray(rgb).convert("L"), dtype=int)).max() <= 1
 
 
+def test_an_image_is_opened_once_while_its_regions_are_read_in_order(images, monkeypatch):
+    import xtstream.data.sources.images as module
+
+    opened = []
+    real = module._open
+    monkeypatch.setattr(module, "_open", lambda path: opened.append(path) or real(path))
+    module._forget()
+    scene = xtstream.open_scene(images / "imgs" / "fern.jpg", region=32)  # 7 x 3 regions
+    first = [r.pixels for r in scene]
+    assert len(first) == 21 and len(opened) == 2  # the header when listed, then one for all reads
+    Image.fromarray(np.zeros((200, 70, 3), np.uint8)).save(images / "imgs" / "fern.jpg")  # rewritten
+    assert all(not r.pixels.any() for r in xtstream.open_scene(images / "imgs" / "fern.jpg", region=32))
+    module._forget()
+
+
 def test_directory_and_csv_rules(images):
     by_dir = expand_sources(images / "imgs")
     assert [r.scene_id for r in by_dir] == sorted(n for n, *_ in IMAGES)  # sorted by file name

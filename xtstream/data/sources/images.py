@@ -16,10 +16,10 @@ Which path is what (:func:`~xtstream.data.sources.open_source`, :func:`expand_so
 Colour: alpha bands are dropped and palette images expanded to RGB, so an image is 1 (grey) or 3
 (RGB) bands; ``channels=3`` repeats a grey image into three equal bands and ``channels=1`` turns
 RGB into luma (ITU-R 601, as PIL's ``convert("L")``), so that mixed folders feed one model. Pixel
-values are the file's (0–255 for 8-bit images); EXIF orientation is not applied. Each read opens
-the file and decodes down to the window's last row (PNG and JPEG are sequential formats): cheap
-for photographs, but ingest a very large image (≫ 100 MP) into a tiled Zarr store once before
-reading it many times.
+values are the file's (0–255 for 8-bit images); EXIF orientation is not applied. Reads keep the
+image open (one handle per thread) while their windows go down it: PNG and JPEG decode
+sequentially, so a scene read in row order is decoded about once. Still, ingest a very large
+image (≫ 100 MP) into a tiled Zarr store once before reading it many times.
 
 >>> refs = list_images("photos/")                     # doctest: +SKIP
 >>> refs[0].scene_id, ImageSource(refs[0].path).shape # ('IMG_0001', (3, 3024, 4032))  # doctest: +SKIP
@@ -78,6 +78,40 @@ def _open(path: str) -> Any:
     with _QUIET, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path, sharing=False)
+
+
+#: this thread's last image handle ``(pid, path, mtime, size, dataset)``; see :func:`_reader`
+_LAST = threading.local()
+#: handles inherited through a fork: kept, never closed from the child
+_INHERITED: list[Any] = []
+
+
+def _reader(path: str) -> Any:
+    """This thread's open dataset of ``path``. PNG and JPEG decode sequentially, so a fresh handle
+    per window decodes the image from its top every time (3-4x one decode for a 24 MP JPEG read
+    in 256-px regions); reusing the handle while windows go down the image decodes it about
+    once. One handle per thread, never shared between threads; the previous image's is closed
+    when another is opened, and a file changed since (mtime, size) is reopened."""
+    st = os.stat(path)
+    key = (os.getpid(), path, st.st_mtime_ns, st.st_size)
+    last = getattr(_LAST, "value", None)
+    if last is not None and last[:4] == key and not last[4].closed:
+        return last[4]
+    _forget()
+    ds = _open(path)
+    _LAST.value = (*key, ds)
+    return ds
+
+
+def _forget() -> None:
+    """Close this thread's cached handle (a parent's, after a fork, is only let go of)."""
+    last = getattr(_LAST, "value", None)
+    _LAST.value = None
+    if last is not None:
+        if last[0] == os.getpid():
+            last[4].close()
+        else:
+            _INHERITED.append(last[4])
 
 
 class ImageSource(WindowedSource):
@@ -145,9 +179,11 @@ class ImageSource(WindowedSource):
     def read_window(self, window: Window) -> np.ndarray:
         """``(bands, h, w)`` pixels of ``window``; a file that cannot be decoded raises naming it."""
         try:
-            with rasterio.Env(**_ENV), _open(self.path) as ds:
-                data = ds.read(self._read, window=RioWindow(window.x0, window.y0, window.width, window.height))
-        except RasterioError as err:
+            with rasterio.Env(**_ENV):
+                data = _reader(self.path).read(self._read, window=RioWindow(window.x0, window.y0, window.width,
+                                                                            window.height))
+        except (RasterioError, OSError) as err:
+            _forget()
             raise SourceError(f"{self.path}: cannot decode window {tuple(window)} (corrupt or truncated "
                               f"image?): {err}") from err
         if self._lut is not None:
