@@ -50,7 +50,8 @@ def images(tmp_path: Path) -> Path:
     d = tmp_path / "imgs"
     d.mkdir()
     for name, h, w, cls, ext, grey in IMAGES:
-        Image.fromarray(_pixels(h, w, cls, grey, rng)).save(d / f"{name}.{ext}", **({"quality": 95} if ext == "jpg" else {}))
+        options = {"quality": 95} if ext == "jpg" else {}
+        Image.fromarray(_pixels(h, w, cls, grey, rng)).save(d / f"{name}.{ext}", **options)
     (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"imgs/{n}.{e},{c}\n" for n, _, _, c, e, _ in IMAGES))
     (tmp_path / "labels.csv").write_text("scene_id,label\n" + "".join(f"{n},{c}\n" for n, _, _, c, _, _ in IMAGES))
     return tmp_path

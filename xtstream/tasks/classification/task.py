@@ -3,8 +3,9 @@
 Labels are a CSV with columns ``scene_id,label``, or an image list (``path[,scene_id],label``, see
 :mod:`xtstream.data.sources.images`: the scene id is the ``scene_id`` cell, else the file stem of
 ``path`` — the id the image's scene gets), so one file lists the images and their classes;
-``label`` is a class index or, when the task is made with ``classes=[...]``, one of those names. Every region of a scene carries the scene's class
-as a scalar target ``label`` (int64 ``()``; a chunk stacks them to ``(n,)``), so the label travels
+``label`` is a class index or, when the task is made with ``classes=[...]``, one of those names.
+Every region of a scene carries the scene's class as a scalar target ``label`` (int64 ``()``; a
+chunk stacks them to ``(n,)``), so the label travels
 with the regions through any reader and any shard — 1 KiB of tar per region — and no reader needs
 scene-level metadata. A chunk without that target may carry ``info["label"]`` instead.
 
