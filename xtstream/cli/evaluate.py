@@ -13,7 +13,8 @@ from typing import Any
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", type=Path, help="predictions CSV (xView3 submission columns, or scene_id,top1..topK)")
-    p.add_argument("gt", type=Path, help="ground-truth CSV (xView3 labels, or scene_id,label)")
+    p.add_argument("gt", type=Path, help="ground-truth CSV (xView3 labels; or scene_id,label or an image list "
+                   "path[,scene_id],label)")
     p.add_argument("--task", choices=["xview3", "classification"], default="xview3",
                    help="which metric (default xview3)")
     p.add_argument("--allow-pickle", action="store_true",

@@ -1,4 +1,8 @@
-"""``xtstream ingest SRC --out STORE.zarr [--spec …] [--tile N] [--scheduler ADDR]``."""
+"""``xtstream ingest SRC --out STORE.zarr [--spec …] [--tile N] [--scheduler ADDR]``.
+
+``SRC`` one scene (a GeoTIFF, a scene directory, an image file) → one store at ``--out``; an archive
+root of scene directories, an image directory or an image-list CSV (``path[,scene_id][,label]``)
+→ one store per scene under the directory ``--out``."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from xtstream.data.store import describe_store
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="GeoTIFF, scene directory, Zarr store, or an archive root of scene directories")
+    p.add_argument("src", help="GeoTIFF, scene directory, image file, Zarr store; or, a store per scene: an "
+                   "archive root of scene directories, a directory of images or an image-list CSV")
     p.add_argument("--out", required=True, type=Path,
-                   help="the Zarr store to write (for an archive: the directory of per-scene stores)")
+                   help="the Zarr store to write (for an archive or images: the directory of per-scene stores)")
     p.add_argument("--spec", help="dataset spec: a YAML path or a shipped name (e.g. xview3)")
     p.add_argument("--bands", help="comma-separated spec bands to keep (default: all)")
     p.add_argument("--tile", type=int, help="side of the store's tiles (its Zarr chunks) in pixels "
@@ -25,13 +30,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes-in-flight", type=int, default=2, help="archives: scenes per graph (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
     p.add_argument("--allow-small", action="store_true", help="accept a scene smaller than one spec region")
+    p.add_argument("--channels", type=int, choices=[1, 3],
+                   help="images: convert grey/RGB to this many bands (default: as each file is)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, tile=args.tile,
               scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
-              overwrite=args.overwrite, allow_small=args.allow_small)
+              overwrite=args.overwrite, allow_small=args.allow_small, channels=args.channels)
     if is_archive(args.src, args.spec):
         stores = ingest_archive(args.src, args.out, scenes_in_flight=args.scenes_in_flight, **kw)
     else:

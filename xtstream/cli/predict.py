@@ -1,9 +1,10 @@
 """``xtstream predict CHECKPOINT SOURCE… --out PRED_DIR``: whole scenes through a trained model.
 
-Sources: scene stores, scene directories or GeoTIFFs, shard directories (or their manifest). Per
-scene, the task's outputs under ``PRED_DIR/scenes/`` (xView3: a georeferenced Zarr store of the
-dense maps, ``--geotiff`` also a GeoTIFF) and one merged CSV (xView3: ``detections.csv``;
-classification: ``predictions.csv``). A rerun resumes: finished scenes are skipped. Under
+Sources: scene stores, scene directories or GeoTIFFs, image files (PNG, JPEG…), image directories
+and image-list CSVs (``path[,scene_id][,label]``; one scene per image), shard directories (or
+their manifest). Per scene, the task's outputs under ``PRED_DIR/scenes/`` (xView3: a
+georeferenced Zarr store of the dense maps, ``--geotiff`` also a GeoTIFF) and one merged CSV
+(xView3: ``detections.csv``; classification: ``predictions.csv``). A rerun resumes: finished scenes are skipped. Under
 ``torchrun`` (``RANK``/``WORLD_SIZE``) each rank predicts its share of the scenes on
 ``cuda:LOCAL_RANK``; the last rank to finish merges the CSV. See :mod:`xtstream.engine.predict`.
 """
@@ -26,7 +27,8 @@ OPTIONS = {
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model checkpoint (xtstream.save_checkpoint / xtstream train)")
-    p.add_argument("sources", nargs="+", help="scene stores, scene directories / GeoTIFFs, shard directories")
+    p.add_argument("sources", nargs="+", help="scene stores, scene directories / GeoTIFFs, images, image "
+                   "directories or image-list CSVs (path[,scene_id][,label]; a scene per image), shard directories")
     p.add_argument("--out", required=True, type=Path, help="prediction directory (created; reruns resume)")
     p.add_argument("--task", help="task (default: the one that trains the checkpoint's head)")
     for name, (flag, kind, help_) in OPTIONS.items():

@@ -31,7 +31,7 @@ from xtstream import __version__
 from xtstream._runtime.cluster import dask_client, run_graph
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize
-from xtstream.data.sources import open_source
+from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
 from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, read_status
@@ -71,15 +71,17 @@ def make_codec(codec: str = "blosc-zstd", level: int = 1) -> list[Any]:
 def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
                 bands: Sequence[str] | None = None, tile: int | None = None,
                 scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
-                overwrite: bool = False, allow_small: bool = False, chunk: int | None = None) -> ScenePlan:
+                overwrite: bool = False, allow_small: bool = False, chunk: int | None = None,
+                channels: int | None = None) -> ScenePlan:
     """Create (or reopen, to resume) the store at ``out``; return the graph and the tile keys left.
 
     ``tile``: the side of the store's square tiles (its Zarr chunks) in pixels (default: the
-    spec's, else 2048); ``chunk`` is its old name.
+    spec's, else 2048); ``chunk`` is its old name. ``channels`` (1 or 3): convert an image
+    source's grey/RGB bands (:mod:`xtstream.data.sources.images`).
     """
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
-    src = open_source(source, spec, bands)
+    src = open_source(source, spec, bands, channels=channels)
     chunk = tile_size(tile, chunk) or (spec.tile if spec else 2048)
     if chunk < 1:
         raise StoreError(f"tile must be positive, got {chunk}")
@@ -142,16 +144,18 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
            bands: Sequence[str] | None = None, tile: int | None = None, scene_id: str | None = None,
            scheduler: str | None = None, client: Any = None, progress: bool = True,
            codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False,
-           allow_small: bool = False, chunk: int | None = None) -> Path:
+           allow_small: bool = False, chunk: int | None = None, channels: int | None = None) -> Path:
     """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
 
     The store is tiled in ``tile x tile`` Zarr chunks (default: the spec's, else 2048).
+    ``channels`` (1 or 3): convert an image's grey/RGB bands.
 
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
     """
     plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile_size(tile, chunk), scene_id=scene_id,
-                       codec=codec, level=level, overwrite=overwrite, allow_small=allow_small)
+                       codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
+                       channels=channels)
     if plan.keys:
         if client is not None:
             run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
@@ -176,8 +180,11 @@ def find_scenes(root: str | Path, spec: str | Path | DatasetSpec | None = None) 
 
 
 def is_archive(path: str | Path, spec: str | Path | DatasetSpec | None = None) -> bool:
-    """True for a directory of scene directories (and no band files of its own)."""
+    """True for a directory of scene directories (and no band files of its own), an image
+    directory or an image-list CSV (:mod:`xtstream.data.sources.images`: a scene per image)."""
     path = Path(path)
+    if is_image_list(path) or (spec is None and is_image_dir(path)):
+        return True
     if not path.is_dir() or (path / "zarr.json").exists():
         return False
     own = [f for f in path.iterdir() if f.suffix.lower() in (".tif", ".tiff")]
@@ -187,13 +194,21 @@ def is_archive(path: str | Path, spec: str | Path | DatasetSpec | None = None) -
 def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path | DatasetSpec | None = None,
                    scenes_in_flight: int = 2, scheduler: str | None = None, progress: bool = True,
                    **kw: Any) -> list[Path]:
-    """Ingest every scene directory under ``root`` into ``out_root/{scene_id}.zarr``.
+    """Ingest every scene under ``root`` into ``out_root/{scene_id}.zarr``: the scene directories
+    of an archive root, or the images of an image directory or image-list CSV (one store per
+    image, ``{scene_key}.zarr``, scene id = file stem or the list's ``scene_id``; ``channels=``
+    converts grey/RGB).
 
     Scenes go through as a bounded queue of graphs: ``scenes_in_flight`` scenes' chunk tasks are
     submitted together, so memory is bounded by chunks in flight, not by the archive's size.
     Already complete stores are skipped; interrupted ones resume.
     """
-    scenes = find_scenes(root, spec)
+    from xtstream.data.shards.format import scene_key
+
+    if is_image_list(root) or (spec is None and is_image_dir(root)):
+        scenes = [(f"{scene_key(r.scene_id)}.zarr", r.scene_id, r) for r in list_images(root, kw.get("channels"))]
+    else:
+        scenes = [(f"{s.name}.zarr", s.name, s) for s in find_scenes(root, spec)]
     if not scenes:
         raise SourceError(f"{root}: no scene directories found")
     out_root = Path(out_root)
@@ -202,8 +217,7 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
     with dask_client(scheduler) as client:
         for start in range(0, len(scenes), max(1, scenes_in_flight)):
             group = scenes[start: start + max(1, scenes_in_flight)]
-            plans = [plan_ingest(s, out_root / f"{s.name}.zarr", spec=spec, scene_id=s.name, **kw)
-                     for s in group]
+            plans = [plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw) for name, sid, src in group]
             graph = {k: v for p in plans for k, v in p.graph.items()}
             run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
                       desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")

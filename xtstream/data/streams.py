@@ -102,8 +102,11 @@ class SourceSceneSet:
 
     def __init__(self, sources: Sequence[Any], region: int, *, labels: dict | None = None,
                  shuffle: bool = False, seed: int = 0, by_node: bool = True, by_worker: bool = True,
-                 prefetch: int = 0, max_read_bytes: int = DEFAULT_MAX_READ_BYTES):
-        self.sources, self.region, self.labels = list(sources), region, labels or {}
+                 prefetch: int = 0, max_read_bytes: int = DEFAULT_MAX_READ_BYTES, channels: int | None = None):
+        from xtstream.data.sources.images import expand_sources
+
+        # image directories and lists: one scene per image, listed (not opened) here
+        self.sources, self.region, self.labels = expand_sources(sources, channels), region, labels or {}
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.by_node, self.by_worker = by_node, by_worker
         self.prefetch, self.max_read_bytes = prefetch, max_read_bytes
@@ -128,9 +131,12 @@ def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEF
     themselves. Give it to a ``DataLoader(..., batch_size=None, num_workers=N)``: scenes are split
     between workers (and nodes) whole, so each scene's chunks stay in order.
 
+    ``sources``: anything :func:`open_scene` takes; an image directory or an image-list CSV is
+    one scene per image (:mod:`xtstream.data.sources.images`).
+
     ``kw``: ``labels`` (``{scene_id: labels}`` with a ``region_targets(grid, index)`` method, e.g.
     from ``xtstream.tasks.get_task(name).read_labels(path)``), ``shuffle``, ``seed``, ``by_node``,
-    ``by_worker``, ``prefetch``, ``max_read_bytes``.
+    ``by_worker``, ``prefetch``, ``max_read_bytes``, ``channels`` (1 or 3: convert grey/RGB images).
     """
     from xtstream.data.dataset import SceneChunks
 

@@ -75,8 +75,10 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
     """Predict whole scenes into ``out`` (layout, resuming and ranks: see the module docstring).
 
     ``model``: an :class:`~xtstream.models.xt.XTModel` or a checkpoint path (:func:`load_model`).
-    ``sources``: scene stores, scene directories / GeoTIFFs / any raster source, shard directories
-    or their ``manifest.json`` — one or a list. ``task``: a task name or instance (default: the
+    ``sources``: scene stores, scene directories / GeoTIFFs / any raster source, image files,
+    image directories or image-list CSVs (one scene per image, :mod:`xtstream.data.sources.images`;
+    grey and RGB images are converted to the model's ``in_chans`` when it is 1 or 3), shard
+    directories or their ``manifest.json`` — one or a list. ``task``: a task name or instance (default: the
     task that trains the model's head). ``chunk``: regions per chunk (default the model's).
     ``num_workers``: DataLoader workers reading regions (scenes split between them whole).
     ``options``: the task's prediction options (xView3: ``threshold``, ``min_distance``,
@@ -97,7 +99,7 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
                                f"a {task.head!r} head")
     chunk = chunk or config.chunk
     out = Path(out)
-    entries = list_scenes(sources, config.region)
+    entries = list_scenes(sources, config.region, channels=config.in_chans if config.in_chans in (1, 3) else None)
     for e in entries:
         if e.bands is not None and e.bands != config.in_chans:
             raise ModelConfigError(f"scene {e.scene_id!r} has {e.bands} band(s); the model takes "
@@ -149,15 +151,15 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
     return PredictResult(out, merged, done, skipped, rows_written)
 
 
-def list_scenes(sources: Any, region: int) -> list[SceneEntry]:
-    """Every scene of ``sources`` (see :func:`predict`), in input order; ids must be unique."""
+def list_scenes(sources: Any, region: int, channels: int | None = None) -> list[SceneEntry]:
+    """Every scene of ``sources`` (see :func:`predict`), in input order; ids must be unique.
+    Image directories and lists become one scene per image; ``channels`` (1 or 3) converts images."""
     from xtstream.data.shards.reader import _expand, group_shards, load_manifest
+    from xtstream.data.sources.images import expand_sources
     from xtstream.data.windows import open_windows
 
-    if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence):
-        sources = [sources]
     entries: list[SceneEntry] = []
-    for src in sources:
+    for src in expand_sources(sources, channels):
         p = Path(src) if isinstance(src, (str, Path)) else None
         if p is not None and ((p.is_dir() and (p / "manifest.json").is_file()) or p.suffix == ".json"):
             for s in load_manifest(p):

@@ -24,6 +24,7 @@ from xtstream.data.grid import Window
 from xtstream.data.sources.base import WindowedSource
 
 GDAL_CACHE_MB = 64
+TIFF_SUFFIXES = (".tif", ".tiff")
 _ENV = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_NUM_THREADS": 1}
 
 

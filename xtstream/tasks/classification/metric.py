@@ -2,7 +2,8 @@
 
 Predictions: a CSV ``scene_id,top1,top2,...,topK`` — each scene's classes, best first (names or
 indices, as the labels CSV writes them); ``K >= 1`` columns, named ``top1`` to ``topK`` in order.
-Ground truth: the task's ``scene_id,label`` CSV.
+Ground truth: the task's ``scene_id,label`` CSV, or an image list with a ``label`` column
+(``path[,scene_id],label``; scene id = ``scene_id``, else the file stem of ``path``).
 
 ``top-k = |{scenes whose label is among top1..topk}| / |scenes|`` over the ground-truth scenes;
 with fewer than ``k`` columns, top-k uses all of them (and says so in ``columns``). Every
@@ -50,11 +51,13 @@ def topk_from_rows(preds: Mapping[str, Sequence[str]], gt: Mapping[str, str],
 
 
 def topk(pred_csv: str | Path, gt_csv: str | Path, ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
-    """Top-k accuracies of a ``scene_id,top1..topK`` predictions CSV against ``scene_id,label``."""
+    """Top-k accuracies of a ``scene_id,top1..topK`` predictions CSV against ``scene_id,label`` (or
+    an image list with labels)."""
+    from xtstream.tasks.classification.task import label_rows
+
     pred_csv, gt_csv = Path(pred_csv), Path(gt_csv)
     gt: dict[str, str] = {}
-    for line, row in csv_rows(gt_csv, ["scene_id", "label"]):
-        sid, label = (row["scene_id"] or "").strip(), (row["label"] or "").strip()
+    for line, sid, label in label_rows(gt_csv):
         if not sid or not label:
             raise LabelError(f"{gt_csv} line {line}: empty scene_id or label")
         if sid in gt:

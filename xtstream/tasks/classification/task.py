@@ -1,8 +1,11 @@
 """Scene classification: one class per scene, trained on the ``classification`` head's running logits.
 
-Labels are a CSV with columns ``scene_id,label``; ``label`` is a class index or, when the task is
-made with ``classes=[...]``, one of those names. Every region of a scene carries the scene's class
-as a scalar target ``label`` (int64 ``()``; a chunk stacks them to ``(n,)``), so the label travels
+Labels are a CSV with columns ``scene_id,label``, or an image list (``path[,scene_id],label``, see
+:mod:`xtstream.data.sources.images`: the scene id is the ``scene_id`` cell, else the file stem of
+``path`` — the id the image's scene gets), so one file lists the images and their classes;
+``label`` is a class index or, when the task is made with ``classes=[...]``, one of those names.
+Every region of a scene carries the scene's class as a scalar target ``label`` (int64 ``()``; a
+chunk stacks them to ``(n,)``), so the label travels
 with the regions through any reader and any shard — 1 KiB of tar per region — and no reader needs
 scene-level metadata. A chunk without that target may carry ``info["label"]`` instead.
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -63,19 +66,19 @@ class ClassificationTask(Task):
     def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
                     shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None
                     ) -> dict[str, SceneClass]:
-        """``{scene_id: SceneClass}`` from a ``scene_id,label`` CSV. Every scene of ``scene_ids``
-        must have exactly one row (a scene without a class cannot be trained on); other rows are
-        ignored. Raises :class:`LabelError` naming the file and line."""
+        """``{scene_id: SceneClass}`` from a ``scene_id,label`` CSV or an image list with a
+        ``label`` column. Every scene of ``scene_ids`` must have exactly one row (a scene without a
+        class cannot be trained on); other rows are ignored. Raises :class:`LabelError` naming the
+        file and line."""
         path = Path(path)
         wanted = set(scene_ids) if scene_ids is not None else None
         found: dict[str, SceneClass] = {}
-        for line, row in csv_rows(path, ["scene_id", TARGET]):
-            sid = (row["scene_id"] or "").strip()
+        for line, sid, text in label_rows(path):
             if wanted is not None and sid not in wanted:
                 continue
             if sid in found:
                 raise LabelError(f"{path} line {line}: a second label for scene {sid!r}")
-            found[sid] = self._parse(sid, (row[TARGET] or "").strip(), f"{path} line {line}")
+            found[sid] = self._parse(sid, text, f"{path} line {line}")
         lacking = sorted((wanted or set()) - set(found))
         if lacking:
             raise LabelError(f"{path}: no label for scene(s) {lacking}")
@@ -123,6 +126,24 @@ class ClassificationTask(Task):
         target = torch.as_tensor(label).reshape(-1)[:1].to(logits.device, torch.long)
         loss = F.cross_entropy(logits.float(), target.expand(logits.shape[0]))
         return loss, {"cross_entropy": float(loss.detach())}
+
+
+def label_rows(path: str | Path) -> Iterator[tuple[int, str, str]]:
+    """``(line, scene_id, label)`` of a ``scene_id,label`` CSV or an image list
+    (``path[,scene_id],label``: the id is the ``scene_id`` cell, else the file stem of ``path``,
+    as :func:`xtstream.data.sources.images.list_images` names the image's scene). Cells are
+    stripped; a row without an id raises :class:`LabelError` naming the file and line."""
+    from xtstream.data.sources.images import listing_scene_id
+
+    path = Path(path)
+    for line, row in csv_rows(path, [TARGET]):
+        if "scene_id" not in row and "path" not in row:
+            raise LabelError(f"{path}: labels CSV needs a scene_id or a path column beside {TARGET!r} "
+                             f"(has {list(row)})")
+        sid = listing_scene_id(row)
+        if not sid:
+            raise LabelError(f"{path} line {line}: empty scene_id (and no path to name the scene by)")
+        yield line, sid, (row[TARGET] or "").strip()
 
 
 class ClassificationSceneWriter:
