@@ -215,3 +215,48 @@ def test_a_run_directory_of_another_run_is_refused_and_overwrite_starts_over(sto
     with pytest.raises(TrainConfigError, match=r"not empty and holds no xtstream run"):
         xtstream.train(config(stores, stores), overwrite=True)
     assert (stores / "labels.csv").is_file()  # nothing deleted
+
+
+@pytest.fixture(scope="module")
+def xview3_shards(tmp_path_factory) -> Path:
+    """Labelled xView3 shards of two small synthetic scenes, 64-px regions of VV, VH."""
+    from xtstream.data.ingest import ingest
+    from xtstream.data.shards import shard_stores
+    from xtstream.tasks.xview3.synth import synth_scene
+
+    root = tmp_path_factory.mktemp("xview3")
+    stores = []
+    for k, (h, w) in enumerate([(200, 260), (150, 190)]):
+        scene = synth_scene(root / f"scene_{k}", h, w, seed=k, progress=False)
+        stores.append((ingest(scene.directory, root / f"scene_{k}.zarr", spec="xview3", bands=["VV", "VH"],
+                              tile=64, allow_small=True, progress=False), scene.labels))
+    labels = root / "labels.csv"
+    lines = [stores[0][1].read_text().splitlines()[0]]
+    for _, path in stores:
+        lines += path.read_text().splitlines()[1:]
+    labels.write_text("\n".join(lines) + "\n")
+    shard_stores([s for s, _ in stores], root / "shards", region=64, labels=labels, task="xview3", progress=False)
+    return root / "shards"
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("name", ["xview3", "classification"])
+def test_the_shipped_pipeline_configs_train_as_written(name, stores, xview3_shards, tmp_path, capsys):
+    """The pipelines' configs as shipped, only data paths, the model's size and the run's length
+    overridden from the command line."""
+    from xtstream.cli import main
+
+    data = ([f"data.shards={xview3_shards}"] if name == "xview3" else
+            [f"data.stores=[{stores}/*.zarr]", f"data.labels={stores / 'labels.csv'}",
+             "model.name=convnext_atto", "model.options={region: 32, chunk: 2, context: xl, dim: 32, depth: 1, "
+             "heads: 2, head: classification, num_classes: 2, in_chans: 2, depths: [1, 1, 1, 1], "
+             "dims: [8, 16, 32, 64]}"])
+    model = ["model.name=xt_test_convnext_xl", "model.options={}"] if name == "xview3" else []
+    argv = ["train", "--config", str(REPO / "pipelines" / f"{name}.yaml"), "--quiet", f"out={tmp_path / 'run'}",
+            "epochs=1", "data.workers=1", "schedule.warmup_steps=2", "checkpoint.every=5", *data, *model]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "steps over 1 epoch(s)" in capsys.readouterr().out
+    records = steps(tmp_path / "run")
+    assert records and all(np.isfinite(r["loss"]) for r in records)
+    if name == "xview3":
+        assert {"vessel", "centre"} <= set(records[0]["parts"])
