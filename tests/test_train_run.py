@@ -260,3 +260,25 @@ def test_the_shipped_pipeline_configs_train_as_written(name, stores, xview3_shar
     assert records and all(np.isfinite(r["loss"]) for r in records)
     if name == "xview3":
         assert {"vessel", "centre"} <= set(records[0]["parts"])
+
+
+def test_the_validation_hook_logs_scores_keeps_the_best_and_changes_nothing_else(stores, tmp_path):
+    """The prediction side fills ``validator(model, step)``; here a stand-in returns fixed scores."""
+    plain = xtstream.train(config(stores, tmp_path / "plain"))
+    seen = []
+
+    def validator(model, step):
+        seen.append((step, model.training))
+        torch.rand(3)  # a validator drawing random numbers must not change training
+        return {"top1": {4: 0.5, 8: 0.9, 12: 0.7}.get(step, 0.1)}
+
+    cfg = config(stores, tmp_path / "val", validation={"every": 4, "scenes": ["held_out.zarr"], "metric": "top1"})
+    xtstream.train(cfg, validator=validator)
+    assert [s for s, _ in seen] == list(range(4, plain["steps"] + 1, 4)) and not any(t for _, t in seen)
+    from xtstream.engine.log import RunLog
+
+    assert [(r["step"], r["top1"]) for r in RunLog(tmp_path / "val" / "log.jsonl").records("validation")][:3] == \
+        [(4, 0.5), (8, 0.9), (12, 0.7)]
+    assert torch.load(tmp_path / "val" / "best.pt", weights_only=True)["step"] == 8
+    a, b = weights(tmp_path / "plain" / "model.pt"), weights(tmp_path / "val" / "model.pt")
+    assert all(torch.equal(a[n], b[n]) for n in a)

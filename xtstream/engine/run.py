@@ -79,9 +79,9 @@ class Trainer:
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         device = _device(cfg.runtime.device, cfg.source)
-        d = init_distributed(device.type == "cuda")
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device)  # before NCCL starts: each rank on its own GPU
+        d = init_distributed(device.type == "cuda")
         self.dist, self.device = d, device
         resume = agree(self._prepare_dir() if d.main else None, d)
         barrier(d)
