@@ -282,3 +282,16 @@ def test_the_validation_hook_logs_scores_keeps_the_best_and_changes_nothing_else
     assert torch.load(tmp_path / "val" / "best.pt", weights_only=True)["step"] == 8
     a, b = weights(tmp_path / "plain" / "model.pt"), weights(tmp_path / "val" / "model.pt")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_scenes_without_the_labels_the_task_needs_are_named(stores, tmp_path):
+    from xtstream.errors import LabelError
+
+    partial = tmp_path / "partial.csv"
+    partial.write_text("scene_id,label\ns0,0\ns1,1\n")
+    with pytest.raises(LabelError, match=r"partial\.csv: no label for scene\(s\) \['s2', 's3', 's4', 's5'\]"):
+        xtstream.train(config(stores, tmp_path / "a", data={"labels": str(partial)}))
+    unlabelled = config(stores, tmp_path / "b")
+    del unlabelled["data"]["labels"]
+    with pytest.raises(LabelError, match=r"scene 's\d', regions \[0, 1\]: no 'label' target"):
+        xtstream.train(unlabelled)
