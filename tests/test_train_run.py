@@ -118,7 +118,7 @@ def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(stores, 
     import yaml
 
     every, kill_at = (4, 7) if policy == "per_chunk" else (2, 3)
-    sections = dict(step={"policy": policy}, checkpoint={"every": every}, data={"workers": 2})
+    sections = dict(step={"policy": policy}, checkpoint={"every": every}, data={"workers": 2}, epochs=2)
     whole = xtstream.train(config(stores, tmp_path / "whole", **sections))
     cfg_path = tmp_path / "cut.yaml"
     cfg_path.write_text(yaml.safe_dump(config(stores, tmp_path / "cut", **sections)))

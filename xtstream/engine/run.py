@@ -30,7 +30,7 @@ import yaml
 from xtstream.engine.checkpoint import read_training, rank_state, restore_rank_state, save_training
 from xtstream.engine.config import TrainConfig, load_train_config, parse_train_config
 from xtstream.engine.data import build_dataset, make_loader, steps_per_epoch
-from xtstream.engine.distributed import Dist, agree, barrier, broadcast_parameters, gather, init_distributed, sync_gradients
+from xtstream.engine.distributed import agree, barrier, broadcast_parameters, gather, init_distributed, sync_gradients
 from xtstream.engine.log import RunLog
 from xtstream.engine.optim import build_optimizer, build_scheduler
 from xtstream.engine.policy import Accumulated, accumulate
@@ -123,52 +123,17 @@ class Trainer:
         if position["complete"]:
             return self._summary(position, model)
 
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.model, self.task, self.dataset, self.autocast = model, task, dataset, autocast
+        self.optimizer, self.scheduler, self.generator = optimizer, scheduler, generator
+        self.params = [p for p in model.parameters() if p.requires_grad]
         bar = self._bar(total, position["step"])
         try:
             for epoch in range(position["epoch"], cfg.epochs):
-                resumed = epoch == position["epoch"]
-                skip = position["chunks_done"] if resumed else 0
-                states = SceneStates()
-                if resumed:
-                    states.restore(open_scenes)
-                loader = make_loader(dataset, cfg.data.workers, cfg.seed, epoch)
-                items = iter(loader)
-                for _ in range(skip):  # trained before the checkpoint: read again, not trained
-                    next(items)
-                steps = accumulate(model, items, policy=cfg.step.policy, scenes_per_step=cfg.step.scenes_per_step,
-                                   loss_fn=task.loss, device=device, grad_ratio=cfg.step.grad_ratio,
-                                   generator=generator, states=states, autocast=autocast)
-                done = skip
-                while True:
-                    t0 = time.perf_counter()
-                    try:
-                        acc = next(steps, None)
-                    except TrainingError as err:
-                        raise self._stopped(err, position) from None
-                    ok, loss = sync_gradients(params, acc is not None, acc.loss if acc else 0.0, d)
-                    if not ok:  # some rank has no data left: the epoch ends for all (drop)
-                        optimizer.zero_grad(set_to_none=True)
-                        break
-                    record = self._step(model, optimizer, scheduler, params, acc, loss, epoch, position)
-                    done += acc.chunks
-                    position = {"epoch": epoch, "chunks_done": done, "step": record["step"], "complete": False}
-                    record["seconds"] = round(time.perf_counter() - t0, 4)
-                    if d.main:
-                        self.log.write(record)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{record['lr']:.2e}")
-                    if record["step"] % cfg.checkpoint.every == 0:
-                        self._save(model, optimizer, scheduler, generator, position, states)
-                    self._maybe_validate(model, record["step"])
-                    if self.on_step is not None:
-                        self.on_step(record)
-                steps.close()
-                del items, loader
+                position = self._epoch(epoch, position, open_scenes, bar)
+                open_scenes = []  # only a resumed epoch starts with scenes open
                 position = {"epoch": epoch + 1, "chunks_done": 0, "step": position["step"],
                             "complete": epoch + 1 == cfg.epochs}
-                self._save(model, optimizer, scheduler, generator, position, SceneStates())
+                self._save(position, SceneStates())
                 if d.main:
                     self.log.plot(self.out / "loss.png")
         finally:
@@ -181,6 +146,47 @@ class Trainer:
             self.log.write({"kind": "end", "step": position["step"], "time": time.time()})
         barrier(d)
         return self._summary(position, model)
+
+    def _epoch(self, epoch: int, position: dict, open_scenes: list[dict], bar: Any) -> dict:
+        """Train ``epoch`` from ``position`` (its chunks done and the scenes then open); the position
+        after its last step."""
+        cfg, d = self.config, self.dist
+        states = SceneStates()
+        states.restore(open_scenes)
+        loader = make_loader(self.dataset, cfg.data.workers, cfg.seed, epoch)
+        items = iter(loader)
+        for _ in range(position["chunks_done"]):  # trained before the checkpoint: read again, not trained
+            next(items)
+        steps = accumulate(self.model, items, policy=cfg.step.policy, scenes_per_step=cfg.step.scenes_per_step,
+                           loss_fn=self.task.loss, device=self.device, grad_ratio=cfg.step.grad_ratio,
+                           generator=self.generator, states=states, autocast=self.autocast)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    acc = next(steps, None)
+                except TrainingError as err:
+                    raise self._stopped(err, position) from None
+                ok, loss = sync_gradients(self.params, acc is not None, acc.loss if acc else 0.0, d)
+                if not ok:  # some rank has no data left: the epoch ends for all (drop)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return position
+                record = self._step(acc, loss, epoch, position)
+                position = {"epoch": epoch, "chunks_done": position["chunks_done"] + acc.chunks,
+                            "step": record["step"], "complete": False}
+                record["seconds"] = round(time.perf_counter() - t0, 4)
+                if d.main:
+                    self.log.write(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{record['lr']:.2e}")
+                if record["step"] % cfg.checkpoint.every == 0:
+                    self._save(position, states)
+                self._maybe_validate(self.model, record["step"])
+                if self.on_step is not None:
+                    self.on_step(record)
+        finally:
+            steps.close()
 
     # -- validation hook -----------------------------------------------------------------------
     def validate(self, model: Any, step: int) -> dict[str, float] | None:
@@ -216,9 +222,9 @@ class Trainer:
             save_checkpoint(model, self.out / "best.pt", step=step, validation=dict(scores))
 
     # -- pieces --------------------------------------------------------------------------------
-    def _step(self, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, params: list,
-              acc: Accumulated, loss: float, epoch: int, position: dict) -> dict[str, Any]:
+    def _step(self, acc: Accumulated, loss: float, epoch: int, position: dict) -> dict[str, Any]:
         """Clip, check, step; the step's record."""
+        params, optimizer = self.params, self.optimizer
         grads = [p.grad for p in params if p.grad is not None]
         clip = self.config.optimiser.clip_grad_norm
         if clip is not None:
@@ -232,19 +238,18 @@ class Trainer:
                 f"{norm} (not finite); the step was not taken"), position)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        scheduler.step()
+        self.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         c = acc.last
         return {"kind": "step", "step": position["step"] + 1, "epoch": epoch, "loss": loss, "parts": acc.parts,
                 "lr": lr, "grad_norm": norm, "scene": c.scene_id, "chunk": [c.start, c.stop - 1],
                 "scenes": acc.scenes, "chunks": acc.chunks}
 
-    def _save(self, model: Any, optimizer: Any, scheduler: Any, generator: torch.Generator, position: dict,
-              states: SceneStates) -> None:
-        ranks = gather(rank_state(states.export(), generator), self.dist)
+    def _save(self, position: dict, states: SceneStates) -> None:
+        ranks = gather(rank_state(states.export(), self.generator), self.dist)
         if self.dist.main:
-            save_training(self.last_path, model, optimizer=optimizer, scheduler=scheduler, position=position,
-                          config=self.config.to_dict(), ranks=ranks)
+            save_training(self.last_path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                          position=position, config=self.config.to_dict(), ranks=ranks)
             self.log.write({"kind": "checkpoint", "step": position["step"], "epoch": position["epoch"],
                             "chunks_done": position["chunks_done"], "path": str(self.last_path)})
         self.saved_step = position["step"]
