@@ -142,13 +142,19 @@ def child_gpu(seconds: float) -> dict:
         for start in range(0, len(grid), 16):
             yield RegionChunk("g", grid, list(range(start, start + 16)), pixels, info={"label": 1})
 
+    from xtstream.engine.policy import accumulate
+
     def run(limit: float) -> tuple[int, float]:
+        """What the runner does per step: bf16 forward and loss, float32 backward, clip, AdamW."""
         n, t = 0, time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            for _ in xtstream.train_chunks(model, chunks(), opt):
-                n += 16
-                if time.perf_counter() - t > limit:
-                    break
+        for acc in accumulate(model, chunks(), device="cuda",
+                              autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16)):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n += acc.chunks * 16
+            if time.perf_counter() - t > limit:
+                break
         torch.cuda.synchronize()
         return n, time.perf_counter() - t
 
