@@ -65,7 +65,7 @@ class RunLog:
         ax.plot(x, _smooth([r["loss"] for r in steps]), lw=1.5, label="loss (moving mean)")
         for name in sorted({k for r in steps for k in r.get("parts", {})}):
             pts = [(r["step"], r["parts"][name]) for r in steps if name in r.get("parts", {})]
-            ax.plot([p[0] for p in pts], _smooth([p[1] for p in pts]), lw=1, label=name)
+            ax.plot([p[0] for p in pts], _smooth([p[1] for p in pts]), lw=1, ls="--", label=name)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("loss")
         if all(r["loss"] > 0 for r in steps):
