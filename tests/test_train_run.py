@@ -295,3 +295,35 @@ def test_scenes_without_the_labels_the_task_needs_are_named(stores, tmp_path):
     del unlabelled["data"]["labels"]
     with pytest.raises(LabelError, match=r"scene 's\d', regions \[0, 1\]: no 'label' target"):
         xtstream.train(unlabelled)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_a_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_one(stores, tmp_path):
+    """torchrun with 2 gloo ranks, one scene per rank per step: the ranks' scenes have different
+    chunk counts, so each must resume from its own position in its own scenes."""
+    import yaml
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(KILL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, kill_at in (("whole", 0), ("cut", 3)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config(stores, tmp_path / name, step={"policy": "per_scene"},
+                                              checkpoint={"every": 2}, epochs=2)))
+        runs[name] = path
+        proc = run_killed(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+                           str(path), str(kill_at)], env)
+        # torchrun survives its workers killed (it runs them in their own process group) and fails
+        assert proc.returncode == 0 if name == "whole" else "SIGKILL" in proc.stderr, proc.stderr[-3000:]
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["train"]
+    assert saved["position"]["step"] == 2 and len(saved["ranks"]) == 2
+    assert saved["ranks"][0]["chunks_done"] != saved["ranks"][1]["chunks_done"]
+    proc = run_killed(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "xtstream",
+                       "train", "--config", str(runs["cut"]), "--quiet"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(tmp_path / "whole" / "model.pt"), weights(tmp_path / "cut" / "model.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

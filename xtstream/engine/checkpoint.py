@@ -2,8 +2,8 @@
 
 The file is a :func:`xtstream.save_checkpoint` file — ``xtstream.load_model(path)`` reads its
 model — with one more key, ``train``: the optimiser and scheduler states, the data position
-(epoch, chunks and scenes done this epoch, the global step), the run's config, and per rank the
-random states (torch, CUDA, numpy, python, the grad-ratio generator) and the context states of
+(epoch, the global step), the run's config, and per rank the chunks it has trained this epoch,
+its random states (torch, CUDA, numpy, python, the grad-ratio generator) and the context states of
 the scenes open at that moment, so a run resumes mid-scene. Everything is plain values and
 tensors: it loads with ``weights_only=True``. Writes are atomic (temporary file, fsync, rename).
 

@@ -246,7 +246,9 @@ class Trainer:
                 "scenes": acc.scenes, "chunks": acc.chunks}
 
     def _save(self, position: dict, states: SceneStates) -> None:
-        ranks = gather(rank_state(states.export(), self.generator), self.dist)
+        # every rank read its own scenes: its chunks done travel with its random and scene states
+        ranks = gather({**rank_state(states.export(), self.generator), "chunks_done": position["chunks_done"]},
+                       self.dist)
         if self.dist.main:
             save_training(self.last_path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                           position=position, config=self.config.to_dict(), ranks=ranks)
@@ -270,9 +272,10 @@ class Trainer:
         if len(ranks) != self.dist.world:
             raise TrainingError(f"{self.last_path}: written by {len(ranks)} rank(s), this run has "
                                 f"{self.dist.world}: resume with the same number of processes")
-        states = restore_rank_state(ranks[self.dist.rank], generator, self.device)
+        mine = ranks[self.dist.rank]
+        states = restore_rank_state(mine, generator, self.device)
         self.saved_step = train["position"]["step"]
-        return dict(train["position"]), states
+        return {**train["position"], "chunks_done": mine["chunks_done"]}, states
 
     def _prepare_dir(self) -> bool:
         """Rank 0: make or check the run directory; True when there is a checkpoint to resume."""
