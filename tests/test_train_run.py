@@ -111,7 +111,7 @@ def run_killed(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-@pytest.mark.parametrize("policy", ["per_chunk", "per_scene"])
+@pytest.mark.parametrize("policy", ["per_chunk", pytest.param("per_scene", marks=pytest.mark.slow)])
 def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(stores, tmp_path, policy):
     """Two DataLoader workers interleave scenes, so the checkpoint falls mid-scene with open
     context states; the kill comes after a step that is not checkpointed (it is trained again)."""
