@@ -172,8 +172,10 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     return position
                 record = self._step(acc, loss, epoch, position)
+                # the chunk count is what resuming needs; scene and chunk say where that was
                 position = {"epoch": epoch, "chunks_done": position["chunks_done"] + acc.chunks,
-                            "step": record["step"], "complete": False}
+                            "step": record["step"], "complete": False, "scene": record["scene"],
+                            "chunk": record["chunk"]}
                 record["seconds"] = round(time.perf_counter() - t0, 4)
                 if d.main:
                     self.log.write(record)
