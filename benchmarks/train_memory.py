@@ -171,6 +171,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--gpu-throughput", action="store_true")
+    p.add_argument("--speed-only", action="store_true",
+                   help="rerun the loader-vs-memory comparison alone, keeping the epoch runs of the last results")
     p.add_argument("--work", type=Path, default=HERE / "work")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -189,7 +191,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     me = str(Path(__file__).resolve())
     epochs = {}
-    for size in args.sizes:
+    if args.speed_only:  # the epoch runs of the last full run, as measured then
+        last = json.loads((HERE / "results" / "train_memory.json").read_text())
+        args.sizes = last["sizes"]
+        epochs = {int(s): e for s, e in last["runs"]["epochs"].items()}
+    for size in [] if args.speed_only else args.sizes:
         store = ensure_store(work, size, f"train_{size}", seed=size)
         labels = write_labels(work / f"train_{size}.csv", [f"train_{size}"])
         epochs[size] = run_measured([me, "--child", "epoch", str(store), str(labels), str(work / "train_run"),
