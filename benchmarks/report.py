@@ -121,6 +121,27 @@ def probe_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def train_rows(r: dict) -> list[tuple[str, str, str]]:
+    sizes = [str(s) for s in r["sizes"]]
+    rows = [
+        (f"peak RSS (process + 2 DataLoader workers), one epoch at {' / '.join(f'{int(s):,}²' for s in sizes)}",
+         " / ".join(f"{r['peak_rss_mib'][s]:.0f}" for s in sizes) + " MiB", "flat in scene size"),
+        ("RSS ratio largest / smallest", f"{r['rss_ratio']:.2f}", f"≤ 1.2 {_mark(r['rss_ratio'] <= 1.2)}"),
+        (f"training through DataLoader(2 workers) vs the same steps on chunks in memory ({r['speed_scenes']})",
+         f"{r['loader_vs_memory']:.2f}× ({r['loader_regions_per_s']:.1f} vs {r['memory_regions_per_s']:.1f} regions/s)",
+         f"≥ 0.9 {_mark(r['loader_vs_memory'] >= 0.9)}"),
+        ("epoch throughput per size, regions/s", " / ".join(f"{r['epoch_regions_per_s'][s]:.1f}" for s in sizes),
+         "for scale (model: " + r["model"] + ")"),
+    ]
+    if "cuda_peak_allocated_mib" in r:
+        rows.append(("peak CUDA allocated per size", " / ".join(f"{r['cuda_peak_allocated_mib'][s]:.0f}" for s in sizes)
+                     + " MiB", "flat in scene size"))
+    if "gpu_regions_per_s" in r:
+        rows.append((f"GPU training, {r['gpu_model']}", f"{r['gpu_regions_per_s']:.0f} regions/s",
+                     "reference implementation: 80 on an A100"))
+    return rows
+
+
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
@@ -128,6 +149,7 @@ SECTIONS = [
     ("encoder_throughput", "Region-encoder stage and model path (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
     ("encoder_throughput_cuda", "Region-encoder stage and model path on a GPU, swinv2_tiny_window8_256 (`benchmarks/encoder_throughput.py --device cuda --backbone swinv2_tiny_window8_256 --batch 64 --regions 1024`)", encoder_rows, None),
     ("encoder_throughput_cuda_atto", "The same on a GPU with convnext_atto (`--backbone convnext_atto --regions 2048`)", encoder_rows, gpu_note),
+    ("train_memory", "Training memory and data loading, one epoch per scene size (`benchmarks/train_memory.py`)", train_rows, None),
     ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 

@@ -39,3 +39,12 @@ class StreamOrderError(XTStreamError, ValueError):
 
 class TaskError(XTStreamError, ValueError):
     """An unknown task name, a task registered twice, or a head no task trains."""
+
+
+class TrainConfigError(XTStreamError, ValueError):
+    """A training config is invalid (unknown key, wrong type, bad value), or a run directory holds
+    another run (or something that is not a run)."""
+
+
+class TrainingError(XTStreamError, RuntimeError):
+    """Training cannot go on: a non-finite loss or gradient, or a checkpoint that cannot resume."""

@@ -185,9 +185,17 @@ def _mapping(doc: Any, source: str, where: str) -> dict:
 
 
 def _check_keys(doc: dict, cls: type, source: str, where: str, ignore: set[str] = frozenset()) -> None:
-    allowed = [f.name for f in fields(cls) if f.name not in ignore]
+    check_keys(doc, [f.name for f in fields(cls) if f.name not in ignore], source, where)
+
+
+def check_keys(doc: dict, allowed: list[str], source: str, where: str,
+               error: type[Exception] = SpecError) -> None:
+    """Raise ``error`` for the first key of ``doc`` not in ``allowed``, naming ``source`` (a file),
+    ``where`` (the place in it) and the closest allowed key (a typo) or all of them.
+
+    Shared by every validated YAML document (dataset specs, training configs)."""
     for key in doc:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {allowed})"
-            raise SpecError(f"{source}: {where}: unknown key '{key}'{hint}")
+            raise error(f"{source}: {where}: unknown key '{key}'{hint}")

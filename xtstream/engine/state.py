@@ -93,6 +93,19 @@ class SceneStates:
     def clear(self) -> None:
         self._open.clear()
 
+    def export(self) -> list[dict[str, Any]]:
+        """The open scenes as plain entries ``{scene_id, grid: [height, width, region],
+        next_index, state}`` (what a training checkpoint keeps to resume mid-scene)."""
+        return [{"scene_id": sid, "grid": [o.grid.height, o.grid.width, o.grid.region],
+                 "next_index": o.next_index, "state": o.state} for sid, o in self._open.items()]
+
+    def restore(self, entries: list[dict[str, Any]]) -> None:
+        """Open the scenes of :meth:`export`'s ``entries`` (after any already open)."""
+        from xtstream.data.grid import RegionGrid
+
+        for e in entries:
+            self._open[e["scene_id"]] = _Open(RegionGrid(*e["grid"]), int(e["next_index"]), e["state"])
+
 
 def order_error(chunk: RegionChunk, expected: int) -> StreamOrderError:
     """The error for ``chunk`` arriving when its scene's next region is ``expected``."""

@@ -1,34 +1,30 @@
-"""Training one chunk at a time: forward, loss, backward and step per chunk group, memory detached
-between.
+"""Training over a stream of chunks with a plain optimiser: forward, loss, backward and a step per
+chunk group (or per scene), memory detached between chunks.
 
 This is what bounds training memory on giant scenes: only the current group's graph is alive, the
 context state carried to the scene's next chunk has no gradient (``detach_state=True``, the
 default), and the classification pool is detached too. Gradient therefore flows only inside a
 chunk. Chunks of several scenes may arrive interleaved (DataLoader workers): the engine keeps one
-state per scene.
+state per scene. :func:`xtstream.train` runs whole jobs (config, schedule, checkpoints, DDP) on
+the same step policies (:mod:`xtstream.engine.policy`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
-from torch import Tensor
 
-from xtstream.data.chunk import RegionChunk
-from xtstream.errors import ModelConfigError
-from xtstream.tasks.base import task_for_head
-
-#: ``loss_fn(chunk) -> scalar`` or ``-> (scalar, {part: value})`` (what :meth:`Task.loss` returns)
-LossFn = Callable[[RegionChunk], "Tensor | tuple[Tensor, dict[str, float]]"]
+from xtstream.engine.policy import LossFn, accumulate
 
 
 def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimizer,
                  loss_fn: LossFn | None = None, *, device: torch.device | str | None = None,
                  grad_ratio: float | None = None, clip_grad_norm: float | None = None,
-                 generator: torch.Generator | None = None, scenes_per_step: int = 1
-                 ) -> Iterator[dict[str, Any]]:
-    """Train on a stream of region chunks (or regions), one optimizer step per chunk group.
+                 generator: torch.Generator | None = None, scenes_per_step: int = 1,
+                 policy: str = "per_chunk") -> Iterator[dict[str, Any]]:
+    """Train on a stream of region chunks (or regions), one optimizer step per chunk group (or per
+    ``scenes_per_step`` scenes with ``policy="per_scene"``).
 
     ``loss_fn(chunk) -> scalar`` (or ``(scalar, parts)``); default: the loss of the task that
     trains the model's head (:func:`xtstream.tasks.task_for_head`), e.g. the xView3 map losses, or
@@ -38,38 +34,13 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     ``scenes``, ``indices``, ``loss``, and ``parts`` (``{part: value}`` averaged over the group's
     chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone).
     """
-    if loss_fn is None:
-        loss_fn = task_for_head(model.config.head).loss
-    ctx_config = getattr(model.context, "config", None)
-    if ctx_config is not None and not getattr(ctx_config, "detach_state", True):
-        raise ModelConfigError("per-chunk training needs detach_state=True in the context config: "
-                               "with a carried graph the next chunk's backward would re-enter it")
-    model.train()
-    with torch.enable_grad():
-        for group in model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
-                                         scenes_per_group=scenes_per_step):
-            results = [loss_fn(c) for c in group]
-            loss = sum(_scalar(r) for r in results) / len(group)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-            yield {"scene_id": group[0].scene_id, "scenes": [c.scene_id for c in group],
-                   "indices": group[0].indices, "loss": float(loss.detach()), "parts": _mean_parts(results)}
-
-
-def _scalar(value: Any) -> Tensor:
-    """A loss function's scalar, whether it returned it alone or with its parts."""
-    return value[0] if isinstance(value, tuple) else value
-
-
-def _mean_parts(results: list[Any]) -> dict[str, float]:
-    """``{part: mean}`` over the loss results that came with parts: what each term contributed, so
-    a record shows which term the step trained for."""
-    sums: dict[str, list[float]] = {}
-    for r in results:
-        if isinstance(r, tuple) and len(r) > 1 and r[1]:
-            for name, value in r[1].items():
-                sums.setdefault(name, []).append(float(value))
-    return {name: sum(v) / len(v) for name, v in sums.items()}
+    optimizer.zero_grad(set_to_none=True)
+    for acc in accumulate(model, items, policy=policy, scenes_per_step=scenes_per_step, loss_fn=loss_fn,
+                          device=device, grad_ratio=grad_ratio, generator=generator):
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        yield {"scene_id": acc.scenes[0], "scenes": acc.scenes if policy == "per_scene" else
+               [c.scene_id for c in acc.group], "indices": acc.group[0].indices, "loss": acc.loss,
+               "parts": acc.parts}

@@ -1,0 +1,77 @@
+"""Step policies: per_scene accumulates exactly the gradient of a scene's summed chunk losses (the
+carried state detached), per_chunk steps every chunk; both step as often as they say."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import scene_chunks, tiny_model
+from xtstream.engine.policy import accumulate
+from xtstream.errors import ModelConfigError
+from xtstream.tasks import task_for_head
+
+
+def labelled(chunks, label: int = 1):
+    for c in chunks:  # classification: the scene's class rides on the chunks
+        c.info["label"] = label
+    return chunks
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def state_requires_grad(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return state.requires_grad
+    if isinstance(state, (list, tuple)):
+        return any(state_requires_grad(s) for s in state)
+    if hasattr(state, "__dataclass_fields__"):
+        return any(state_requires_grad(getattr(state, f)) for f in state.__dataclass_fields__)
+    return False
+
+
+@pytest.mark.parametrize("head", ["xview3", "classification"])
+def test_per_scene_gradient_is_that_of_the_summed_chunk_losses_with_the_state_detached(head):
+    torch.manual_seed(0)
+    model = tiny_model(context="xl", head=head).train()
+    loss_fn = task_for_head(head).loss
+    chunks = labelled(scene_chunks("a", 2, 3))  # 6 regions, 3 chunks of 2
+    # the reference: one graph over the whole scene, chunk after chunk, the carried state detached
+    total, state = 0.0, None
+    for c in chunks:
+        out, state = model(torch.from_numpy(c.pixels), torch.from_numpy(c.positions), state)
+        assert not state_requires_grad(state)
+        c.outputs = out
+        total = total + loss_fn(c)[0]
+    total.backward()
+    expected = {n: g / len(chunks) for n, g in grads(model).items()}  # per_scene averages the chunks
+    model.zero_grad(set_to_none=True)
+    (step,) = accumulate(model, labelled(scene_chunks("a", 2, 3)), policy="per_scene", loss_fn=loss_fn)
+    got = grads(model)
+    assert step.chunks == 3 and step.scenes == ["a"] and step.loss == pytest.approx(float(total.detach()) / 3, rel=1e-5)
+    assert got.keys() == expected.keys() and len(got) == sum(1 for _ in model.parameters())
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_steps_per_policy_and_scene_groups():
+    torch.manual_seed(0)
+    model = tiny_model(context="xl", head="classification")
+    loss_fn = task_for_head("classification").loss
+
+    def count(policy: str, k: int) -> list[int]:
+        a, b = labelled(scene_chunks("a", 2, 3)), labelled(scene_chunks("b", 1, 2, seed=1), 0)  # 3 + 1 chunks
+        out = []
+        for step in accumulate(model, a + b, policy=policy, scenes_per_step=k, loss_fn=loss_fn):
+            out.append(step.chunks)
+            model.zero_grad(set_to_none=True)
+        return out
+
+    assert count("per_chunk", 1) == [1, 1, 1, 1]
+    assert count("per_scene", 1) == [3, 1]
+    assert count("per_scene", 2) == [4]
+    assert count("per_scene", 3) == [4]  # the last scenes, fewer than asked, still step
+    with pytest.raises(ModelConfigError, match=r"step policy 'per_epoch'"):
+        next(accumulate(model, [], policy="per_epoch"))
