@@ -284,6 +284,25 @@ def test_the_validation_hook_logs_scores_keeps_the_best_and_changes_nothing_else
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_validation_predicts_held_out_scenes_and_scores_them_with_the_task_metric(stores, tmp_path):
+    """Without a validator given, ``validation.scenes`` are predicted (``xtstream.predict``) and
+    scored against ``validation.labels`` by the task's metric; the best top-1 keeps ``best.pt``."""
+    from xtstream.engine.log import RunLog
+
+    held = [str(stores / "s0.zarr"), str(stores / "s1.zarr")]
+    cfg = config(stores, tmp_path / "val", validation={"every": 4, "scenes": held, "labels": str(stores / "labels.csv"),
+                                                         "options": {"top_k": 2}})
+    xtstream.train(cfg)
+    records = RunLog(tmp_path / "val" / "log.jsonl").records("validation")
+    assert records and all({"top1", "top5", "scenes"} <= set(r) for r in records)
+    assert all(r["scenes"] == 2 and r["top1"] in (0.0, 0.5, 1.0) for r in records)
+    best = torch.load(tmp_path / "val" / "best.pt", weights_only=True)
+    assert best["validation"]["top1"] == max(r["top1"] for r in records)
+    assert (tmp_path / "val" / "validation" / "predictions.csv").is_file()
+    with pytest.raises(TrainConfigError, match="no 'labels'"):
+        xtstream.train(config(stores, tmp_path / "nolabels", validation={"every": 4, "scenes": held}))
+
+
 def test_scenes_without_the_labels_the_task_needs_are_named(stores, tmp_path):
     from xtstream.errors import LabelError
 

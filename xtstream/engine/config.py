@@ -100,12 +100,15 @@ class CheckpointSection:
 
 @dataclass
 class ValidationSection:
-    """Held-out ``scenes`` (stores, sources or shard directories) scored every ``every`` steps (0:
-    never) by the validator the prediction side provides; ``metric``: the score whose best value
-    keeps ``best.pt`` (higher is better)."""
+    """Held-out ``scenes`` (stores, sources or shard directories) predicted every ``every`` steps
+    (0: never) with :func:`xtstream.predict` (``options``: its task options, e.g. ``threshold``)
+    and scored against ``labels`` by the task's metric (:meth:`Task.score`); ``metric``: the score
+    whose best value keeps ``best.pt`` (higher is better; default the task's primary metric)."""
 
     every: int = 0
     scenes: list[str] = field(default_factory=list)
+    labels: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
     metric: str | None = None
 
 

@@ -59,19 +59,22 @@ class SceneEntry:
 @dataclass
 class PredictResult:
     """What a call did: ``out``, ``csv`` (the merged CSV, ``None`` while other ranks still work),
-    ``predicted`` / ``skipped`` (scene ids: done now / found done), ``rows`` (written now)."""
+    ``predicted`` / ``skipped`` (scene ids: done now / found done), ``rows`` (written now),
+    ``scenes`` (every scene id of the sources, in order: what the merged CSV covers)."""
 
     out: Path
     csv: Path | None
     predicted: list[str]
     skipped: list[str]
     rows: int
+    scenes: list[str] = field(default_factory=list)
 
 
 def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chunk: int | None = None,
             device: torch.device | str | None = None, batch_size: int | None = None,
             memory_budget: int | None = None, num_workers: int = 0, prefetch: int = 2,
-            overwrite: bool = False, progress: bool = True, **options: Any) -> PredictResult:
+            overwrite: bool = False, progress: bool = True, split_ranks: bool = True,
+            **options: Any) -> PredictResult:
     """Predict whole scenes into ``out`` (layout, resuming and ranks: see the module docstring).
 
     ``model``: an :class:`~xtstream.models.xt.XTModel` or a checkpoint path (:func:`load_model`).
@@ -81,6 +84,8 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
     directories or their ``manifest.json`` — one or a list. ``task``: a task name or instance (default: the
     task that trains the model's head). ``chunk``: regions per chunk (default the model's).
     ``num_workers``: DataLoader workers reading regions (scenes split between them whole).
+    ``split_ranks``: share the scenes between ``torchrun`` ranks (``False``: this process predicts
+    them all, e.g. validation on rank 0 of a training run).
     ``options``: the task's prediction options (xView3: ``threshold``, ``min_distance``,
     ``vessel_threshold``, ``fishing_threshold``, ``geotiff``; classification: ``top_k``).
     """
@@ -110,7 +115,7 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
     scenes_dir = out / SCENES_DIR
     scenes_dir.mkdir(parents=True, exist_ok=True)
 
-    mine = split_scenes(entries, by_worker=False)
+    mine = split_scenes(entries, by_worker=False) if split_ranks else entries
     todo = [e for e in mine if not _part(scenes_dir, e.scene_id).exists()]
     skipped = [e.scene_id for e in mine if e not in todo]
     if skipped and progress:
@@ -144,11 +149,11 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
                         bar.write(f"{c.scene_id}: {len(c.grid)} regions in "
                                   f"{time.perf_counter() - started.pop(c.scene_id):.1f} s, {w.summary(rows)}")
         bar.close()
-    merged = _merge(out, task, [e.scene_id for e in entries])
+    merged = _merge(out, task, [e.scene_id for e in entries], wait_for_ranks=split_ranks)
     if progress:
         print(f"predict: {len(done)} scene(s) predicted, {len(skipped)} skipped; "
               + (f"merged -> {merged}" if merged else "waiting for other ranks' scenes before merging"))
-    return PredictResult(out, merged, done, skipped, rows_written)
+    return PredictResult(out, merged, done, skipped, rows_written, [e.scene_id for e in entries])
 
 
 def list_scenes(sources: Any, region: int, channels: int | None = None) -> list[SceneEntry]:
@@ -219,10 +224,10 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]
     tmp.replace(path)
 
 
-def _merge(out: Path, task: Any, scene_ids: list[str]) -> Path | None:
+def _merge(out: Path, task: Any, scene_ids: list[str], wait_for_ranks: bool = True) -> Path | None:
     """Concatenate the scenes' parts into ``out/{task.predictions_csv}`` once all exist."""
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if wait_for_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
         if dist.get_rank() != 0:
             return None

@@ -94,6 +94,9 @@ class Trainer:
         if task.head != model.config.head:
             raise TrainConfigError(f"{cfg.source}: task {task.name!r} trains head {task.head!r}, but the "
                                    f"model has head {model.config.head!r}")
+        if cfg.validation.every and self.validator is None and not cfg.validation.labels:
+            raise TrainConfigError(f"{cfg.source}: validation: every={cfg.validation.every} but no 'labels' "
+                                   "to score the held-out scenes against")
         chunk = model.config.chunk
         dataset, sizes = build_dataset(cfg.data, region=model.config.region, chunk=chunk, task=task,
                                        seed=cfg.seed, source=cfg.source)
@@ -197,15 +200,32 @@ class Trainer:
         given — this module computes no metric itself; the prediction side provides it. Runs on
         rank 0, in eval mode without gradients, with the random state put back after (so
         validating never changes what training does)."""
-        if self.validator is None:
+        validator = self.validator or self._predict_validator()
+        if validator is None:
             return None
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                return self.validator(model, step)
+                return validator(model, step)
         finally:
             model.train(was_training)
+
+    def _predict_validator(self) -> Validator | None:
+        """The default: stream-predict ``validation.scenes`` into ``OUT/validation/`` (replaced each
+        time) and score them against ``validation.labels`` with the task's metric."""
+        v = self.config.validation
+        if not v.scenes or not v.labels:
+            return None
+        from xtstream.engine.predict import predict
+
+        def validate(model: Any, step: int) -> dict[str, float]:
+            result = predict(model, list(v.scenes), self.out / "validation", task=self.task, device=self.device,
+                             overwrite=True, progress=False, split_ranks=False, **v.options)
+            scores = self.task.score(result.csv, v.labels, scene_ids=result.scenes)
+            return {k: float(x) for k, x in scores.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+
+        return validate
 
     def _maybe_validate(self, model: Any, step: int) -> None:
         every = self.config.validation.every
@@ -215,7 +235,7 @@ class Trainer:
         if scores is None:
             return
         self.log.write({"kind": "validation", "step": step, **scores})
-        metric = self.config.validation.metric
+        metric = self.config.validation.metric or getattr(self.task, "primary_metric", None)
         value = scores.get(metric) if metric else None
         if value is not None and (self.best is None or value > self.best):
             from xtstream.models.checkpoint import save_checkpoint

@@ -87,9 +87,11 @@ class Task:
     #: the key of :meth:`score`'s result that validation ranks checkpoints by (higher is better)
     primary_metric: str = ""
 
-    def score(self, predictions: str | Path, labels: str | Path, **options: Any) -> dict[str, Any]:
+    def score(self, predictions: str | Path, labels: str | Path, *, scene_ids: Iterable[str] | None = None,
+              **options: Any) -> dict[str, Any]:
         """The task's metric of a predictions CSV (what :func:`xtstream.predict` merged) against a
-        labels file: ``{component: value}`` with :attr:`primary_metric` among them."""
+        labels file: ``{component: value}`` with :attr:`primary_metric` among them. ``scene_ids``:
+        score only these scenes' labels (e.g. the held-out scenes of a labels file of all)."""
         raise NotImplementedError(f"task {self.name!r} has no metric")
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ changes the score.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from xtstream.errors import LabelError
 from xtstream.tasks.base import csv_rows
@@ -50,14 +50,18 @@ def topk_from_rows(preds: Mapping[str, Sequence[str]], gt: Mapping[str, str],
     return out
 
 
-def topk(pred_csv: str | Path, gt_csv: str | Path, ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
+def topk(pred_csv: str | Path, gt_csv: str | Path, ks: Sequence[int] = (1, 5), *,
+         scene_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Top-k accuracies of a ``scene_id,top1..topK`` predictions CSV against ``scene_id,label`` (or
-    an image list with labels)."""
+    an image list with labels); ``scene_ids``: only these ground-truth scenes are scored."""
     from xtstream.tasks.classification.task import label_rows
 
     pred_csv, gt_csv = Path(pred_csv), Path(gt_csv)
     gt: dict[str, str] = {}
+    keep = set(scene_ids) if scene_ids is not None else None
     for line, sid, label in label_rows(gt_csv):
+        if keep is not None and sid not in keep:
+            continue
         if not sid or not label:
             raise LabelError(f"{gt_csv} line {line}: empty scene_id or label")
         if sid in gt:

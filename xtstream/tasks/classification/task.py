@@ -100,11 +100,12 @@ class ClassificationTask(Task):
 
     primary_metric = "top1"
 
-    def score(self, predictions: str | Path, labels: str | Path, **options: Any) -> dict[str, Any]:
+    def score(self, predictions: str | Path, labels: str | Path, *, scene_ids: Iterable[str] | None = None,
+              **options: Any) -> dict[str, Any]:
         """Top-1/top-5 accuracy (:func:`xtstream.tasks.classification.metric.topk`)."""
         from xtstream.tasks.classification.metric import topk
 
-        return topk(predictions, labels, **options)
+        return topk(predictions, labels, scene_ids=scene_ids, **options)
 
     def scene_writer(self, out_dir: Path, scene_id: str, grid: RegionGrid, georef: Any = None,
                      top_k: int = 5) -> "ClassificationSceneWriter":

@@ -80,8 +80,8 @@ class XView3Task(Task):
     predictions_csv = "detections.csv"
     primary_metric = "aggregate"
 
-    def score(self, predictions: str | Path, labels: str | Path, shoreline_dir: str | Path | None = None,
-              **options: Any) -> dict[str, Any]:
+    def score(self, predictions: str | Path, labels: str | Path, *, scene_ids: Iterable[str] | None = None,
+              shoreline_dir: str | Path | None = None, **options: Any) -> dict[str, Any]:
         """The xView3 metric (:func:`xtstream.tasks.xview3.metric.score`; ``options`` go there) of a
         detections CSV against a labels CSV; shorelines from ``shoreline_dir`` when given (numpy
         ``.npy`` files, never unpickled here)."""
@@ -89,6 +89,9 @@ class XView3Task(Task):
                                                   read_shorelines, score)
 
         gt, preds = read_ground_truth(labels), read_predictions(predictions)
+        if scene_ids is not None:
+            keep = set(scene_ids)
+            gt = [g for g in gt if g["scene_id"] in keep]
         check_scenes(preds, gt, predictions)
         shorelines = None
         if shoreline_dir is not None:
