@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from xtstream.cli import positive_int
 from xtstream.data.shards.writer import DEFAULT_MAX_SHARD_SIZE, SHARD_MAX_READ_BYTES, shard_stores
 
 
@@ -26,14 +27,14 @@ def _size(text: str) -> int:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("stores", nargs="+", type=Path, help="complete Zarr scene stores (from `xtstream ingest`)")
     p.add_argument("--out", required=True, type=Path, help="directory for the shards and manifest.json")
-    p.add_argument("--region", required=True, type=int, help="region size R in pixels (regions are R x R)")
+    p.add_argument("--region", required=True, type=positive_int, help="region size R in pixels (regions are R x R)")
     p.add_argument("--labels", type=Path, help="labels file of --task; adds per-region targets and objects")
     p.add_argument("--task", help="the task that reads --labels (xview3 — the default —, classification, "
                                   "or a plug-in's name)")
     p.add_argument("--spec", help="dataset spec (name or YAML) whose labels: block describes --labels")
     p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
                    help="largest shard, bytes (suffixes K/M/G; default 1G)")
-    p.add_argument("--max-count", type=int, help="most regions per shard (default: by size only)")
+    p.add_argument("--max-count", type=positive_int, help="most regions per shard (default: by size only)")
     p.add_argument("--max-read-bytes", type=_size, default=SHARD_MAX_READ_BYTES,
                    help="largest block read from a store at once (default 4M); bounds memory per task. "
                         "Raise it to decode store chunks taller than a region once per chunk row")

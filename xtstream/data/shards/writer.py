@@ -133,6 +133,10 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
     out = Path(out)
     if region < 1:
         raise ShardError(f"region must be a positive number of pixels, got {region}")
+    if max_count is not None and max_count < 1:  # 0 once meant "no limit" through a falsy test
+        raise ShardError(f"max_count must be at least 1, got {max_count} (None: shards cut by size only)")
+    if max_shard_size < 1:
+        raise ShardError(f"max_shard_size must be at least 1 byte, got {max_shard_size}")
     if not stores:
         raise ShardError("no scene stores given")
     readers = [ZarrWindows(s) for s in stores]
@@ -167,7 +171,7 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
         bands, itemsize = reader.shape[0], reader.dtype.itemsize
         stored = None if scene_labels is None else stored_targets(task, scene_labels[reader.scene_id], grid)
         per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, stored))
-        per = min(per, max_count) if max_count else per
+        per = min(per, max_count) if max_count is not None else per
         blocks = plan_reads(grid, reader.tiles, bands * itemsize, max_read_bytes)
         passes = decode_passes(blocks, reader.tiles, (grid.height, grid.width))
         if passes > 2:
