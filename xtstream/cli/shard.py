@@ -39,7 +39,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="largest block read from a store at once (default 4M); bounds memory per task. "
                         "Raise it to decode store chunks taller than a region once per chunk row")
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
-    p.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace shards of a different earlier run in --out (only the files that run wrote)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="on a rerun, trust shards already written if their size is right (by default each "
+                        "is re-hashed and written again if its SHA-256 changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                             task=args.task, spec=args.spec,
                             max_shard_size=args.max_shard_size, max_count=args.max_count,
                             max_read_bytes=args.max_read_bytes, scheduler=args.scheduler,
-                            progress=not args.quiet, overwrite=args.overwrite)
+                            progress=not args.quiet, overwrite=args.overwrite, verify=args.verify)
     doc = json.loads(manifest.read_text())
     for scene in doc["scenes"]:
         rows, cols = scene["grid"]

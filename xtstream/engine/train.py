@@ -35,8 +35,11 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     the cross-entropy of a scene's logits against its ``label`` target. ``scenes_per_step``:
     chunks of that many scenes at the same grid positions, when they arrive one after another, are
     stepped together (their losses averaged). Records: ``scene_id`` (the first of the group),
-    ``scenes``, ``indices``, ``loss``, and ``parts`` (``{part: value}`` averaged over the group's
-    chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone).
+    ``scenes``, ``indices``, ``loss``, ``parts`` (``{part: value}`` averaged over the group's
+    chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone),
+    and ``lost_regions``: regions the readers reported not delivered with these chunks (shards read
+    with ``skip_bad=True``: :class:`~xtstream.data.shards.LostRegions`), so that a loop can count
+    what an epoch missed.
     """
     if loss_fn is None:
         loss_fn = task_for_head(model.config.head).loss
@@ -56,7 +59,8 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
             yield {"scene_id": group[0].scene_id, "scenes": [c.scene_id for c in group],
-                   "indices": group[0].indices, "loss": float(loss.detach()), "parts": _mean_parts(results)}
+                   "indices": group[0].indices, "loss": float(loss.detach()), "parts": _mean_parts(results),
+                   "lost_regions": sum(int(c.info.get("lost_regions", 0)) for c in group)}
 
 
 def _scalar(value: Any) -> Tensor:
