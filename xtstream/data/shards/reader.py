@@ -240,6 +240,7 @@ class ShardSceneSet:
                 raise ShardError(f"{url}: {count} samples, the manifest lists {expect['stop'] - expect['start']}")
             if digest is not None and digest.hexdigest() != expect["sha256"]:
                 self._fail(ShardError(f"{url}: SHA-256 differs from the manifest (shard changed or corrupt)"), url, None)
+                since = len(self.bad)  # its samples passed their own checks: it lost no region
         if self.skip_bad:
             self._lose(entry.scene_id, last + 1, len(grid), since)
         elif last != len(grid) - 1:
