@@ -325,3 +325,24 @@ def test_labels_matching_no_store_are_named_with_near_matches(stores, tmp_path):
     # ids of scenes not being sharded (no near match) are fine: a labels file covers many scenes
     csv.write_text("scene_id,detect_scene_row,detect_scene_column\none,20,20\nother_scene,30,30\n")
     shard_stores(stores, tmp_path / "d", region=REGION, labels=csv, progress=False)
+
+
+@pytest.mark.parametrize("context", ["xl", "full"])
+def test_model_streams_past_lost_regions_and_closes_the_scene(stores, labels, tmp_path, context):
+    """Gaps that do not fall on chunk boundaries, and a lost tail, must not stop the model: the chunk
+    before a gap is short, the scene closes at its last delivered chunk."""
+    from conftest import tiny_model
+    from xtstream.engine import SceneStates
+
+    out = tmp_path / "g"
+    shard_stores(stores, out, region=32, max_count=2, labels=labels, progress=False)
+    (out / "one-00001.tar").unlink()  # regions 2..3 of 20: chunks of 3 are cut at region 1
+    (out / "one-00009.tar").unlink()  # regions 18..19: the tail
+    torch.manual_seed(0)
+    model = tiny_model(region=32, chunk=3, context=context, depth=1).eval()
+    states = SceneStates()
+    with torch.no_grad():
+        done = list(model.stream(read_scenes(out, chunk=3, skip_bad=True), states=states))
+    assert sum(len(c) for c in done) == 20 + 9 - 4
+    assert sum(c.info.get("lost_regions", 0) for c in done) == 4
+    assert len(states) == 0  # no scene left open
