@@ -54,3 +54,29 @@ def test_demo_runs_every_stage_end_to_end(tmp_path, capsys):
         assert step in out, out
     assert (tmp_path / "shards" / "manifest.json").is_file()
     assert read_status(tmp_path / "stores" / "demo_0.zarr").complete
+
+
+def test_zero_sizes_are_refused_not_taken_for_defaults(tmp_path, capsys):
+    """``--tile 0`` and ``--max-count 0`` once went through as "not given" (the default)."""
+    import pytest
+
+    from xtstream.data.ingest import ingest
+    from xtstream.data.shards import shard_stores
+    from xtstream.data.sources import ArraySource
+    from xtstream.errors import ShardError, StoreError
+
+    data = np.zeros((1, 40, 40), "f4")
+    with pytest.raises(StoreError, match="tile must be positive, got 0"):
+        ingest(ArraySource(data, scene_id="z"), tmp_path / "z0.zarr", tile=0, progress=False)
+    store = ingest(ArraySource(data, scene_id="z"), tmp_path / "z.zarr", tile=16, progress=False)
+    with pytest.raises(ShardError, match="max_count must be at least 1, got 0"):
+        shard_stores([store], tmp_path / "s0", region=8, max_count=0, progress=False)
+    for argv in (["ingest", "x.tif", "--out", str(tmp_path / "o.zarr"), "--tile", "0"],
+                 ["ingest", "x.tif", "--out", str(tmp_path / "o.zarr"), "--chunk", "0"],
+                 ["shard", str(store), "--out", str(tmp_path / "s"), "--region", "8", "--max-count", "0"],
+                 ["shard", str(store), "--out", str(tmp_path / "s"), "--region", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "must be at least 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "s").exists()

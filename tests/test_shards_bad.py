@@ -66,7 +66,7 @@ def test_interrupted_run_resumes_without_rewriting(stores, clean, tmp_path, monk
         shard_stores(stores, out, region=16, max_count=9, scheduler="sync", progress=False)
     monkeypatch.setattr(writer, "encode_sample", real)
     assert not (out / "manifest.json").exists()
-    assert len(list(out.glob("*.partial"))) == 1
+    assert not list(out.glob("*.partial"))  # the failed write removed its partial file
     before = _state(out)
     assert 1 <= len(before) < len(_state(clean))  # some shards finished before the crash, not all
     with pytest.raises(ShardError):  # no manifest yet: not a finished shard set
@@ -101,7 +101,9 @@ w.shard_stores({[str(s) for s in stores]!r}, {str(out)!r}, region=16, max_count=
     assert proc.returncode == -9
     before = _state(out)
     assert 1 <= len(before) < len(_state(clean))
+    assert len(list(out.glob("*.partial"))) == 1  # the killed writer's
     shard_stores(stores, out, region=16, max_count=9, progress=False)
+    assert not list(out.glob("*.partial"))  # the rerun removed it
     after = _state(out)
     assert {k: after[k] for k in before} == before
     assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in _state(clean).items()}
@@ -165,12 +167,19 @@ def test_skip_bad_counts_and_reports(clean, tmp_path, images):
 
 
 def _rewrite(shard, edit):
-    """Rewrite a shard sample by sample, ``edit(key, files) -> files or None``."""
+    """Rewrite a shard sample by sample, ``edit(key, files) -> files or None``, with checksums
+    that match the edited members (as a crafted shard would have them): what is tested is the
+    check after the checksums."""
+    from xtstream.data.shards.format import _SUMS_MARK, _json_with_sums
+
     samples = list(_tar_samples(str(shard)))
     with wds.TarWriter(str(shard), encoder=False) as tar:
         for key, files in samples:
             files = edit(key, dict(files))
             if files is not None:
+                if "json" in files:
+                    raw = files["json"]
+                    files["json"] = _json_with_sums(raw[:raw.rfind(_SUMS_MARK)] + b"}", files)
                 tar.write({"__key__": key, **files})
 
 
@@ -233,12 +242,24 @@ def test_bad_labels_named(stores, tmp_path):
 
 
 def test_verify_checks_checksums(clean, tmp_path):
+    import tarfile
+
     out = _copy(clean, tmp_path / "v")
     shard = out / "two-00000.tar"
+    with tarfile.open(shard) as tar:
+        npy = next(m for m in tar.getmembers() if m.name.endswith("00000_00000.npy"))
     data = bytearray(shard.read_bytes())
-    data[2036] ^= 0xFF  # inside the first sample's pixels (after its .json and the .npy header)
+    data[npy.offset_data + npy.size // 2] ^= 0xFF  # inside the first sample's pixels
     shard.write_bytes(bytes(data))
-    assert sum(1 for s in read_scenes(out).scenes() for _ in s) == 100  # unnoticed without verify
+    # the sample's own crc32c refuses it by default, before it is handed on
+    with pytest.raises(ShardError, match=r"two/00000_00000\.npy: fails its crc32c checksum"):
+        for s in read_scenes(out).scenes():
+            list(s)
+    # a byte outside every sample (a member's tar padding) only the shard's SHA-256 sees
+    data[npy.offset_data + npy.size // 2] ^= 0xFF
+    data[npy.offset_data + npy.size + 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert sum(1 for s in read_scenes(out).scenes() for _ in s) == 100
     with pytest.raises(ShardError, match="SHA-256 differs"):
         for s in read_scenes(out, verify=True).scenes():
             list(s)

@@ -203,8 +203,15 @@ def test_xview3_shard_sample_round_trip_and_old_format():
     old = decode_sample({**files, "json": json.dumps(meta).encode()}, "t")
     for name in d["direct"]:
         np.testing.assert_array_equal(old.targets[name], back.targets[name], err_msg=name)
+    # a member missing: the checksums (format /3) say so first; without them (/2) the task does
+    lacking = {k: v for k, v in files.items() if k != "centre.npy"}
+    with pytest.raises(ShardError, match=r"members \['npy', 'vessel.npy'\], but its checksums list"):
+        decode_sample(lacking, "t")
+    v2 = json.loads(files["json"])
+    v2.pop("crc32c")
+    v2["format"] = "xtstream-region/2"
     with pytest.raises(ShardError, match="task 'xview3' cannot read.*no .centre.npy"):
-        decode_sample({k: v for k, v in files.items() if k != "centre.npy"}, "t")
+        decode_sample({**lacking, "json": json.dumps(v2).encode()}, "t")
 
 
 def test_reading_labelled_shards_does_not_load_torch(stores, tmp_path):

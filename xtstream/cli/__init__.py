@@ -27,6 +27,17 @@ COMMANDS = {
 }
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``0`` is refused, never taken for "the default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r} (leave the option out for the default)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xtstream", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"xtstream {__version__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xtstream.cli import positive_int
 from xtstream.data.ingest import CODECS, ingest, ingest_archive, is_archive
 from xtstream.data.store import describe_store
 
@@ -20,15 +21,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="the Zarr store to write (for an archive or images: the directory of per-scene stores)")
     p.add_argument("--spec", help="dataset spec: a YAML path or a shipped name (e.g. xview3)")
     p.add_argument("--bands", help="comma-separated spec bands to keep (default: all)")
-    p.add_argument("--tile", type=int, help="side of the store's tiles (its Zarr chunks) in pixels "
+    p.add_argument("--tile", type=positive_int, help="side of the store's tiles (its Zarr chunks) in pixels "
                    "(default: the spec's, else 2048); for sharding, the region size")
-    p.add_argument("--chunk", type=int, dest="tile", help=argparse.SUPPRESS)  # its old name
+    p.add_argument("--chunk", type=positive_int, dest="tile", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
     p.add_argument("--scene-id", help="scene id (default: the source's name)")
     p.add_argument("--codec", choices=CODECS, default="blosc-zstd")
     p.add_argument("--level", type=int, default=1, help="compression level (default 1)")
-    p.add_argument("--scenes-in-flight", type=int, default=2, help="archives: scenes per graph (default 2)")
+    p.add_argument("--scenes-in-flight", type=positive_int, default=2, help="archives: scenes per graph (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
+    p.add_argument("--verify", action="store_true",
+                   help="on a complete store, read every tile and write again those failing their checksum "
+                        "(missing tiles are always written again)")
     p.add_argument("--allow-small", action="store_true", help="accept a scene smaller than one spec region")
     p.add_argument("--channels", type=int, choices=[1, 3],
                    help="images: convert grey/RGB to this many bands (default: as each file is)")
@@ -38,7 +42,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, tile=args.tile,
               scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
-              overwrite=args.overwrite, allow_small=args.allow_small, channels=args.channels)
+              overwrite=args.overwrite, allow_small=args.allow_small, channels=args.channels,
+              verify=args.verify)
     if is_archive(args.src, args.spec):
         stores = ingest_archive(args.src, args.out, scenes_in_flight=args.scenes_in_flight, **kw)
     else:

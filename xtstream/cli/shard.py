@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from xtstream.cli import positive_int
 from xtstream.data.shards.writer import DEFAULT_MAX_SHARD_SIZE, SHARD_MAX_READ_BYTES, shard_stores
 
 
@@ -26,19 +27,23 @@ def _size(text: str) -> int:
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("stores", nargs="+", type=Path, help="complete Zarr scene stores (from `xtstream ingest`)")
     p.add_argument("--out", required=True, type=Path, help="directory for the shards and manifest.json")
-    p.add_argument("--region", required=True, type=int, help="region size R in pixels (regions are R x R)")
+    p.add_argument("--region", required=True, type=positive_int, help="region size R in pixels (regions are R x R)")
     p.add_argument("--labels", type=Path, help="labels file of --task; adds per-region targets and objects")
     p.add_argument("--task", help="the task that reads --labels (xview3 — the default —, classification, "
                                   "or a plug-in's name)")
     p.add_argument("--spec", help="dataset spec (name or YAML) whose labels: block describes --labels")
     p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
                    help="largest shard, bytes (suffixes K/M/G; default 1G)")
-    p.add_argument("--max-count", type=int, help="most regions per shard (default: by size only)")
+    p.add_argument("--max-count", type=positive_int, help="most regions per shard (default: by size only)")
     p.add_argument("--max-read-bytes", type=_size, default=SHARD_MAX_READ_BYTES,
                    help="largest block read from a store at once (default 4M); bounds memory per task. "
                         "Raise it to decode store chunks taller than a region once per chunk row")
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
-    p.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace shards of a different earlier run in --out (only the files that run wrote)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="on a rerun, trust shards already written if their size is right (by default each "
+                        "is re-hashed and written again if its SHA-256 changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                             task=args.task, spec=args.spec,
                             max_shard_size=args.max_shard_size, max_count=args.max_count,
                             max_read_bytes=args.max_read_bytes, scheduler=args.scheduler,
-                            progress=not args.quiet, overwrite=args.overwrite)
+                            progress=not args.quiet, overwrite=args.overwrite, verify=args.verify)
     doc = json.loads(manifest.read_text())
     for scene in doc["scenes"]:
         rows, cols = scene["grid"]

@@ -79,6 +79,14 @@ class RegionChunk:
         return self.indices[-1] == len(self.grid) - 1
 
     @property
+    def ends_scene(self) -> bool:
+        """True when no region of the scene comes after this chunk: it holds the scene's last
+        region, or a reader lost every region after it (``info["skipped_after"]`` reaching the
+        grid's end, see :func:`chunked`)."""
+        after = self.info.get("skipped_after")
+        return self.last or bool(after and after[-1] == len(self.grid) - 1)
+
+    @property
     def positions(self) -> np.ndarray:
         """``(n, 2)`` int64 grid ``(row, col)`` of each region."""
         idx = np.asarray(self.indices, dtype=np.int64)
@@ -123,11 +131,15 @@ class RegionChunk:
                 f"pixels={shape}, targets={sorted(self.targets)})")
 
 
-def chunked(items: Iterable[RegionChunk | RegionSample], size: int) -> Iterator[RegionChunk]:
+def chunked(items: Iterable[RegionChunk | RegionSample], size: int, *,
+            grid_end: bool = False) -> Iterator[RegionChunk]:
     """Chunks pass through; loose :class:`RegionSample` are grouped into chunks of at most ``size``
     consecutive regions of one scene. A new scene closes a chunk; so does a gap inside a scene
     (regions a reader skipped as bad): the chunk after it lists the missing indices in
-    ``info["skipped"]``, which the engine accepts in place of those regions."""
+    ``info["skipped"]``, which the engine accepts in place of those regions, and the chunk before
+    it (shorter than ``size``) lists them in ``info["skipped_after"]``. ``grid_end``: ``items``
+    are one whole scene, so a last chunk short of the grid's end lists the lost tail in
+    ``info["skipped_after"]`` too (the engine then closes the scene there)."""
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, got {size}")
     pending: list[RegionSample] = []
@@ -144,15 +156,21 @@ def chunked(items: Iterable[RegionChunk | RegionSample], size: int) -> Iterator[
         same_scene = prev is not None and item.scene_id == prev.scene_id and item.grid == prev.grid
         start = prev.index + 1 if same_scene else 0
         if pending and (not same_scene or item.index != start or len(pending) == size):
-            yield RegionChunk.from_regions(pending, **_skip_info(skipped))
+            after = list(range(start, item.index)) if same_scene and item.index > start else []
+            yield RegionChunk.from_regions(pending, **_skip_info(skipped, after))
             pending, skipped = [], []
         if item.index > start and not pending:
             skipped = list(range(start, item.index))
         pending.append(item)
         prev = item
     if pending:
-        yield RegionChunk.from_regions(pending, **_skip_info(skipped))
+        end = len(pending[-1].grid)
+        after = list(range(pending[-1].index + 1, end)) if grid_end else []
+        yield RegionChunk.from_regions(pending, **_skip_info(skipped, after))
 
 
-def _skip_info(skipped: list[int]) -> dict[str, Any]:
-    return {"skipped": skipped} if skipped else {}
+def _skip_info(skipped: list[int], after: list[int] | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"skipped": skipped} if skipped else {}
+    if after:
+        info["skipped_after"] = after
+    return info

@@ -6,9 +6,17 @@ every scene's chunks come from one worker, in row-major order; chunks of differe
 interleave in the loader's output, and the model keeps one context state per scene
 (:class:`xtstream.engine.SceneStates`), so interleaving loses nothing.
 
+Lost regions: a scene set that skips bad data (shards read with ``skip_bad=True``) records the
+regions it did not deliver (:class:`~xtstream.data.shards.LostRegions`); each chunk carries those
+recorded since the worker's previous chunk in ``info["lost"]`` (plain dicts: ``scene_id``,
+``start``, ``stop``, ``cause``) and their count in ``info["lost_regions"]``, so the training loop
+sees every loss whichever worker found it. A worker holds its latest chunk back until the next one
+is built (or its pass ends), so that losses found after it — a scene wholly lost at the end of the
+worker's share — still travel with a chunk.
+
 Memory: each worker holds at most ``prefetch_factor`` finished chunks in the DataLoader's queue
-plus the chunk it is building plus its reader's bound — ``(N x (prefetch_factor + 1) + 1) x C``
-regions in all, whatever the scenes' sizes.
+plus the chunk held back plus the chunk it is building plus its reader's bound —
+``(N x (prefetch_factor + 2) + 1) x C`` regions in all, whatever the scenes' sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from xtstream.data.chunk import RegionChunk
 from xtstream.data.split import worker_info
 from xtstream.data.streams import SceneStream
+from xtstream.errors import ShardError
 
 
 class SceneSet(Protocol):
@@ -53,10 +62,34 @@ class SceneChunks(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[RegionChunk]:
         worker = worker_info()[2]
+        held, told = None, 0  # the chunk held back; how many loss records chunks have carried
         for scene in self.scene_set:
             for chunk in scene.chunks(self.chunk):
                 chunk.info.update(scene.info, worker=worker)
-                yield chunk
+                if held is not None:
+                    told = self._carry_lost(held, told)
+                    yield held
+                held = chunk
+        if held is not None:
+            self._carry_lost(held, told)
+            yield held
+        elif self._lost()[told:]:
+            lost = self._lost()[told:]
+            raise ShardError(f"every region this reader was to deliver was lost ({sum(len(x) for x in lost)} "
+                             f"in {len(lost)} run(s)); first: {lost[0]}")
+
+    def _lost(self) -> list[Any]:
+        # re-read each time: the scene set replaces its list at every pass
+        return list(getattr(self.scene_set, "lost", None) or [])
+
+    def _carry_lost(self, chunk: RegionChunk, told: int) -> int:
+        """Put the loss records not yet carried into ``chunk.info``; return how many are now told."""
+        lost = self._lost()
+        new = lost[told:]
+        if new:
+            chunk.info["lost"] = [x.as_dict() for x in new]
+            chunk.info["lost_regions"] = sum(len(x) for x in new)
+        return len(lost)
 
     def __getattr__(self, name: str) -> Any:
         # options and reports of the scene set (``bad``, ``report()``, ``skip_bad``) read through

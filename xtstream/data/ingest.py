@@ -9,6 +9,11 @@ only after the write returns; a rerun writes only the chunks without a marker. T
 flagged complete last, once every chunk is marked, and :func:`xtstream.data.store.open_store`
 refuses a store without that flag. The store's own attributes record the plan's fingerprint, so a
 rerun with another source or configuration is refused (or, with ``overwrite``, replaces it).
+
+Integrity: every tile gets a file, even one equal to the fill value (attribute ``all_tiles``), and
+ends in a crc32c (:func:`make_codec`), so readers tell a lost or damaged tile from data (see
+:mod:`xtstream.data.store`). A rerun on a complete store lists its tiles and writes any missing one
+again; with ``verify`` it also checks every tile's checksum and rewrites those that fail.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from xtstream.data.normalize import normalize
 from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, read_status
+from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, missing_tiles, read_status, tile_check, tile_keys
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
@@ -57,32 +62,41 @@ class ScenePlan:
     attrs: dict[str, Any]
 
 
-def make_codec(codec: str = "blosc-zstd", level: int = 1) -> list[Any]:
-    """Zarr v3 compressors for a codec name (``zstd``, ``blosc-zstd``, ``blosc-lz4``, ``none``)."""
+def make_codec(codec: str = "blosc-zstd", level: int = 1, *, checksum: bool = True) -> list[Any]:
+    """Zarr v3 bytes-to-bytes codecs for a codec name (``zstd``, ``blosc-zstd``, ``blosc-lz4``,
+    ``none``): the compressor, then (``checksum``) a crc32c of the compressed tile, so that any
+    reader — ours, or plain zarr — detects a flipped byte or a truncation before decompressing."""
     if codec == "none":
-        return []
-    if codec == "zstd":
-        return [zarr.codecs.ZstdCodec(level=level)]
-    if codec in ("blosc-zstd", "blosc-lz4"):
-        return [zarr.codecs.BloscCodec(cname=codec.split("-")[1], clevel=level, shuffle="shuffle")]
-    raise StoreError(f"unknown codec {codec!r}; expected one of {CODECS}")
+        compressors: list[Any] = []
+    elif codec == "zstd":
+        compressors = [zarr.codecs.ZstdCodec(level=level)]
+    elif codec in ("blosc-zstd", "blosc-lz4"):
+        compressors = [zarr.codecs.BloscCodec(cname=codec.split("-")[1], clevel=level, shuffle="shuffle")]
+    else:
+        raise StoreError(f"unknown codec {codec!r}; expected one of {CODECS}")
+    return compressors + ([zarr.codecs.Crc32cCodec()] if checksum else [])
 
 
 def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | None = None,
                 bands: Sequence[str] | None = None, tile: int | None = None,
                 scene_id: str | None = None, codec: str = "blosc-zstd", level: int = 1,
                 overwrite: bool = False, allow_small: bool = False, chunk: int | None = None,
-                channels: int | None = None) -> ScenePlan:
-    """Create (or reopen, to resume) the store at ``out``; return the graph and the tile keys left.
+                channels: int | None = None, verify: bool = False) -> ScenePlan:
+    """Create (or reopen, to resume or repair) the store at ``out``; return the graph and the tile
+    keys left.
 
     ``tile``: the side of the store's square tiles (its Zarr chunks) in pixels (default: the
     spec's, else 2048); ``chunk`` is its old name. ``channels`` (1 or 3): convert an image
-    source's grey/RGB bands (:mod:`xtstream.data.sources.images`).
+    source's grey/RGB bands (:mod:`xtstream.data.sources.images`). A complete store whose tile
+    files are not all there (or, with ``verify``, whose tiles fail their checksums: every tile is
+    read) is reopened and only those tiles are planned.
     """
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
     src = open_source(source, spec, bands, channels=channels)
-    chunk = tile_size(tile, chunk) or (spec.tile if spec else 2048)
+    chunk = tile_size(tile, chunk)
+    if chunk is None:  # not `or`: a tile of 0 is refused below, never taken for the default
+        chunk = spec.tile if spec else 2048
     if chunk < 1:
         raise StoreError(f"tile must be positive, got {chunk}")
     arr = src.to_dataarray(chunks=chunk)
@@ -108,8 +122,11 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
                  clear=lambda: shutil.rmtree(out))
     status = read_status(out)
     if status.ours and status.complete:
-        n = int(np.prod(arr.data.numblocks))
-        return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
+        damaged = _damaged_tiles(out, verify)
+        if not damaged:
+            n = int(np.prod(arr.data.numblocks))
+            return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
+        _reopen_for_repair(out, ledger, damaged, arr.data.numblocks[1:])
     if not status.exists:
         _write_template(arr, out, attrs, chunk, codec, level)
 
@@ -134,8 +151,11 @@ def finalize(plan: ScenePlan) -> Path:
         if n_done < plan.n_chunks:
             raise StoreError(f"{plan.out}: only {n_done} of {plan.n_chunks} chunks written; rerun to resume")
         group = zarr.open_group(plan.out, mode="r+", zarr_format=3)
-        # the complete flag goes last: until it is set, open_store refuses the store
-        group.attrs["xtstream"] = {**group.attrs["xtstream"], "complete": True, "completed": _now()}
+        info = group.attrs["xtstream"]
+        # the complete flag goes last: until it is set, open_store refuses the store. A repaired
+        # store keeps its first completion time: its pixels are those it had, so shard runs made
+        # from it still recognise it
+        group.attrs["xtstream"] = {**info, "complete": True, "completed": info.get("completed") or _now()}
     ledger.clear()
     return plan.out
 
@@ -144,18 +164,21 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
            bands: Sequence[str] | None = None, tile: int | None = None, scene_id: str | None = None,
            scheduler: str | None = None, client: Any = None, progress: bool = True,
            codec: str = "blosc-zstd", level: int = 1, overwrite: bool = False,
-           allow_small: bool = False, chunk: int | None = None, channels: int | None = None) -> Path:
+           allow_small: bool = False, chunk: int | None = None, channels: int | None = None,
+           verify: bool = False) -> Path:
     """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
 
     The store is tiled in ``tile x tile`` Zarr chunks (default: the spec's, else 2048).
-    ``channels`` (1 or 3): convert an image's grey/RGB bands.
+    ``channels`` (1 or 3): convert an image's grey/RGB bands. On a complete store it writes again
+    any tile whose file is missing, and with ``verify`` any tile failing its checksum (reading
+    them all).
 
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
     """
     plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile_size(tile, chunk), scene_id=scene_id,
                        codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
-                       channels=channels)
+                       channels=channels, verify=verify)
     if plan.keys:
         if client is not None:
             run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
@@ -241,7 +264,9 @@ def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) 
     info = block_info[0]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
     _, i, j = info["chunk-location"]
-    with zarr.config.set(_ZARR_CONFIG):
+    # write_empty_chunks: a tile equal to the fill value gets its file too, so that a missing
+    # file always means a lost tile (readers refuse it instead of filling it in)
+    with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
         arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
         arr[:, y0:y1, x0:x1] = block
     # the marker goes last: a chunk counts as written only once its write has returned
@@ -256,6 +281,43 @@ def _ledger(store: str | Path) -> RunLedger:
 def _tile_unit(i: int, j: int) -> str:
     """The ledger's name for the Zarr chunk at tile row ``i``, column ``j``."""
     return f"{i}.{j}"
+
+
+def _damaged_tiles(out: Path, verify: bool) -> list[str]:
+    """Keys of a complete store's tiles that are missing (one listing) or, with ``verify``, fail
+    their checks (every tile read)."""
+    damaged = missing_tiles(out)
+    if verify:
+        check = tile_check(out)
+        for key in tile_keys(out):
+            if key in damaged:
+                continue
+            try:
+                check.check(key, (out / key).read_bytes())
+            except (StoreError, OSError):
+                damaged.append(key)
+    return damaged
+
+
+def _reopen_for_repair(out: Path, ledger: RunLedger, damaged: list[str], numblocks: tuple[int, int]) -> None:
+    """Turn a complete store with damaged tiles back into a resumable ingest that writes only those.
+
+    Order matters for a cut-off repair: the store is flagged incomplete first (readers refuse it),
+    then the damaged files go, then every other tile is marked done; a rerun resumes from there.
+    """
+    group = zarr.open_group(out, mode="r+", zarr_format=3)
+    group.attrs["xtstream"] = {**group.attrs["xtstream"], "complete": False, "repaired": _now()}
+    bad = set()
+    for key in damaged:
+        (out / key).unlink(missing_ok=True)  # a rewrite must not merge into a corrupt tile
+        i, j = key.split("/")[-2:]
+        bad.add(_tile_unit(int(i), int(j)))
+    for i in range(numblocks[0]):
+        for j in range(numblocks[1]):
+            if _tile_unit(i, j) not in bad:
+                ledger.mark(_tile_unit(i, j))
+    warnings.warn(f"{out}: {len(damaged)} tile(s) missing or damaged ({', '.join(damaged[:4])}"
+                  f"{', ...' if len(damaged) > 4 else ''}); writing them again", stacklevel=3)
 
 
 def _ident(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +370,7 @@ def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str,
         "crs": crs.to_wkt() if crs is not None else None,
         "transform": transform,
         "fingerprint": hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "all_tiles": True,  # every tile has a file (see _write_chunk): a missing one is lost
         **ident,
     }
 

@@ -4,7 +4,8 @@ A run writes *units* (a Zarr tile, a shard) into an output directory. Its ledger
 them::
 
     OUT/
-      _xtstream_plan.json       {"fingerprint", "config"}: which run owns OUT (written at claim)
+      _xtstream_plan.json       {"fingerprint", "config", "units"}: which run owns OUT and the
+                                units it writes there (written at claim)
       _xtstream_done/UNIT.json  one marker per finished unit (optional JSON payload)
 
 The protocol, shared by :mod:`xtstream.data.ingest` and :mod:`xtstream.data.shards.writer`:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,12 +45,23 @@ TMP_SUFFIX = ".tmp"
 def write_json_atomic(path: str | Path, doc: Any) -> None:
     """Write ``doc`` as JSON to ``path`` so that readers see the old file or the new, never half of one.
 
-    NumPy scalars are written as Python numbers.
+    NumPy scalars are written as Python numbers. The temporary file is this writer's own (process
+    and thread in its name): two writers of one file — a task a scheduler ran twice — each rename
+    their own, and the last one wins, instead of the second finding the first's gone.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{unique_tag()}{TMP_SUFFIX}")
+    try:
+        tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def unique_tag() -> str:
+    """``PID-THREAD``: names a temporary file no other writer (process or thread) uses."""
+    return f"{os.getpid()}-{threading.get_ident()}"
 
 
 def plan_diff(old: dict, new: dict) -> list[str]:
@@ -87,17 +100,20 @@ class RunLedger:
         return self.out / DONE_DIR
 
     def recorded(self) -> dict | None:
-        """The plan ``{"fingerprint", "config"}`` recorded in ``out``, or ``None``."""
+        """The plan ``{"fingerprint", "config", "units"}`` recorded in ``out``, or ``None``."""
         if self.plan_file is None:
             return None
         path = self.out / self.plan_file
         return json.loads(path.read_text()) if path.is_file() else None
 
     def claim(self, fingerprint: str, config: dict, *, overwrite: bool = False,
-              recorded: dict | None = None, clear: Callable[[], None] | None = None) -> bool:
+              recorded: dict | None = None, clear: Callable[[], None] | None = None,
+              units: list[str] | None = None) -> bool:
         """Make ``out`` this plan's; return True when resuming the same plan, False on a fresh start.
 
         ``recorded``: the plan the output records itself (only with ``plan_file=None``).
+        ``units``: the names of the files the plan will write in ``out``, recorded with it so that
+        a later ``overwrite`` removes exactly those and nothing of anyone else's.
         ``clear``: removes the caller's units from ``out`` when ``overwrite`` replaces another
         run or a foreign directory; the ledger removes its own files. Raises ``error`` when
         ``out`` holds another run (naming the differing config keys) or is a non-empty directory
@@ -105,6 +121,9 @@ class RunLedger:
         """
         old = self.recorded() if self.plan_file is not None else recorded
         if old is not None and old.get("fingerprint") == fingerprint:
+            if self.plan_file is not None and units is not None and old.get("units") is None:
+                # a plan recorded before units were: record them now, for a later overwrite
+                write_json_atomic(self.out / self.plan_file, {**old, "units": list(units)})
             return True
         if old is not None:
             if not overwrite:
@@ -120,7 +139,8 @@ class RunLedger:
             self._reset(clear)
         if self.plan_file is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.out / self.plan_file, {"fingerprint": fingerprint, "config": config})
+            plan = {"fingerprint": fingerprint, "config": config}
+            write_json_atomic(self.out / self.plan_file, plan if units is None else {**plan, "units": list(units)})
         return False
 
     def mark(self, unit: str, payload: Any = None) -> None:
@@ -134,7 +154,7 @@ class RunLedger:
         found: dict[str, Any] = {}
         if not self.markers.is_dir():
             return found
-        for path in self.markers.glob("*" + MARKER_SUFFIX):
+        for path in self.markers.glob("*" + MARKER_SUFFIX):  # temporary files end in .tmp: not markers
             try:
                 found[path.name[:-len(MARKER_SUFFIX)]] = json.loads(path.read_text())
             except ValueError:

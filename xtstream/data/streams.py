@@ -66,8 +66,9 @@ class SceneStream:
 
     def chunks(self, size: int) -> Iterator[RegionChunk]:
         """Consecutive :class:`RegionChunk` of at most ``size`` regions, in row-major order (a region
-        a reader skipped as bad closes a chunk early: see :func:`~xtstream.data.chunk.chunked`)."""
-        return chunked(iter(self), size)
+        a reader skipped as bad closes a chunk early, and a lost tail is noted on the last chunk:
+        see :func:`~xtstream.data.chunk.chunked`)."""
+        return chunked(iter(self), size, grid_end=True)
 
     def __repr__(self) -> str:
         return f"SceneStream({self.scene_id!r}, grid={self.grid.rows}x{self.grid.cols}, region={self.grid.region})"

@@ -96,11 +96,13 @@ def decode_passes(blocks: Sequence[ReadBlock], tiles: tuple[int, int], shape: tu
 class ZarrWindows:
     """Windows of a scene store's ``image`` array, read with zarr directly (no dask per read).
 
-    Picklable: holds the path, opens the array lazily in each process.
+    Picklable: holds the path, opens the array lazily in each process. Tiles are read through
+    :class:`~xtstream.data.store.CheckedStore`: a missing, corrupt or truncated tile raises
+    :class:`StoreError` naming it, never fill values or a crash; opening lists the tiles once.
     """
 
     def __init__(self, path: str | Path):
-        from xtstream.data.store import read_status
+        from xtstream.data.store import check_tiles, read_status
 
         self.path = Path(path)
         status = read_status(self.path)
@@ -109,6 +111,7 @@ class ZarrWindows:
         if not status.complete:
             raise StoreError(f"{self.path}: incomplete scene store (its ingest did not finish); "
                              "rerun `xtstream ingest` to resume it")
+        check_tiles(self.path)
         self.scene_id = str(status.attrs.get("scene_id") or self.path.name.removesuffix(".zarr"))
         self.attrs = status.attrs
         arr = self._array()
@@ -124,9 +127,9 @@ class ZarrWindows:
     def _array(self):
         import zarr
 
-        from xtstream.data.store import IMAGE_VAR
+        from xtstream.data.store import IMAGE_VAR, checked_store
 
-        return zarr.open_array(self.path, path=IMAGE_VAR, mode="r", zarr_format=3)
+        return zarr.open_array(checked_store(self.path), path=IMAGE_VAR, mode="r", zarr_format=3)
 
     def _band_coords(self) -> list[str]:
         from xtstream.data.store import open_store
@@ -140,7 +143,13 @@ class ZarrWindows:
         """``(bands, h, w)`` pixels of ``window`` (inside the scene)."""
         if self._arr is None:
             self._arr = self._array()
-        return np.asarray(self._arr[:, window.y0:window.y1, window.x0:window.x1])
+        try:
+            return np.asarray(self._arr[:, window.y0:window.y1, window.x0:window.x1])
+        except StoreError:
+            raise
+        except (ValueError, RuntimeError, OSError) as err:  # a decoder's complaint, without the tile
+            raise StoreError(f"{self.path}: variable 'image': cannot read window {tuple(window)} "
+                             f"({type(err).__name__}: {err})") from err
 
 
 class SourceWindows:

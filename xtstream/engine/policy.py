@@ -53,6 +53,8 @@ class Accumulated:
     chunks: int
     last: RegionChunk
     group: list[RegionChunk] = field(default_factory=list)
+    #: regions of these chunks' scenes that a reader could not deliver (``skip_bad``; chunk ``info``)
+    lost_regions: int = 0
 
 
 def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", scenes_per_step: int = 1,
@@ -114,7 +116,7 @@ class _Step:
     """What the chunks since the previous step added up to."""
 
     def __init__(self) -> None:
-        self.loss, self.chunks, self.finished = 0.0, 0, 0
+        self.loss, self.chunks, self.finished, self.lost = 0.0, 0, 0, 0
         self.scenes: list[str] = []
         self.parts: dict[str, list[float]] = {}
         self.group: list[RegionChunk] = []
@@ -126,14 +128,15 @@ class _Step:
         for c, r in zip(group, results):
             if c.scene_id not in self.scenes:
                 self.scenes.append(c.scene_id)
-            self.finished += int(c.last)
+            self.finished += int(c.ends_scene)
+            self.lost += int(c.info.get("lost_regions", 0))
             if isinstance(r, tuple) and len(r) > 1 and r[1]:
                 for name, value in r[1].items():
                     self.parts.setdefault(name, []).append(float(value))
 
     def done(self) -> Accumulated:
         parts = {name: sum(v) / len(v) for name, v in self.parts.items()}
-        return Accumulated(self.loss, parts, self.scenes, self.chunks, self.group[-1], self.group)
+        return Accumulated(self.loss, parts, self.scenes, self.chunks, self.group[-1], self.group, self.lost)
 
 
 def _bare(c: RegionChunk) -> RegionChunk:

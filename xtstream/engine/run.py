@@ -265,7 +265,7 @@ class Trainer:
         c = acc.last
         return {"kind": "step", "step": position["step"] + 1, "epoch": epoch, "loss": loss, "parts": acc.parts,
                 "lr": lr, "grad_norm": norm, "scene": c.scene_id, "chunk": [c.start, c.stop - 1],
-                "scenes": acc.scenes, "chunks": acc.chunks}
+                "scenes": acc.scenes, "chunks": acc.chunks, "lost_regions": acc.lost_regions}
 
     def _save(self, position: dict, states: SceneStates) -> None:
         # every rank read its own scenes: its chunks done travel with its random and scene states

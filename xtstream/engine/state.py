@@ -84,8 +84,9 @@ class SceneStates:
         return state
 
     def put(self, chunk: RegionChunk, state: Any) -> None:
-        """Record the state after ``chunk``; the scene closes (state dropped) at its last chunk."""
-        if chunk.last:
+        """Record the state after ``chunk``; the scene closes (state dropped) at its last chunk —
+        or at the last one a reader delivered, when it lost the rest (:attr:`RegionChunk.ends_scene`)."""
+        if chunk.ends_scene:
             self._open.pop(chunk.scene_id, None)
         else:
             self._open[chunk.scene_id] = _Open(chunk.grid, chunk.stop, state)

@@ -79,7 +79,8 @@ def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | st
 
 def _checked_sizes(chunks: Iterable[RegionChunk], size: int) -> Iterator[RegionChunk]:
     for c in chunks:
-        if len(c) > size or (len(c) < size and not c.last):
+        # shorter only at a scene's end or before regions a reader lost (skip_bad)
+        if len(c) > size or (len(c) < size and not c.last and not c.info.get("skipped_after")):
             raise ModelConfigError(
                 f"scene {c.scene_id!r}: a chunk of {len(c)} regions ({c.start}..{c.stop - 1}), but the "
                 f"model's context chunk is {size} (only a scene's last chunk may be shorter); read "
@@ -116,7 +117,7 @@ def _check_arrival(c: RegionChunk, states: SceneStates, ahead: dict[str, int]) -
     expected = ahead[c.scene_id] if c.scene_id in ahead else states.expected(c.scene_id)
     if c.start != expected and c.info.get("skipped") != list(range(expected, c.start)):
         raise order_error(c, expected)
-    if c.last:
+    if c.ends_scene:
         ahead.pop(c.scene_id, None)
     else:
         ahead[c.scene_id] = c.stop
@@ -155,7 +156,7 @@ def _whole_scenes(model: Any, groups: Iterable[list[RegionChunk]], states: Scene
             states.take(c)
             states.put(c, None)
             held.setdefault(c.scene_id, []).append(c)
-            if c.last:
+            if c.ends_scene:
                 scene = held.pop(c.scene_id)
                 outs = model.forward_scene([s.features for s in scene],
                                            [_positions(s, s.features[-1].device) for s in scene])

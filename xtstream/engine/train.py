@@ -31,8 +31,11 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     the cross-entropy of a scene's logits against its ``label`` target. ``scenes_per_step``:
     chunks of that many scenes at the same grid positions, when they arrive one after another, are
     stepped together (their losses averaged). Records: ``scene_id`` (the first of the group),
-    ``scenes``, ``indices``, ``loss``, and ``parts`` (``{part: value}`` averaged over the group's
-    chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone).
+    ``scenes``, ``indices``, ``loss``, ``parts`` (``{part: value}`` averaged over the group's
+    chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone),
+    and ``lost_regions``: regions the readers reported not delivered with these chunks (shards read
+    with ``skip_bad=True``: :class:`~xtstream.data.shards.LostRegions`), so that a loop can count
+    what an epoch missed.
     """
     optimizer.zero_grad(set_to_none=True)
     for acc in accumulate(model, items, policy=policy, scenes_per_step=scenes_per_step, loss_fn=loss_fn,
@@ -43,4 +46,4 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
         optimizer.zero_grad(set_to_none=True)
         yield {"scene_id": acc.scenes[0], "scenes": acc.scenes if policy == "per_scene" else
                [c.scene_id for c in acc.group], "indices": acc.group[0].indices, "loss": acc.loss,
-               "parts": acc.parts}
+               "parts": acc.parts, "lost_regions": acc.lost_regions}

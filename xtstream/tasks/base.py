@@ -19,6 +19,7 @@ Per-scene label objects only need ``region_targets(grid, index) -> (targets, obj
 from __future__ import annotations
 
 import csv
+import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
@@ -121,6 +122,37 @@ def csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[st
         reader.fieldnames = header
         for row in reader:
             yield reader.line_num, row
+
+
+def unmatched_ids(unlabelled: Iterable[str], others: Iterable[str], matched: int) -> str | None:
+    """What is wrong with a labels file whose scene ids do not match the stores', or ``None``.
+
+    ``unlabelled``: scenes being written that got no row; ``others``: ids of the file that match
+    no such scene; ``matched``: how many scenes did get rows. A scene id of the file that differs
+    from an unlabelled scene's only by case, or closely (``difflib``), is a mistake, never a
+    coincidence: it is named with its near match. So is a file none of whose ids matches — every
+    scene would be written with zero objects.
+    """
+    others = sorted(set(others))
+    if not others:
+        return None
+    near = {}
+    folded = {o.casefold(): o for o in others}
+    for sid in sorted(unlabelled):
+        close = ([folded[sid.casefold()]] if sid.casefold() in folded else []) + \
+            difflib.get_close_matches(sid, others, n=2, cutoff=0.8)
+        if close:
+            near[sid] = list(dict.fromkeys(close))
+    if near:
+        pairs = "; ".join(f"{', '.join(repr(c) for c in cs)} for scene {sid!r}" for sid, cs in list(near.items())[:5])
+        return (f"scene id(s) match no store but nearly match one: {pairs} (ids must match exactly, case "
+                "included); fix the labels file or the stores' scene ids")
+    if matched == 0:
+        shown = ", ".join(repr(o) for o in others[:5]) + (", ..." if len(others) > 5 else "")
+        wanted = ", ".join(repr(s) for s in sorted(unlabelled)[:5])
+        return (f"none of its {len(others)} scene id(s) ({shown}) matches a store's scene id ({wanted}): "
+                "every region would be written with zero objects")
+    return None
 
 
 def register_task(cls: type[Task]) -> type[Task]:

@@ -12,10 +12,10 @@ and ``tar tf`` read the shards too.
 from __future__ import annotations
 
 from xtstream.data.shards.format import MANIFEST, decode_sample, encode_sample, sample_key, scene_key, shard_name
-from xtstream.data.shards.reader import BadSample, ShardedScene, ShardSceneSet, group_shards, load_manifest, read_scenes
+from xtstream.data.shards.reader import BadSample, LostRegions, ShardedScene, ShardSceneSet, group_shards, load_manifest, read_scenes
 from xtstream.data.shards.writer import ShardPlan, ShardTask, plan_shards, shard_stores, write_manifest, write_shard
 
 __all__ = ["MANIFEST", "decode_sample", "encode_sample", "sample_key", "scene_key", "shard_name",
-           "BadSample", "ShardedScene", "ShardSceneSet", "group_shards", "load_manifest", "read_scenes",
+           "BadSample", "LostRegions", "ShardedScene", "ShardSceneSet", "group_shards", "load_manifest", "read_scenes",
            "ShardPlan", "ShardTask", "plan_shards", "shard_stores", "write_manifest", "write_shard"]
 

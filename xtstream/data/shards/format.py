@@ -14,8 +14,12 @@ One sample per region, its files adjacent, keyed ``{scene_key}/{row:05d}_{col:05
   the dtype the task chose (xView3: ``vessel`` uint8, ``centre`` float16; classification: ``label``
   int64). Reading gives back every such member, then lets the task rebuild what it did not store.
 
-Samples of format ``xtstream-region/1`` (xView3 labels implied, ``nearby`` at the top level) are
-still read.
+Checksums (format ``/3``): the JSON ends with ``"crc32c": {EXT: HEX, ..., "json": HEX}``, the
+crc32c (8 hex digits) of every other member of the sample and of the JSON text itself without that
+field (the bytes before ``,"crc32c":``, then ``}``). Readers check them all before decoding
+anything (:func:`check_sample`), so a flipped byte is refused before the sample is handed on, at
+~10 GB/s. Samples of formats ``xtstream-region/2`` (no checksums) and ``/1`` (xView3 labels
+implied, ``nearby`` at the top level) are still read.
 
 ``scene_key`` is the scene id with every character outside ``[A-Za-z0-9_-]`` percent-escaped
 (``.`` → ``%2E``): WebDataset cuts a sample key at the first dot of the file name. Shards of one
@@ -36,9 +40,11 @@ from xtstream.errors import ShardError, TaskError
 from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
 
-SAMPLE_FORMAT = "xtstream-region/2"
-#: earlier sample formats still read: /1 stored xView3 targets only, without a task name
-OLD_FORMATS = ("xtstream-region/1",)
+SAMPLE_FORMAT = "xtstream-region/3"
+#: earlier sample formats still read: /2 had no checksums, /1 stored xView3 targets only, without a task name
+OLD_FORMATS = ("xtstream-region/2", "xtstream-region/1")
+CHECKSUMS = "crc32c"
+_SUMS_MARK = b',"crc32c":{'
 MANIFEST_FORMAT = "xtstream-shards/1"
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"^(?P<scene>[A-Za-z0-9_%-]+)-(?P<n>\d{5})\.tar$")
@@ -106,13 +112,53 @@ def encode_sample(sample: RegionSample, bands: list[str], task: str | None = Non
         if not TARGET_NAME.match(name):
             raise ShardError(f"target name {name!r}: shards take names of letters, digits, '_' and '-'")
         files[f"{name}.npy"] = npy_bytes(np.asarray(target))
-    files["json"] = json.dumps(meta, separators=(",", ":")).encode()
+    files["json"] = _json_with_sums(json.dumps(meta, separators=(",", ":")).encode(), files)
     return files
+
+
+def _json_with_sums(body: bytes, files: dict[str, Any]) -> bytes:
+    """The sample's JSON ``body`` with the crc32c of every member and of ``body`` itself appended
+    as its last field (see the module docstring)."""
+    sums = {ext: crc_hex(data) for ext, data in files.items() if not ext.startswith("_") and ext != "json"}
+    sums["json"] = crc_hex(body)
+    return body[:-1] + _SUMS_MARK[:-1] + json.dumps(sums, separators=(",", ":"), sort_keys=True).encode() + b"}"
+
+
+def crc_hex(data: Any) -> str:
+    """crc32c of ``data`` as 8 hex digits (the hardware instruction where there is one)."""
+    import google_crc32c
+
+    # a uint8 view, not a copy: the C extension takes arrays but refuses memoryviews
+    return f"{google_crc32c.value(np.frombuffer(data, np.uint8)):08x}"
+
+
+def check_sample(files: dict[str, bytes], meta: dict[str, Any], where: str) -> None:
+    """Raise :class:`ShardError` unless every member of a ``/3`` sample matches its checksum and
+    the checksums list exactly the members there are; samples of older formats pass unchecked."""
+    if meta.get("format") != SAMPLE_FORMAT:
+        return
+    sums = meta.get(CHECKSUMS)
+    raw = files["json"]
+    cut = raw.rfind(_SUMS_MARK)
+    if not isinstance(sums, dict) or cut < 0:
+        raise ShardError(f"{where}: .json of a {SAMPLE_FORMAT} sample has no {CHECKSUMS} checksums (damaged)")
+    if crc_hex(raw[:cut] + b"}") != sums.get("json"):
+        raise ShardError(f"{where}: .json fails its crc32c checksum (a damaged byte: the sample is corrupt)")
+    listed = set(sums) - {"json"}
+    present = {ext for ext in files if ext != "json" and not ext.startswith("_")}  # not __key__, __url__
+    if listed != present:
+        raise ShardError(f"{where}: members {sorted(present)}, but its checksums list {sorted(listed)} "
+                         "(a member lost or added)")
+    for ext in sorted(present):
+        if crc_hex(files[ext]) != sums[ext]:
+            raise ShardError(f"{where}.{ext}: fails its crc32c checksum (a damaged byte: the sample is corrupt)")
 
 
 def decode_sample(files: dict[str, bytes], where: str, *, region: int | None = None,
                   targets: bool = True) -> RegionSample:
     """``{ext: bytes}`` of one sample → a RegionSample, checking it is whole and consistent.
+
+    Checksums (format ``/3``) are checked first, over every member, before anything is decoded.
 
     ``where`` names the shard and key in errors; ``region`` (if given) is the region size every
     sample must have. Targets: every ``.<name>.npy`` member (an ``(R, R)`` map or a scalar), then
@@ -129,6 +175,7 @@ def decode_sample(files: dict[str, bytes], where: str, *, region: int | None = N
         raise ShardError(f"{where}: .json is not valid JSON ({err})") from None
     if not isinstance(meta, dict) or (meta.get("format") != SAMPLE_FORMAT and meta.get("format") not in OLD_FORMATS):
         raise ShardError(f"{where}: .json is not an {SAMPLE_FORMAT} record")
+    check_sample(files, meta, where)
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ShardError(f"{where}: .json lacks {missing}")

@@ -7,10 +7,15 @@ arrive in row-major order from one worker. Its shards are streamed one tar membe
 a reader holds one sample being decoded plus ``prefetch`` decoded regions (if > 0) plus what the
 consumer keeps — the memory bound, whatever the scene or shard size.
 
-Every sample is checked (its files, its grid against the scene's, its place in the row-major
-order) and every shard against the manifest (size, optionally SHA-256, region count). Errors name
-the shard and the sample. With ``skip_bad=True`` bad samples (and the rest of a corrupt shard)
-are skipped instead, recorded in :attr:`ShardSceneSet.bad` and reported once the pass ends.
+Every sample is checked before it is handed on (its members' crc32c checksums, its files, its
+grid against the scene's, its place in the row-major order) and every shard against the manifest
+(size, optionally SHA-256, region count). Errors name the shard and the sample. With
+``skip_bad=True`` bad samples (and the rest of a corrupt shard) are skipped instead, recorded in
+:attr:`ShardSceneSet.bad`, and every region that is not delivered — whatever the cause: a bad
+sample, a missing or cut shard, a shard the manifest no longer lists — is counted against the
+scene's grid in :attr:`ShardSceneSet.lost` (:class:`LostRegions`, named in :meth:`report`). The
+chunks :class:`~xtstream.data.dataset.SceneChunks` yields carry those records to the consumer,
+DataLoader workers included (``info["lost"]``, ``info["lost_regions"]``).
 Nothing is unpickled: pixels are ``.npy`` read with ``allow_pickle=False``, metadata is JSON.
 """
 
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from xtstream.errors import ShardError
 from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
-from xtstream.data.split import split_scenes
+from xtstream.data.split import split_scenes, worker_info
 from xtstream.data.streams import DEFAULT_CHUNK, SceneStream
 from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, SHARD_RE, decode_sample, split_member, unescape_key
 
@@ -53,9 +58,32 @@ class ShardedScene:
 
 @dataclass
 class BadSample:
+    """A sample (``key``) or a whole shard (``key=None``) refused as bad, and why."""
+
     shard: str
     key: str | None
     error: str
+
+
+@dataclass
+class LostRegions:
+    """Regions ``start .. stop - 1`` of scene ``scene_id`` that a ``skip_bad`` pass did not deliver."""
+
+    scene_id: str
+    start: int
+    stop: int
+    cause: str
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for a chunk's ``info["lost"]`` (crosses DataLoader worker pipes)."""
+        return {"scene_id": self.scene_id, "start": self.start, "stop": self.stop, "cause": self.cause}
+
+    def __str__(self) -> str:
+        where = f"region {self.start}" if len(self) == 1 else f"regions {self.start}..{self.stop - 1}"
+        return f"scene {self.scene_id!r}: {where} ({len(self)}) not delivered: {self.cause}"
 
 
 class ShardSceneSet:
@@ -76,6 +104,12 @@ class ShardSceneSet:
         self.region, self.skip_bad, self.verify = region, skip_bad, verify
         self.targets, self.prefetch = targets, prefetch
         self.bad: list[BadSample] = []
+        self.lost: list[LostRegions] = []
+
+    @property
+    def lost_regions(self) -> int:
+        """Regions this pass did not deliver (``skip_bad``), over every scene read so far."""
+        return sum(len(x) for x in self.lost)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,22 +118,70 @@ class ShardSceneSet:
         return len(self.scenes)
 
     def __iter__(self) -> Iterator[SceneStream]:
-        self.bad = []
-        mine = split_scenes(self.scenes, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                            by_node=self.by_node, by_worker=self.by_worker)
+        self.bad, self.lost = [], []
+        scenes, gone = (self._drop_unreadable() if self.skip_bad else (self.scenes, []))
+        mine = self._split(scenes)
+        for entry, errors in self._gone_share(gone, scenes):
+            since = len(self.bad)
+            self.bad.extend(errors)
+            self._lose(entry.scene_id, 0, len(entry.grid), since)
         for entry in mine:
+            # without a manifest the grid comes from the first readable sample; a scene with none
+            # cannot be counted, so it is an error even with skip_bad
             grid = entry.grid or self._peek_grid(entry)
             if self.region is not None and grid.region != self.region:
                 raise ShardError(f"{entry.shards[0]}: scene {entry.scene_id!r} was sharded with region "
                                  f"{grid.region}, expected {self.region}")
             yield SceneStream(entry.scene_id, grid, lambda e=entry, g=grid: self._regions(e, g),
                               bands=entry.bands, prefetch=self.prefetch, info={"shards": list(entry.shards), **(entry.georef or {})})
-        if self.bad:
-            log.warning("skipped %d bad sample(s) or shard tail(s): %s", len(self.bad), self.report())
+        if self.bad or self.lost:
+            log.warning("skipped %d bad sample(s) or shard(s); %d region(s) not delivered:\n%s",
+                        len(self.bad), self.lost_regions, self.report())
+
+    def _split(self, scenes: Sequence[Any], info: tuple[int, int, int, int] | None = None,
+               by_worker: bool | None = None) -> list[Any]:
+        return split_scenes(scenes, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, by_node=self.by_node,
+                            by_worker=self.by_worker if by_worker is None else by_worker, info=info)
+
+    def _drop_unreadable(self) -> tuple[list[ShardedScene], list[tuple[ShardedScene, list[BadSample]]]]:
+        """``(scenes to read, scenes none of whose shards is there whole)``, by the manifest's sizes.
+
+        A scene wholly lost yields no chunk, so no chunk of its own could carry the count; found
+        here, before splitting, its loss is told by a worker that has chunks (:meth:`_gone_share`).
+        """
+        keep, gone = [], []
+        for entry in self.scenes:
+            errors = []
+            for url in entry.shards if entry.expected and entry.grid else []:
+                try:
+                    _check_size(url, entry.expected.get(url))
+                except ShardError as err:
+                    errors.append(BadSample(url, None, str(err)))
+            if entry.shards and len(errors) == len(entry.shards):
+                gone.append((entry, errors))
+            else:
+                keep.append(entry)
+        return keep, gone
+
+    def _gone_share(self, gone: list[tuple[ShardedScene, list[BadSample]]], scenes: list[ShardedScene]
+                    ) -> list[tuple[ShardedScene, list[BadSample]]]:
+        """The wholly lost scenes this process tells of: its node's share (as scenes are split over
+        nodes), told by the first of the node's DataLoader workers that has scenes to read — every
+        worker when each reads all scenes (``by_worker=False``)."""
+        if not gone:
+            return []
+        share = self._split(gone, by_worker=False)
+        rank, world, worker, workers = worker_info()
+        if not self.by_worker or workers <= 1:
+            return share
+        teller = next((w for w in range(workers) if self._split(scenes, info=(rank, world, w, workers))), 0)
+        return share if worker == teller else []
 
     def report(self) -> str:
-        """One line per skipped sample or shard tail (empty when all was well)."""
-        return "\n".join(f"{b.shard}: {b.key or '(shard)'}: {b.error}" for b in self.bad)
+        """One line per skipped sample or shard, then one per run of regions not delivered
+        (empty when all was well)."""
+        return "\n".join([f"{b.shard}: {b.key or '(shard)'}: {b.error}" for b in self.bad]
+                         + [str(x) for x in self.lost])
 
     def _peek_grid(self, entry: ShardedScene) -> RegionGrid:
         for url in entry.shards:
@@ -113,8 +195,19 @@ class ShardSceneSet:
             raise err
         self.bad.append(BadSample(shard, key, str(err)))
 
+    def _lose(self, scene_id: str, start: int, stop: int, since: int) -> None:
+        """Record regions ``start .. stop - 1`` as not delivered, blaming the bad samples or shards
+        recorded since index ``since`` of :attr:`bad` (none: no shard held them)."""
+        if stop <= start:
+            return
+        causes = [f"{Path(b.shard).name}: {b.key or '(shard)'}: {b.error}" for b in self.bad[since:]]
+        cause = "; ".join(causes) if causes else (
+            "no shard holds them (a shard missing from the manifest or the shard list, or cut between samples)")
+        self.lost.append(LostRegions(scene_id, start, stop, cause))
+
     def _regions(self, entry: ShardedScene, grid: RegionGrid) -> Iterator[RegionSample]:
         last = -1
+        since = len(self.bad)  # bad records since the last region delivered: the cause of a gap
         for url in entry.shards:
             expect = (entry.expected or {}).get(url)
             try:
@@ -134,6 +227,9 @@ class ShardSceneSet:
                     except ShardError as err:
                         self._fail(err, url, key)
                         continue
+                    if self.skip_bad:
+                        self._lose(entry.scene_id, last + 1, sample.index, since)
+                        since = len(self.bad)
                     last = sample.index
                     count += 1
                     yield sample
@@ -144,7 +240,10 @@ class ShardSceneSet:
                 raise ShardError(f"{url}: {count} samples, the manifest lists {expect['stop'] - expect['start']}")
             if digest is not None and digest.hexdigest() != expect["sha256"]:
                 self._fail(ShardError(f"{url}: SHA-256 differs from the manifest (shard changed or corrupt)"), url, None)
-        if last != len(grid) - 1 and not self.skip_bad:
+                since = len(self.bad)  # its samples passed their own checks: it lost no region
+        if self.skip_bad:
+            self._lose(entry.scene_id, last + 1, len(grid), since)
+        elif last != len(grid) - 1:
             raise ShardError(f"scene {entry.scene_id!r}: stream ended at region {last} of {len(grid)} "
                              f"(shards {entry.shards} incomplete?)")
 

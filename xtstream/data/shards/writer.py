@@ -14,11 +14,16 @@ mode with multi-MiB copies: TarWriter's stream mode pushes data through Python i
 which profiled at 40% of a single-threaded shard write.
 
 Resumable and atomic, like ingest (the protocol of :mod:`xtstream.data.ledger`): a shard is
-written to ``NAME.tar.partial``, renamed when closed, then marked done in
+written to ``NAME.tar.PID-THREAD.partial`` (the writer's own: a task run twice never shares one;
+removed if the write fails, e.g. on a full disk), renamed when closed, then marked done in
 ``_xtstream_done/NAME.json`` with its size and SHA-256 (hashed as it is written, so no second
-read). A rerun skips marked shards and writes the rest; files are
-byte-for-byte those of a clean run (tar mtimes are fixed). ``manifest.json`` is written last,
-listing shards, scenes, region counts and checksums; readers rely on it.
+read). A rerun re-hashes the shards already written (``verify``, in parallel in the graph) and
+writes again any whose SHA-256 changed, plus the shards not written; files are byte-for-byte those
+of a clean run (tar mtimes are fixed). ``manifest.json`` is written last, listing shards, scenes,
+region counts and checksums; readers rely on it.
+
+The plan file records the shard names the run writes: ``overwrite`` removes exactly the files of
+the run it replaces, and never replaces a file that no run of ours wrote.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from xtstream import __version__
 from xtstream.errors import ShardError
 from xtstream._runtime.malloc import limit_arenas
 from xtstream.data.grid import RegionGrid
-from xtstream.data.ledger import RunLedger, write_json_atomic
+from xtstream.data.ledger import RunLedger, unique_tag, write_json_atomic
 from xtstream.data.sample import RegionSample
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
@@ -133,6 +138,10 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
     out = Path(out)
     if region < 1:
         raise ShardError(f"region must be a positive number of pixels, got {region}")
+    if max_count is not None and max_count < 1:  # 0 once meant "no limit" through a falsy test
+        raise ShardError(f"max_count must be at least 1, got {max_count} (None: shards cut by size only)")
+    if max_shard_size < 1:
+        raise ShardError(f"max_shard_size must be at least 1 byte, got {max_shard_size}")
     if not stores:
         raise ShardError("no scene stores given")
     readers = [ZarrWindows(s) for s in stores]
@@ -160,14 +169,13 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
                     "completed": r.attrs.get("completed")} for s, r in zip(stores, readers)],
     }
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    _ledger(out).claim(fingerprint, config, overwrite=overwrite, clear=lambda: _clear(out))
 
     scenes, tasks = [], []
     for store, reader, grid in zip(stores, readers, grids):
         bands, itemsize = reader.shape[0], reader.dtype.itemsize
         stored = None if scene_labels is None else stored_targets(task, scene_labels[reader.scene_id], grid)
         per = max(1, int(max_shard_size) // sample_bytes(bands, itemsize, region, stored))
-        per = min(per, max_count) if max_count else per
+        per = min(per, max_count) if max_count is not None else per
         blocks = plan_reads(grid, reader.tiles, bands * itemsize, max_read_bytes)
         passes = decode_passes(blocks, reader.tiles, (grid.height, grid.width))
         if passes > 2:
@@ -186,6 +194,18 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
                        "grid": [grid.rows, grid.cols], "region": region, "regions": len(grid),
                        "objects": None if scene_labels is None else len(scene_labels[reader.scene_id]),
                        "shards": names, **reader.georef})
+    ledger = _ledger(out)
+    old = ledger.recorded()
+    ours = _written_by(out, old)
+    if old is None or old.get("fingerprint") != fingerprint:
+        # a file in the way that no run of ours wrote is someone else's: never replace it
+        foreign = [t.name for t in tasks if (out / t.name).exists() and t.name not in ours]
+        if foreign:
+            raise ShardError(f"{out / foreign[0]}: exists and was not written by an earlier shard run here "
+                             f"({len(foreign)} such file(s)); move it away or choose another --out")
+    ledger.claim(fingerprint, config, overwrite=overwrite, clear=lambda: _clear(out, ours),
+                 units=[t.name for t in tasks])
+    _drop_partials(out, [t.name for t in tasks])  # of killed runs: the shards will be written again
     return ShardPlan(out, fingerprint, config, scenes, tasks, _done_shards(out))
 
 
@@ -195,24 +215,40 @@ def write_shard(task: ShardTask, out: str) -> dict:
     limit_arenas()  # in whichever process runs the task: dask workers too
     out_dir = Path(out)
     final = out_dir / task.name
-    partial = out_dir / (task.name + ".partial")
+    # this writer's own partial file: a task run twice (a retried or duplicated dask task) must
+    # not interleave two writes into one file, or find the other's renamed away
+    partial = out_dir / f"{task.name}.{unique_tag()}.partial"
     reader = ZarrWindows(task.store)
     grid = RegionGrid(reader.shape[1], reader.shape[2], task.region)
-    with open(partial, "wb", buffering=1 << 20) as raw:  # tar headers are 512 B: batch them
-        sink = _HashingFile(raw)
-        with open_tar(sink) as tar:
-            # decoding the next block overlaps encoding, hashing and writing this one
-            samples = iter_regions(reader, grid, task.start, task.stop, max_read_bytes=task.max_read_bytes)
-            for sample, extra in prefetched(_labelled(samples, task, grid), PREFETCH_REGIONS):
-                name = None if task.label_task is None else task.label_task.name
-                add_sample(tar, encode_sample(sample, reader.bands, name, extra))
-    # no fsync: the marker-after-rename protocol survives a killed process; after a power loss a
-    # shard can keep its size with lost contents, which read_scenes(verify=True) catches by SHA-256
-    os.replace(partial, final)
+    try:
+        with open(partial, "wb", buffering=1 << 20) as raw:  # tar headers are 512 B: batch them
+            sink = _HashingFile(raw)
+            with open_tar(sink) as tar:
+                # decoding the next block overlaps encoding, hashing and writing this one
+                samples = iter_regions(reader, grid, task.start, task.stop, max_read_bytes=task.max_read_bytes)
+                for sample, extra in prefetched(_labelled(samples, task, grid), PREFETCH_REGIONS):
+                    name = None if task.label_task is None else task.label_task.name
+                    add_sample(tar, encode_sample(sample, reader.bands, name, extra))
+        # no fsync: the marker-after-rename protocol survives a killed process; after a power
+        # loss a shard can keep its size with lost contents, which a rerun (verify) catches by SHA-256
+        os.replace(partial, final)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed write (a full disk) must not leave it filling the disk
+        raise
     marker = {"name": task.name, "scene_id": task.scene_id, "start": task.start, "stop": task.stop,
               "regions": task.stop - task.start, "bytes": sink.size, "sha256": sink.hexdigest()}
     _ledger(out_dir).mark(task.name, marker)
     return marker
+
+
+def check_shard(task: ShardTask, out: str, marker: dict) -> dict:
+    """Re-hash a shard already written (a dask task); write it again if its SHA-256 is not the one
+    recorded when it was written (same size, changed bytes: a bad disk, a power loss)."""
+    path = Path(out) / task.name
+    if _file_sha256(path) == marker.get("sha256"):
+        return marker
+    log.warning("%s: SHA-256 differs from the one recorded when it was written (corrupt); writing it again", path)
+    return write_shard(task, out)
 
 
 def _labelled(samples: Iterator[RegionSample], task: ShardTask, grid: RegionGrid
@@ -271,10 +307,12 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
                  labels: str | Path | None = None, task: Any = None, spec: Any = None,
                  max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, max_count: int | None = None,
                  max_read_bytes: int = SHARD_MAX_READ_BYTES, scheduler: str | None = None, client: Any = None, progress: bool = True,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, verify: bool = True) -> Path:
     """Cut scene stores into ordered region shards under ``out``; resume an interrupted run.
 
     Returns the path of ``manifest.json``. ``labels``, ``task``, ``spec``: see :func:`plan_shards`.
+    ``verify``: re-hash the shards an earlier run wrote and write again those that changed
+    (reads them all once); without it a rerun trusts any shard of the recorded size.
     ``scheduler``/``client`` choose where the graph runs
     (see :func:`xtstream._runtime.cluster.dask_client`); the shard directory must be visible to workers.
 
@@ -287,8 +325,11 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
                        max_shard_size=max_shard_size, max_count=max_count, max_read_bytes=max_read_bytes,
                        overwrite=overwrite)
     todo = plan.todo
-    if todo:
-        graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
+    graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
+    if verify:
+        graph.update({("xtstream-shard", t.name): (check_shard, t, str(plan.out), plan.done[t.name])
+                      for t in plan.tasks if t.name in plan.done})
+    if graph:
         keys = list(graph)
         threads = min(MAX_THREADS, THREADS_PER_CORE * (os.cpu_count() or 1))
         if client is not None:
@@ -339,11 +380,45 @@ def _ledger(out: Path) -> RunLedger:
     return RunLedger(out, error=ShardError, what="shards")
 
 
-def _clear(out: Path) -> None:
-    """Remove what a shard run wrote (the ledger removes its own files); leave anything else."""
-    for p in out.iterdir():
-        if p.is_file() and (p.name.endswith((".tar", ".tar.partial")) or p.name == MANIFEST):
-            p.unlink()
+def _written_by(out: Path, plan: dict | None) -> set[str]:
+    """Names of the shards the run recorded in ``plan`` wrote (or was writing) in ``out``: those its
+    plan lists, plus (plans from before units were recorded) its manifest's and done-markers'."""
+    if plan is None:
+        return set()
+    names = set(plan.get("units") or [])
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        try:
+            doc = json.loads(manifest.read_text())
+        except ValueError:
+            doc = {}
+        if doc.get("fingerprint") == plan.get("fingerprint"):
+            names.update(s["name"] for s in doc.get("shards", []) if isinstance(s, dict) and "name" in s)
+    names.update(_ledger(out).done())
+    return names
+
+
+def _clear(out: Path, names: set[str]) -> None:
+    """Remove the shards ``names`` (and their partial files) and the manifest of the run being
+    replaced; the ledger removes its own files. Anything else in ``out`` stays."""
+    for name in names:
+        if Path(name).name != name:  # a plan names files in ``out`` only
+            continue
+        (out / name).unlink(missing_ok=True)
+    _drop_partials(out, names)
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def _drop_partials(out: Path, names: Sequence[str] | set[str]) -> None:
+    """Remove the partial files of shards ``names`` (left by killed writers)."""
+    if not out.is_dir():
+        return
+    wanted = set(names)
+    for p in out.glob("*.partial"):
+        base = p.name.removesuffix(".partial")
+        base = base if base in wanted else base.rsplit(".", 1)[0]  # NAME.tar.PID-THREAD.partial
+        if base in wanted:
+            p.unlink(missing_ok=True)
 
 
 def _done_shards(out: Path) -> dict[str, dict]:

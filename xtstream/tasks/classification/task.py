@@ -23,7 +23,7 @@ import numpy as np
 
 from xtstream.data.grid import RegionGrid
 from xtstream.errors import LabelError
-from xtstream.tasks.base import Task, csv_rows, register_task
+from xtstream.tasks.base import Task, csv_rows, register_task, unmatched_ids
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -73,15 +73,18 @@ class ClassificationTask(Task):
         path = Path(path)
         wanted = set(scene_ids) if scene_ids is not None else None
         found: dict[str, SceneClass] = {}
+        others: set[str] = set()
         for line, sid, text in label_rows(path):
             if wanted is not None and sid not in wanted:
+                others.add(sid)
                 continue
             if sid in found:
                 raise LabelError(f"{path} line {line}: a second label for scene {sid!r}")
             found[sid] = self._parse(sid, text, f"{path} line {line}")
         lacking = sorted((wanted or set()) - set(found))
         if lacking:
-            raise LabelError(f"{path}: no label for scene(s) {lacking}")
+            problem = unmatched_ids(lacking, others, len(found))
+            raise LabelError(f"{path}: no label for scene(s) {lacking}" + (f"; {problem}" if problem else ""))
         return found
 
     def _parse(self, scene_id: str, text: str, where: str) -> SceneClass:

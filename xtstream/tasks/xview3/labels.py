@@ -32,7 +32,7 @@ import numpy as np
 from xtstream.data.grid import RegionGrid, Window
 from xtstream.data.specs import LabelSpec, load_spec
 from xtstream.errors import LabelError
-from xtstream.tasks.base import csv_rows
+from xtstream.tasks.base import csv_rows, unmatched_ids
 
 TARGET_NAMES = ("vessel", "centre", "length", "is_vessel", "is_fishing")
 DEFAULT_RADIUS = 4
@@ -179,7 +179,10 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
     names the scene/row/column columns, the type of each column (``str``, ``int``, ``float``,
     ``bool``) and which must be present and non-empty; columns it does not list are ignored, listed
     optional ones may be missing or empty (= unknown). ``scene_ids`` keeps only those scenes (an
-    xView3 CSV covers many); every one of them gets an entry, empty if it has no rows. ``shapes``
+    xView3 CSV covers many); every one of them gets an entry, empty if it has no rows — unless an id
+    of the file nearly matches such a scene's (case, a close spelling) or none of the file's ids
+    matches any of them: that is a :class:`LabelError` naming the ids, never zero-object
+    scenes. ``shapes``
     (``{scene_id: (H, W)}``) checks that every object lies inside its scene. Raises
     :class:`LabelError` naming the file and line on missing columns, unparsable values or objects
     outside their scene.
@@ -196,9 +199,11 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
                          f"{ {c: kinds[c] for c in wrong} }")
     wanted = set(scene_ids) if scene_ids is not None else None
     cols: dict[str, dict[str, list]] = {}
+    others: set[str] = set()  # ids of the file that match no wanted scene
     for line, row in csv_rows(path, required):
         sid = (row.get(schema.scene_column) or "").strip()
         if wanted is not None and sid not in wanted:
+            others.add(sid)
             continue
         values = {c: _value(row, c, t, path, line, c in required) for c, t in types.items()}
         acc = cols.setdefault(sid, {k: [] for k in _FIELDS})
@@ -208,6 +213,10 @@ def read_labels(path: str | Path, *, scene_ids: Iterable[str] | None = None,
             if column is not None:  # the xView3 attributes, unknown when the spec omits them
                 acc[key].append(values.get(column, "" if column == "confidence" else math.nan))
         acc["line"].append(line)
+    if wanted:
+        problem = unmatched_ids(wanted - set(cols), others, len(set(cols) & wanted))
+        if problem is not None:
+            raise LabelError(f"{path}: {problem}")
     result = {}
     for sid in sorted(set(cols) | (wanted or set())):
         acc = cols.get(sid) or {k: [] for k in _FIELDS}
