@@ -1,5 +1,6 @@
 """The CLI contract: commands, flags, exit codes and error messages users script against."""
 
+import json
 import subprocess
 import sys
 
@@ -46,14 +47,19 @@ def test_console_script_runs():
 
 
 def test_demo_runs_every_stage_end_to_end(tmp_path, capsys):
-    # the README's first command, small: synth -> ingest -> shards with labels -> one training pass
-    assert main(["demo", "--workdir", str(tmp_path), "--size", "384", "--region", "128",
-                 "--scheduler", "threads"]) == 0
+    # the README's first command, quick: synth -> ingest -> shards -> train xT and the baseline ->
+    # predict the held-out scene -> the xView3 metric side by side -> a PNG
+    assert main(["demo", "--workdir", str(tmp_path), "--quick", "--scheduler", "threads"]) == 0
     out = capsys.readouterr().out
-    for step in ("[1/4] synth", "[2/4] ingest", "[3/4] shard: 9 regions of 128x128", "[4/4] train one pass"):
+    for step in ("[1/6] synth: 2 training scene(s) + 1 held-out", "[2/6] ingest", "[3/6] shard: 18 labelled regions",
+                 "[4/6] train", "[5/6] predict the held-out scene", "[6/6] xView3 metric", "region-only"):
         assert step in out, out
-    assert (tmp_path / "shards" / "manifest.json").is_file()
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert set(scores) == {"xT (XL context)", "region-only"}
+    assert all(0.0 <= s["aggregate"] <= 1.0 for s in scores.values())
+    assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_status(tmp_path / "stores" / "demo_0.zarr").complete
+    assert (tmp_path / "runs" / "xt_convnext_atto_xl" / "model.pt").is_file()
 
 
 def test_zero_sizes_are_refused_not_taken_for_defaults(tmp_path, capsys):
