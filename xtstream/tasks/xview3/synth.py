@@ -100,9 +100,9 @@ class _Scene:
         return (ys[:, None] + xs[None, :]) < self.wedge
 
 
-def _sample_objects(scene: _Scene, rng: np.random.Generator) -> list[dict]:
+def _sample_objects(scene: _Scene, rng: np.random.Generator, per_mp: float | None = None) -> list[dict]:
     h, w = scene.height, scene.width
-    n = max(4, int(round(h * w / 6e6)))
+    n = max(4, int(round(h * w * (per_mp / 1e6 if per_mp else 1 / 6e6))))
     objects, tries = [], 0
     while len(objects) < n and tries < 200 * n:
         tries += 1
@@ -153,11 +153,13 @@ def _profile(height: int, width: int, transform: Affine) -> dict:
 
 
 def synth_scene(out_dir: str | Path, height: int, width: int, seed: int = 0, scene_id: str | None = None,
-                *, bathymetry_factor: int = 1, progress: bool = True) -> SynthScene:
+                *, bathymetry_factor: int = 1, objects_per_mp: float | None = None,
+                progress: bool = True) -> SynthScene:
     """Write one synthetic xView3-like scene of ``height x width`` pixels into ``out_dir``.
 
     ``bathymetry_factor`` > 1 writes bathymetry at that many times coarser resolution over the
     same bounds, as in real xView3 scenes (ingest resamples it onto the VV grid).
+    ``objects_per_mp``: objects per million pixels (default about xView3's, 1 per 6 MP; at least 4).
     """
     if height < 16 or width < 16:
         raise ValueError(f"synth_scene: scene must be at least 16x16 pixels, got {height}x{width}")
@@ -165,7 +167,7 @@ def synth_scene(out_dir: str | Path, height: int, width: int, seed: int = 0, sce
     out.mkdir(parents=True, exist_ok=True)
     scene_id = scene_id or out.name
     scene = _Scene(height, width, seed)
-    objects = _sample_objects(scene, np.random.default_rng([seed, 1]))
+    objects = _sample_objects(scene, np.random.default_rng([seed, 1]), objects_per_mp)
     origin = Affine(PIXEL_M, 0, 500_000.0, 0, -PIXEL_M, 6_000_000.0)
     paths = {name: out / f"{name}.tif" for name in ("VV_dB", "VH_dB", "bathymetry")}
     bh, bw = max(1, height // bathymetry_factor), max(1, width // bathymetry_factor)
