@@ -94,3 +94,18 @@ def ensure_scene(work: Path, h: int, w: int) -> Path:
         print(f"generating {h}x{w} scene in {scene} …", flush=True)
         synth_scene(scene, h, w, seed=1)
     return scene
+
+
+def ensure_store(work: Path, h: int, w: int, *, prefix: str, tile: int, bands: list[str]) -> Path:
+    """The synthetic scene of ``h x w`` ingested (spec xview3, ``bands``, ``tile``-px tiles) into
+    ``work/{prefix}_{h}x{w}_c{tile}.zarr``, made once and reused."""
+    scene = ensure_scene(work, h, w)
+    store = work / f"{prefix}_{h}x{w}_c{tile}.zarr"
+    from xtstream.data.store import read_status
+
+    if not read_status(store).complete:
+        from xtstream.data.ingest import ingest
+
+        print(f"ingesting {scene} → {store} …", flush=True)
+        ingest(scene, store, spec="xview3", bands=bands, tile=tile, progress=False)
+    return store

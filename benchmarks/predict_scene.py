@@ -32,25 +32,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import ensure_scene, machine, run_measured, scale_args, table  # noqa: E402
+from _measure import ensure_store, machine, run_measured, scale_args, table  # noqa: E402
 
 REGION = 256
 BANDS = ["VV", "VH"]
 MODEL = "xt_convnext_atto_xl"
 TARGETS = {"peak_rss_mib": 2048, "rss_ratio": 1.1, "vs_model": 0.9, "model_vs_backbone": 0.7}
-
-
-def ensure_store(work: Path, h: int, w: int) -> Path:
-    scene = ensure_scene(work, h, w)
-    store = work / f"predictbench_{h}x{w}_c{REGION}.zarr"
-    from xtstream.data.store import read_status
-
-    if not read_status(store).complete:
-        from xtstream.data.ingest import ingest
-
-        print(f"ingesting {scene} → {store} …", flush=True)
-        ingest(scene, store, spec="xview3", bands=BANDS, tile=REGION, progress=False)
-    return store
 
 
 def ensure_checkpoint(work: Path) -> Path:
@@ -131,7 +118,8 @@ def main() -> None:
         return
     me = str(Path(__file__).resolve())
     ckpt = str(ensure_checkpoint(args.work))
-    stores = {name: str(ensure_store(args.work, h, w)) for name, (h, w) in args.sizes.items()}
+    stores = {name: str(ensure_store(args.work, h, w, prefix="predictbench", tile=REGION, bands=BANDS))
+              for name, (h, w) in args.sizes.items()}
     n = str(min(256, len(__import__("xtstream").open_scene(stores["small"], REGION))))
     runs: dict[str, dict] = {}
     # in-memory and backbone runs bracket the predict runs: the machine is shared, load drifts

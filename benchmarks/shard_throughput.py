@@ -37,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import ensure_scene, machine, run_measured, scale_args, table  # noqa: E402
+from _measure import ensure_store, machine, run_measured, scale_args, table  # noqa: E402
 
 REGION = 512
 CHUNK_SIZE = 16  # regions per context chunk when reading
@@ -121,20 +121,6 @@ def child_read_zarr(store: str) -> dict:
     return _consume(stream_scenes(store, REGION, chunk=CHUNK_SIZE))
 
 
-def ensure_store(work: Path, h: int, w: int) -> Path:
-    """The synthetic scene (shared with the ingest benchmark) and its store, made once."""
-    scene = ensure_scene(work, h, w)
-    store = work / f"shardbench_{h}x{w}_c{REGION}.zarr"
-    from xtstream.data.store import read_status
-
-    if not read_status(store).complete:
-        from xtstream.data.ingest import ingest
-
-        print(f"ingesting {scene} → {store} …", flush=True)
-        ingest(scene, store, spec="xview3", bands=BANDS, tile=REGION, progress=False)
-    return store
-
-
 def _warm(*modules: str) -> None:
     """Import what a run needs before its clock starts: we time throughput, not start-up."""
     import importlib
@@ -159,7 +145,7 @@ def main() -> None:
     me = str(Path(__file__).resolve())
     runs: dict[str, dict] = {}
     for name, (h, w) in sizes.items():
-        store = str(ensure_store(args.work, h, w))
+        store = str(ensure_store(args.work, h, w, prefix="shardbench", tile=REGION, bands=BANDS))
         out = str(args.work / f"shardbench_{h}x{w}_shards")
         runs[f"{name}_floor"] = run_measured([me, "--child", "floor", store])
         runs[f"{name}_shard"] = run_measured([me, "--child", "shard", store, out])
