@@ -1,10 +1,9 @@
 """xView3-style dense head: a UNet decoder over one region's feature pyramid, five maps at stride ``s``.
 
 The decoder starts from the deepest map (the one the context encoder has contextualised), and at
-each step fuses it, upsampled ×2, with the next shallower skip map (1×1 convs) and applies one
-depthwise-separable 3×3 convolution; the result at the shallowest map (reduction ``r_0``, 4 for
-ConvNeXt and Swin) is upsampled bilinearly to the output ``stride`` ``s`` (default 2), where one
-3×3 conv gives the five maps. Outputs, each ``(N, 1, R / s, R / s)``:
+each step upsamples ×2, concatenates the next shallower skip map and applies two 3×3 convolutions;
+below the shallowest map it keeps upsampling (no skip) down to the output ``stride`` (default 2).
+Outputs, each ``(N, 1, R / s, R / s)``:
 
 * ``vessel``: mask logit (any object's footprint);
 * ``centre``: centre heat-map logit, trained against Gaussians (σ = 2 px) at object centres;
@@ -12,20 +11,10 @@ ConvNeXt and Swin) is upsampled bilinearly to the output ``stride`` ``s`` (defau
   :func:`length_to_metres`);
 * ``is_vessel``, ``is_fishing``: classification logits, read at detected centres.
 
-Why this shape (issue 9: the model's forward must reach 0.7× the bare backbone's regions/s on
-CPU; ``benchmarks/head_stride.py``): the decoder used to upsample every region to ``R / s`` and run
-two full 3×3 convs per step on the concatenated maps (``480 → 128`` channels at ``R / 16``, and
-so on) — 4.9 GFLOP per chunk of four 256-px regions at stride 2, about as much as the
-ConvNeXt-atto backbone (5.7); the model ran at 0.55× the backbone. Full 3×3 convs cost ``9 C²``
-per pixel where a depthwise-separable one costs ``C² + 9 C``, a 1×1 conv on the deeper map is as
-good before the upsampling as after it, and no block runs finer than the shallowest map (its
-cells are the finest the image encoder describes; below them only the output conv runs). The
-head is now 0.35 / 0.49 / 1.05 GFLOP at stride 4 / 2 / 1: a finer stride costs only that last
-conv's extra cells.
-
-Why stride 2 by default: the winning xView3 solutions predicted at stride 2 — localisation F1 at
-stride 2 is 0.9999 of perfect (stride 16 caps it at 0.967), well inside the 200 m (20 px) match
-tolerance. ``stride=1`` gives full-resolution maps (the context probes use it).
+Why stride 2 by default: the full-resolution tail blocks (``R × R``, run once per region) cost more
+than the backbone itself, and the winning xView3 solutions predicted at stride 2 — localisation F1
+at stride 2 is 0.9999 of perfect (stride 16 caps it at 0.967), well inside the 200 m (20 px)
+match tolerance. ``stride=1`` gives the old full-resolution maps (the context probes use it).
 
 GroupNorm, not BatchNorm: a region's output must not depend on which other regions share its
 batch (batches follow chunks and memory budgets, not the data's statistics).
@@ -87,25 +76,14 @@ def _norm(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, ch)
 
 
-class DecoderBlock(nn.Module):
-    """One ×2 step up the pyramid: ``x (N, cin, h, w)`` and ``skip (N, skip, 2h, 2w)`` →
-    ``(N, cout, 2h, 2w)``.
+class ConvBlock(nn.Module):
+    """Two 3×3 conv → GroupNorm → FiLM → ReLU, the FiLM scale and shift ``(1 + γ, β)`` per channel
+    computed from the region's conditioning vector ``(N, cond)`` (``cond=0``: no FiLM)."""
 
-    A 1×1 conv fuses the upsampled ``x`` with ``skip`` — written as two 1×1 convs, the one on ``x``
-    applied *before* the nearest upsampling (a 1×1 conv commutes with it: the same map at a quarter
-    of the cost) — then a depthwise-separable 3×3 conv (depthwise 3×3, pointwise 1×1). Each is
-    followed by GroupNorm → FiLM → ReLU, the FiLM scale and shift ``(1 + γ, β)`` per channel computed
-    from the region's conditioning vector ``(N, cond)`` (``cond=0``: no FiLM).
-    """
-
-    def __init__(self, cin: int, skip: int, cout: int, cond: int = 0) -> None:
+    def __init__(self, cin: int, cout: int, cond: int = 0) -> None:
         super().__init__()
-        self.deep = nn.Conv2d(cin, cout, 1, bias=False)
-        self.skip = nn.Conv2d(skip, cout, 1, bias=False)
-        self.norm1 = _norm(cout)
-        self.depthwise = nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False)
-        self.pointwise = nn.Conv2d(cout, cout, 1, bias=False)
-        self.norm2 = _norm(cout)
+        self.conv1, self.norm1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout)
+        self.conv2, self.norm2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout)
         self.film = nn.Linear(cond, 4 * cout) if cond else None
         if self.film is not None:
             # γ, β of unit scale for a unit-scale condition: a third of that (nn.Linear's default)
@@ -113,27 +91,25 @@ class DecoderBlock(nn.Module):
             nn.init.normal_(self.film.weight, std=cond**-0.5)
             nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: Tensor, skip: Tensor, cond: Tensor | None = None) -> Tensor:
-        x = F.interpolate(self.deep(x), size=skip.shape[-2:], mode="nearest") + self.skip(skip)
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         if self.film is None or cond is None:
-            x = F.relu(self.norm1(x))
-            return F.relu(self.norm2(self.pointwise(self.depthwise(x))))
+            return F.relu(self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x))))))
         g1, b1, g2, b2 = self.film(cond)[..., None, None].chunk(4, dim=1)
-        x = F.relu(torch.addcmul(b1, self.norm1(x), 1 + g1))
-        return F.relu(torch.addcmul(b2, self.norm2(self.pointwise(self.depthwise(x))), 1 + g2))
+        x = F.relu(self.norm1(self.conv1(x)) * (1 + g1) + b1)
+        return F.relu(self.norm2(self.conv2(x)) * (1 + g2) + b2)
 
 
 class XView3Head(Head):
     """UNet decoder: ``[(N, C_i, R / r_i, R / r_i)]`` (shallow → deep) → ``{name: (N, 1, R / s, R / s)}``.
 
     ``channels`` and ``reductions`` describe the encoder's maps (``feature_info``); the decoder has
-    one :class:`DecoderBlock` per skip map (``decoder_channels`` wide, deep → shallow), a bilinear
-    upsampling from the shallowest map's reduction ``r_0`` to the output ``stride`` (a power of two,
-    at most ``r_0``) and a 3×3 conv to the five outputs.
+    one block per map, then one per remaining ×2 step down to reduction ``stride`` (a power of two,
+    at most the shallowest map's reduction).
     """
 
     def __init__(self, channels: Sequence[int], reductions: Sequence[int],
-                 decoder_channels: Sequence[int] = (128, 64, 32), film: bool = True, stride: int = 2) -> None:
+                 decoder_channels: Sequence[int] = (128, 64, 32, 16), tail_channels: int = 16,
+                 film: bool = True, stride: int = 2) -> None:
         super().__init__()
         if len(channels) != len(reductions) or not channels:
             raise ModelConfigError(f"xview3 head: {len(channels)} channel counts for "
@@ -146,8 +122,6 @@ class XView3Head(Head):
         if stride < 1 or stride & (stride - 1) or stride > reductions[0]:
             raise ModelConfigError(f"xview3 head: stride must be a power of two from 1 to the shallowest "
                                    f"map's reduction {reductions[0]}, got {stride}")
-        if not decoder_channels:
-            raise ModelConfigError("xview3 head: decoder_channels must name at least one width")
         self.channels, self.reductions, self.film = list(channels), list(reductions), film
         self.stride = int(stride)
         steps = len(channels) - 1
@@ -156,12 +130,15 @@ class XView3Head(Head):
         self.blocks = nn.ModuleList()
         cin = channels[-1]
         for skip, cout in zip(reversed(channels[:-1]), dec):
-            self.blocks.append(DecoderBlock(cin, skip, cout, cond))
+            self.blocks.append(ConvBlock(cin + skip, cout, cond))
             cin = cout
-        # below the shallowest map only the output conv runs: decoder blocks at R / s (R × R per
-        # region at stride 1) had cost more than the backbone itself
-        self.upscale = reductions[0] // self.stride
-        self.out = nn.Conv2d(cin, len(OUTPUTS), 3, padding=1)
+        self.tail = nn.ModuleList()
+        # ×2 steps from the shallowest map to the output stride: the full-resolution ones are the
+        # costliest blocks of the model, so they are only built when stride 1 asks for them
+        for _ in range(int(np.log2(reductions[0] // self.stride))):
+            self.tail.append(ConvBlock(cin, tail_channels, cond))
+            cin = tail_channels
+        self.out = nn.Conv2d(cin, len(OUTPUTS), 1)
 
     def forward(self, features: Sequence[Tensor], scenes: int = 1, state: None = None,
                 context: Tensor | None = None) -> tuple[dict[str, Tensor], None]:
@@ -173,13 +150,11 @@ class XView3Head(Head):
         x = features[-1]
         cond = self.condition(x, context) if self.film else None
         for block, skip in zip(self.blocks, reversed(features[:-1])):
-            x = block(x, skip, cond)
-        if self.upscale > 1:
-            # one output conv shared by every output cell: a pixel shuffle (5 (r_0 / s)² channels at
-            # r_0, each sub-cell its own weights) costs the same but learnt the context probe's
-            # two-scene test half as fast (0.57 vs 0.89 after 200 steps, at stride 1)
-            x = F.interpolate(x, scale_factor=float(self.upscale), mode="bilinear", align_corners=False)
-        y = self.out(x)  # (N, 5, R / s, R / s)
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = block(torch.cat([x, skip], dim=1), cond)
+        for block in self.tail:
+            x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False), cond)
+        y = self.out(x)
         return {name: y[:, i: i + 1] for i, name in enumerate(OUTPUTS)}, None
 
     @staticmethod
