@@ -51,7 +51,7 @@ def tiny_model(family: str = "convnext", context: str = "none", head: str = "xvi
     name, tiny = TINY_BACKBONES[family]
     opts = dict(region=TINY_REGION, chunk=2, context=context, dim=32, depth=1, heads=2, head=head,
                 in_chans=2, num_classes=5,
-                head_kwargs={"decoder_channels": [16, 8, 8], "tail_channels": 8} if head == "xview3" else {})
+                head_kwargs={"decoder_channels": [16, 8, 8]} if head == "xview3" else {})
     opts.update(tiny)
     opts.update(kw)
     return xtstream.create_model(name, **opts)

@@ -67,7 +67,7 @@ def test_decode_reads_the_maps_at_the_peaks_and_to_scene_drops_padding():
 
 def test_xview3_head_gives_full_resolution_maps_and_grads_everywhere():
     channels, reductions = [8, 16, 32, 64], [4, 8, 16, 32]
-    head = XView3Head(channels, reductions, decoder_channels=(16, 8, 8), tail_channels=8, stride=1)
+    head = XView3Head(channels, reductions, decoder_channels=(16, 8, 8), stride=1)
     feats = [torch.randn(3, c, R // r, R // r) for c, r in zip(channels, reductions)]
     out, _ = head(feats)
     assert set(out) == {"vessel", "centre", "length", "is_vessel", "is_fishing"}

@@ -37,7 +37,7 @@ def realistic_targets(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def head_outputs(**kw) -> dict[str, torch.Tensor]:
-    head = XView3Head(CHANNELS, REDUCTIONS, decoder_channels=(16, 8, 8), tail_channels=8, **kw)
+    head = XView3Head(CHANNELS, REDUCTIONS, decoder_channels=(16, 8, 8), **kw)
     feats = [torch.randn(3, c, R // r, R // r) for c, r in zip(CHANNELS, REDUCTIONS)]
     return head(feats)[0]
 
@@ -110,9 +110,10 @@ def test_log_length_round_trips_and_flags_follow_the_thresholds():
 
 # -- 3. the output stride --------------------------------------------------------------------------
 @pytest.mark.parametrize("stride", [1, 2, 4])
-def test_head_outputs_at_its_stride_with_fewer_tail_blocks(stride):
-    head = XView3Head(CHANNELS, REDUCTIONS, decoder_channels=(16, 8, 8), tail_channels=8, stride=stride)
-    assert len(head.tail) == {1: 2, 2: 1, 4: 0}[stride]
+def test_head_outputs_at_its_stride_without_decoding_finer_than_the_shallowest_map(stride):
+    head = XView3Head(CHANNELS, REDUCTIONS, decoder_channels=(16, 8, 8), stride=stride)
+    # the same decoder at every stride: below reduction 4 only the output conv runs
+    assert len(head.blocks) == 3 and head.upscale == 4 // stride
     feats = [torch.randn(2, c, R // r, R // r) for c, r in zip(CHANNELS, REDUCTIONS)]
     out, _ = head(feats)
     assert all(tuple(v.shape) == (2, 1, R // stride, R // stride) for v in out.values())

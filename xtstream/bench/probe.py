@@ -151,7 +151,7 @@ def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 
                 in_chans=1, depths=(1, 1, 2, 1), dims=(16, 32, 64, 128),
                 # stride 1: the probes score the vessel map per pixel, and keep their numbers
                 # comparable with the runs before the head had a stride
-                head_kwargs={"decoder_channels": [64, 32, 16], "tail_channels": 16, "stride": 1})
+                head_kwargs={"decoder_channels": [64, 32, 16], "stride": 1})
     opts.update(kw)
     return xtstream.create_model("convnext_atto", **opts)
 

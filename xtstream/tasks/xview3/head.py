@@ -35,6 +35,7 @@ region-only baseline has the same head.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -76,14 +77,23 @@ def _norm(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, ch)
 
 
-class ConvBlock(nn.Module):
-    """Two 3×3 conv → GroupNorm → FiLM → ReLU, the FiLM scale and shift ``(1 + γ, β)`` per channel
-    computed from the region's conditioning vector ``(N, cond)`` (``cond=0``: no FiLM)."""
+class DecoderBlock(nn.Module):
+    """One ×2 step up the pyramid: ``x (N, cin, h, w)`` and ``skip (N, skip, 2h, 2w)`` → ``(N, cout, 2h, 2w)``.
 
-    def __init__(self, cin: int, cout: int, cond: int = 0) -> None:
+    A 1×1 conv fuses the upsampled ``x`` with ``skip`` — as two 1×1 convs, the one on ``x`` applied
+    *before* the nearest upsampling (a 1×1 conv commutes with it: the same map at a quarter of the
+    cost) — then one 3×3 conv at ``cout``. Each is followed by GroupNorm → FiLM → ReLU, the FiLM
+    scale and shift ``(1 + γ, β)`` per channel computed from the region's conditioning vector
+    ``(N, cond)`` (``cond=0``: no FiLM).
+    """
+
+    def __init__(self, cin: int, skip: int, cout: int, cond: int = 0) -> None:
         super().__init__()
-        self.conv1, self.norm1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout)
-        self.conv2, self.norm2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout)
+        self.deep = nn.Conv2d(cin, cout, 1, bias=False)
+        self.skip = nn.Conv2d(skip, cout, 1, bias=False)
+        self.norm1 = _norm(cout)
+        self.conv = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = _norm(cout)
         self.film = nn.Linear(cond, 4 * cout) if cond else None
         if self.film is not None:
             # γ, β of unit scale for a unit-scale condition: a third of that (nn.Linear's default)
@@ -91,25 +101,27 @@ class ConvBlock(nn.Module):
             nn.init.normal_(self.film.weight, std=cond**-0.5)
             nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = F.interpolate(self.deep(x), size=skip.shape[-2:], mode="nearest") + self.skip(skip)
         if self.film is None or cond is None:
-            return F.relu(self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x))))))
+            return F.relu(self.norm2(self.conv(F.relu(self.norm1(x)))))
         g1, b1, g2, b2 = self.film(cond)[..., None, None].chunk(4, dim=1)
-        x = F.relu(self.norm1(self.conv1(x)) * (1 + g1) + b1)
-        return F.relu(self.norm2(self.conv2(x)) * (1 + g2) + b2)
+        x = F.relu(torch.addcmul(b1, self.norm1(x), 1 + g1))
+        return F.relu(torch.addcmul(b2, self.norm2(self.conv(x)), 1 + g2))
 
 
 class XView3Head(Head):
     """UNet decoder: ``[(N, C_i, R / r_i, R / r_i)]`` (shallow → deep) → ``{name: (N, 1, R / s, R / s)}``.
 
     ``channels`` and ``reductions`` describe the encoder's maps (``feature_info``); the decoder has
-    one block per map, then one per remaining ×2 step down to reduction ``stride`` (a power of two,
-    at most the shallowest map's reduction).
+    one :class:`DecoderBlock` per skip map (``decoder_channels`` wide, deep → shallow), a bilinear
+    upsampling from the shallowest map's reduction ``r_0`` to the output ``stride`` (a power of two,
+    at most ``r_0``) and a 3×3 conv to the five outputs.
     """
 
     def __init__(self, channels: Sequence[int], reductions: Sequence[int],
-                 decoder_channels: Sequence[int] = (128, 64, 32, 16), tail_channels: int = 16,
-                 film: bool = True, stride: int = 2) -> None:
+                 decoder_channels: Sequence[int] = (128, 64, 32), film: bool = True, stride: int = 2,
+                 tail_channels: int | None = None) -> None:
         super().__init__()
         if len(channels) != len(reductions) or not channels:
             raise ModelConfigError(f"xview3 head: {len(channels)} channel counts for "
@@ -122,6 +134,13 @@ class XView3Head(Head):
         if stride < 1 or stride & (stride - 1) or stride > reductions[0]:
             raise ModelConfigError(f"xview3 head: stride must be a power of two from 1 to the shallowest "
                                    f"map's reduction {reductions[0]}, got {stride}")
+        if not decoder_channels:
+            raise ModelConfigError("xview3 head: decoder_channels must name at least one width")
+        if tail_channels is not None:
+            # the decoder no longer has blocks below the shallowest map; kept so configs written
+            # for the older head still build
+            warnings.warn("xview3 head: tail_channels is ignored (no decoder blocks run below the "
+                          "shallowest map any more)", DeprecationWarning, stacklevel=2)
         self.channels, self.reductions, self.film = list(channels), list(reductions), film
         self.stride = int(stride)
         steps = len(channels) - 1
@@ -130,15 +149,12 @@ class XView3Head(Head):
         self.blocks = nn.ModuleList()
         cin = channels[-1]
         for skip, cout in zip(reversed(channels[:-1]), dec):
-            self.blocks.append(ConvBlock(cin + skip, cout, cond))
+            self.blocks.append(DecoderBlock(cin, skip, cout, cond))
             cin = cout
-        self.tail = nn.ModuleList()
-        # ×2 steps from the shallowest map to the output stride: the full-resolution ones are the
-        # costliest blocks of the model, so they are only built when stride 1 asks for them
-        for _ in range(int(np.log2(reductions[0] // self.stride))):
-            self.tail.append(ConvBlock(cin, tail_channels, cond))
-            cin = tail_channels
-        self.out = nn.Conv2d(cin, len(OUTPUTS), 1)
+        # below the shallowest map only the output conv runs: decoder blocks at R / s (R × R per
+        # region at stride 1) had cost more than the backbone itself
+        self.upscale = reductions[0] // self.stride
+        self.out = nn.Conv2d(cin, len(OUTPUTS), 3, padding=1)
 
     def forward(self, features: Sequence[Tensor], scenes: int = 1, state: None = None,
                 context: Tensor | None = None) -> tuple[dict[str, Tensor], None]:
@@ -150,11 +166,10 @@ class XView3Head(Head):
         x = features[-1]
         cond = self.condition(x, context) if self.film else None
         for block, skip in zip(self.blocks, reversed(features[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = block(torch.cat([x, skip], dim=1), cond)
-        for block in self.tail:
-            x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False), cond)
-        y = self.out(x)
+            x = block(x, skip, cond)
+        if self.upscale > 1:
+            x = F.interpolate(x, scale_factor=float(self.upscale), mode="bilinear", align_corners=False)
+        y = self.out(x)  # (N, 5, R / s, R / s)
         return {name: y[:, i: i + 1] for i, name in enumerate(OUTPUTS)}, None
 
     @staticmethod
