@@ -75,3 +75,56 @@ def test_steps_per_policy_and_scene_groups():
     assert count("per_scene", 3) == [4]  # the last scenes, fewer than asked, still step
     with pytest.raises(ModelConfigError, match=r"step policy 'per_epoch'"):
         next(accumulate(model, [], policy="per_epoch"))
+
+
+@pytest.mark.parametrize("context", ["xl", "mamba"])
+def test_bptt_window_gradient_flows_through_the_carried_state(context):
+    # stop-gradient memory never teaches a chunk to write what a later chunk needs (the
+    # across-chunk context probe stayed at AUC 0.5); a BPTT window back-propagates through it
+    torch.manual_seed(0)
+    model = tiny_model(context=context, head="xview3", detach_state=False).train()
+    loss_fn = task_for_head("xview3").loss
+    chunks = scene_chunks("a", 2, 3)  # 3 chunks of 2
+    total, state = 0.0, None
+    for c in chunks:
+        out, state = model(torch.from_numpy(c.pixels), torch.from_numpy(c.positions), state)
+        c.outputs = out
+        total = total + loss_fn(c)[0]
+    assert state_requires_grad(state)
+    (total / len(chunks)).backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    sg = tiny_model(context=context, head="xview3")  # the same weights, stop-gradient by default
+    sg.load_state_dict(model.state_dict())
+    steps = list(accumulate(sg, scene_chunks("a", 2, 3), policy="per_chunk", loss_fn=loss_fn, bptt_chunks=3))
+    assert [s.chunks for s in steps] == [3]  # one step for the window
+    assert steps[0].loss == pytest.approx(float(total.detach()) / 3, rel=1e-5)
+    got = grads(sg)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert sg.context.config.detach_state  # restored after training
+    # stop-gradient training gives another gradient for the early chunks' parameters
+    sg.zero_grad(set_to_none=True)
+    for _ in accumulate(sg, scene_chunks("a", 2, 3), policy="per_scene", loss_fn=loss_fn):
+        pass
+    assert any(not torch.allclose(grads(sg)[n], expected[n], rtol=1e-3, atol=1e-6) for n in expected)
+
+
+def test_bptt_windows_cut_the_state_and_step_per_window():
+    torch.manual_seed(0)
+    model = tiny_model(context="xl", head="xview3")
+    loss_fn = task_for_head("xview3").loss
+    chunks = scene_chunks("a", 2, 5) + scene_chunks("b", 2, 3, seed=1)  # 5 + 3 chunks
+    sizes = []
+    from xtstream.engine.state import SceneStates
+    states = SceneStates()
+    for step in accumulate(model, chunks, policy="per_chunk", loss_fn=loss_fn, bptt_chunks=2, states=states):
+        sizes.append(step.chunks)
+        # after each window's backward nothing carried may point into the freed graph
+        assert not any(state_requires_grad(e["state"]) for e in states.export())
+        model.zero_grad(set_to_none=True)
+    assert sizes == [2, 2, 2, 2]
+    assert [s.chunks for s in accumulate(model, scene_chunks("a", 2, 5), policy="per_chunk",
+                                         loss_fn=loss_fn, bptt_chunks=4)] == [4, 1]
+    with pytest.raises(ModelConfigError, match="bptt_chunks"):
+        next(accumulate(model, [], bptt_chunks=0))

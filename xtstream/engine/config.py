@@ -84,11 +84,15 @@ class StepSection:
     """When the optimiser steps (see :mod:`xtstream.engine.policy`): ``per_chunk`` — after every
     chunk (or group of ``scenes_per_step`` chunks of different scenes at the same grid positions);
     ``per_scene`` — after every ``scenes_per_step`` scenes, their chunks' gradients accumulated.
-    ``grad_ratio``: the share of regions encoded with gradient (``null``: the model's)."""
+    ``grad_ratio``: the share of regions encoded with gradient (``null``: the model's).
+    ``bptt_chunks``: chunk groups per truncated-BPTT window — the context state carries its
+    gradient through that many chunks before it is cut (1: stop-gradient between chunks; memory
+    grows with it, not with the scene)."""
 
     policy: Literal["per_chunk", "per_scene"] = "per_chunk"
     scenes_per_step: int = 1
     grad_ratio: float | None = None
+    bptt_chunks: int = 1
 
 
 @dataclass
@@ -333,6 +337,8 @@ def _check_values(obj: Any, source: str, where: str) -> None:
     elif isinstance(obj, StepSection):
         if obj.scenes_per_step < 1:
             raise bad("scenes_per_step", "must be >= 1")
+        if obj.bptt_chunks < 1:
+            raise bad("bptt_chunks", "must be >= 1 (chunk groups per truncated-BPTT window)")
         if obj.grad_ratio is not None and not 0.0 <= obj.grad_ratio <= 1.0:
             raise bad("grad_ratio", "must be in [0, 1]")
     elif isinstance(obj, CheckpointSection):

@@ -67,7 +67,7 @@ def make_loader(dataset: Any, workers: int, seed: int, epoch: int) -> torch.util
 
 
 def steps_per_epoch(sizes: list[SceneSize], epoch: int, *, chunk: int, policy: str, scenes_per_step: int,
-                    workers: int, world: int, shuffle: bool, seed: int) -> int:
+                    workers: int, world: int, shuffle: bool, seed: int, bptt_chunks: int = 1) -> int:
     """The optimiser steps every rank takes in ``epoch``: the fewest of any rank (DDP drops the
     rest, :mod:`xtstream.engine.distributed`). ``per_chunk`` with ``scenes_per_step > 1`` groups
     same-position chunks of scenes read by different workers, so its count assumes scenes of one
@@ -79,7 +79,8 @@ def steps_per_epoch(sizes: list[SceneSize], epoch: int, *, chunk: int, policy: s
             counts.append(math.ceil(len(mine) / scenes_per_step))
         else:
             chunks = sum(math.ceil(s.regions / chunk) for s in mine)
-            counts.append(math.ceil(chunks / max(1, min(scenes_per_step, workers))))
+            groups = math.ceil(chunks / max(1, min(scenes_per_step, workers)))
+            counts.append(math.ceil(groups / bptt_chunks))
     return min(counts)
 
 

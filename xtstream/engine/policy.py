@@ -15,6 +15,14 @@ inside a chunk). They differ in when the optimiser steps:
   also holds the chunks other open scenes sent since the previous step: every chunk counts in
   exactly one step, and with one worker (or scenes arriving whole) a step is exactly its scenes.
 
+**Truncated BPTT over windows of chunks** (``bptt_chunks = k > 1``, either policy): with
+stop-gradient memory a chunk's loss never reaches the computation of earlier chunks, so nothing
+teaches a region to *write* what a later chunk will need (the across-chunk context probe stayed at
+AUC ~0.5). With ``k > 1`` the context state is handed on with its gradient and the losses of ``k``
+consecutive chunk groups are back-propagated together (``per_chunk``: their mean, one step per
+window); then every carried state is detached. Memory is ``k`` groups' graphs — bounded by
+``k``, not by the scene — and ``k = 1`` is exactly the stop-gradient training above.
+
 :func:`accumulate` runs the forward and backward passes and yields after each step's gradients
 are in the parameters' ``.grad``; the caller syncs (DDP), clips and steps, then zeroes them.
 """
@@ -60,35 +68,53 @@ class Accumulated:
 def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", scenes_per_step: int = 1,
                loss_fn: LossFn | None = None, device: torch.device | str | None = None,
                grad_ratio: float | None = None, generator: torch.Generator | None = None,
-               states: SceneStates | None = None, autocast: Callable[[], Any] | None = None
-               ) -> Iterator[Accumulated]:
+               states: SceneStates | None = None, autocast: Callable[[], Any] | None = None,
+               bptt_chunks: int = 1) -> Iterator[Accumulated]:
     """Forward and backward over ``items`` (chunks of many scenes, interleaved or not), yielding
     each time a step's gradients are complete (see the module doc for the policies).
 
     ``loss_fn``: default, the loss of the task that trains the model's head. ``states``: the
     per-scene context states (pass one to resume mid-scene). ``autocast``: a context-manager
-    factory wrapped around each forward and loss (e.g. bf16 autocast). Gradients must be zero (or
-    ``None``) when iteration starts and after each yield. A non-finite chunk loss raises
-    :class:`~xtstream.errors.TrainingError` naming the scene and the chunk's regions, before any
-    backward of it.
+    factory wrapped around each forward and loss (e.g. bf16 autocast). ``bptt_chunks``: chunk
+    groups per truncated-BPTT window (see the module doc; 1 = stop-gradient between chunks).
+    Gradients must be zero (or ``None``) when iteration starts and after each yield. A non-finite
+    chunk loss raises :class:`~xtstream.errors.TrainingError` naming the scene and the chunk's
+    regions, before any backward of it.
     """
     if policy not in POLICIES:
         raise ModelConfigError(f"step policy {policy!r}: expected one of {list(POLICIES)}")
     if scenes_per_step < 1:
         raise ModelConfigError(f"scenes_per_step must be >= 1, got {scenes_per_step}")
+    if not isinstance(bptt_chunks, int) or bptt_chunks < 1:
+        raise ModelConfigError(f"bptt_chunks must be an integer >= 1, got {bptt_chunks!r}")
     if loss_fn is None:
         loss_fn = task_for_head(model.config.head).loss
     ctx_config = getattr(model.context, "config", None)
     if ctx_config is not None and not getattr(ctx_config, "detach_state", True):
         raise ModelConfigError("chunk-wise training needs detach_state=True in the context config: "
-                               "with a carried graph the next chunk's backward would re-enter it")
+                               "with a carried graph the next chunk's backward would re-enter it "
+                               "(for gradient through the state, train with bptt_chunks > 1)")
     autocast = autocast or contextlib.nullcontext
     per_scene = policy == "per_scene"
+    states = states if states is not None else SceneStates()
     model.train()
-    with torch.enable_grad():
+    with torch.enable_grad(), _state_gradient(model, bptt_chunks > 1):
         groups = iter(model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
                                           scenes_per_group=scenes_per_step, states=states))
         step = _Step()
+        window: list[Tensor] = []  # the weighted losses of the groups not back-propagated yet
+
+        def backward() -> None:
+            if not window:
+                return
+            objective = window[0] if len(window) == 1 else torch.stack(window).sum()
+            if not per_scene and len(window) > 1:
+                objective = objective / len(window)  # per_chunk: the mean over the window's groups
+            objective.backward()
+            window.clear()
+            if bptt_chunks > 1:
+                states.detach()  # the window's graph is freed: no state may point into it
+
         while True:
             with autocast():
                 group = next(groups, None)
@@ -103,13 +129,41 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
             else:
                 weights = [1.0 / len(group)] * len(group)
             total = sum(w * loss.float() for w, loss in zip(weights, losses))
-            total.backward()
+            window.append(total)
             step.add(group, results, float(total.detach()))
-            if not per_scene or step.finished >= scenes_per_step:
+            if len(window) >= bptt_chunks:
+                backward()
+            if per_scene:
+                if step.finished >= scenes_per_step:
+                    backward()
+                    yield step.done()
+                    step = _Step()
+            elif not window:
+                if len(step.loss_parts) > 1:
+                    step.loss = sum(step.loss_parts) / len(step.loss_parts)
                 yield step.done()
                 step = _Step()
-        if step.chunks:  # per_scene: the last scenes, fewer than scenes_per_step
+        backward()
+        if step.chunks:  # per_scene: the last scenes, fewer than scenes_per_step; per_chunk: a short window
+            if not per_scene and len(step.loss_parts) > 1:
+                step.loss = sum(step.loss_parts) / len(step.loss_parts)
             yield step.done()
+
+
+@contextlib.contextmanager
+def _state_gradient(model: Any, carried: bool) -> Iterator[None]:
+    """While ``carried``, the context encoder hands its state on *with* its gradient (truncated
+    BPTT: the engine cuts it at each window's end); restored afterwards."""
+    config = getattr(model.context, "config", None)
+    if not carried or config is None or not hasattr(config, "detach_state"):
+        yield
+        return
+    saved = config.detach_state
+    config.detach_state = False
+    try:
+        yield
+    finally:
+        config.detach_state = saved
 
 
 class _Step:
@@ -117,12 +171,14 @@ class _Step:
 
     def __init__(self) -> None:
         self.loss, self.chunks, self.finished, self.lost = 0.0, 0, 0, 0
+        self.loss_parts: list[float] = []  # each group's objective (per_chunk windows average them)
         self.scenes: list[str] = []
         self.parts: dict[str, list[float]] = {}
         self.group: list[RegionChunk] = []
 
     def add(self, group: list[RegionChunk], results: list[Any], loss: float) -> None:
         self.loss += loss
+        self.loss_parts.append(loss)
         self.chunks += len(group)
         self.group = [_bare(c) for c in group]
         for c, r in zip(group, results):

@@ -102,6 +102,7 @@ class Trainer:
                                        seed=cfg.seed, source=cfg.source)
         per_epoch = [steps_per_epoch(sizes, e, chunk=chunk, policy=cfg.step.policy,
                                      scenes_per_step=cfg.step.scenes_per_step, workers=cfg.data.workers,
+                                     bptt_chunks=cfg.step.bptt_chunks,
                                      world=d.world, shuffle=cfg.data.shuffle, seed=cfg.seed)
                      for e in range(cfg.epochs)]
         if not sum(per_epoch):
@@ -162,7 +163,8 @@ class Trainer:
             next(items)
         steps = accumulate(self.model, items, policy=cfg.step.policy, scenes_per_step=cfg.step.scenes_per_step,
                            loss_fn=self.task.loss, device=self.device, grad_ratio=cfg.step.grad_ratio,
-                           generator=self.generator, states=states, autocast=self.autocast)
+                           generator=self.generator, states=states, autocast=self.autocast,
+                           bptt_chunks=cfg.step.bptt_chunks)
         try:
             while True:
                 t0 = time.perf_counter()

@@ -94,6 +94,14 @@ class SceneStates:
     def clear(self) -> None:
         self._open.clear()
 
+    def detach(self) -> None:
+        """Cut the gradient of every open scene's state (after a truncated-BPTT backward: the
+        graph it pointed into is freed)."""
+        from xtstream.models.context import detach_all
+
+        for entry in self._open.values():
+            entry.state = detach_all(entry.state)
+
     def export(self) -> list[dict[str, Any]]:
         """The open scenes as plain entries ``{scene_id, grid: [height, width, region],
         next_index, state}`` (what a training checkpoint keeps to resume mid-scene)."""

@@ -22,7 +22,7 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
                  loss_fn: LossFn | None = None, *, device: torch.device | str | None = None,
                  grad_ratio: float | None = None, clip_grad_norm: float | None = None,
                  generator: torch.Generator | None = None, scenes_per_step: int = 1,
-                 policy: str = "per_chunk") -> Iterator[dict[str, Any]]:
+                 policy: str = "per_chunk", bptt_chunks: int = 1) -> Iterator[dict[str, Any]]:
     """Train on a stream of region chunks (or regions), one optimizer step per chunk group (or per
     ``scenes_per_step`` scenes with ``policy="per_scene"``).
 
@@ -35,11 +35,12 @@ def train_chunks(model: Any, items: Iterable[Any], optimizer: torch.optim.Optimi
     chunks, each over the chunks that reported it; empty when ``loss_fn`` returns a scalar alone),
     and ``lost_regions``: regions the readers reported not delivered with these chunks (shards read
     with ``skip_bad=True``: :class:`~xtstream.data.shards.LostRegions`), so that a loop can count
-    what an epoch missed.
+    what an epoch missed. ``bptt_chunks``: gradient through the context state over windows of that
+    many chunk groups (:mod:`xtstream.engine.policy`).
     """
     optimizer.zero_grad(set_to_none=True)
     for acc in accumulate(model, items, policy=policy, scenes_per_step=scenes_per_step, loss_fn=loss_fn,
-                          device=device, grad_ratio=grad_ratio, generator=generator):
+                          device=device, grad_ratio=grad_ratio, generator=generator, bptt_chunks=bptt_chunks):
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()

@@ -9,6 +9,7 @@ memory; Mamba: SSM and conv states; full/none: nothing).
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 import torch
@@ -108,13 +109,15 @@ class ContextStream:
 
 
 def detach_all(obj: Any) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, dataclass-like NamedTuples) detached."""
+    """``obj`` with every tensor inside (tuples, lists, NamedTuples, dataclasses) detached."""
     if isinstance(obj, Tensor):
         return obj.detach()
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(detach_all(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(detach_all(v) for v in obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return replace(obj, **{f.name: detach_all(getattr(obj, f.name)) for f in fields(obj)})
     return obj
 
 

@@ -45,7 +45,9 @@ class MambaMixer(nn.Module):
         c = config
         e, n, r = c.d_inner, c.d_state, c.mamba_dt_rank
         self.d_state, self.d_conv, self.dt_rank = n, c.d_conv, r
-        self.backend, self.scan_block, self.detach_state = c.backend, c.scan_block, c.detach_state
+        self.backend, self.scan_block = c.backend, c.scan_block
+        # read at call time: the training engine lifts the stop-gradient for truncated BPTT
+        self.config = c
         self.in_proj = nn.Linear(c.dim, 2 * e, bias=False)
         self.conv1d = nn.Conv1d(e, e, kernel_size=c.d_conv, groups=e, bias=True)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
@@ -88,7 +90,7 @@ class MambaMixer(nn.Module):
     def _use_cuda(self, x: Tensor) -> bool:
         # the Mamba-1 kernel drops the gradient of its last state: with detach_state=False that
         # would silently cut back-propagation between chunks, so the torch scan runs instead
-        needs_state_grad = not self.detach_state and torch.is_grad_enabled()
+        needs_state_grad = not self.config.detach_state and torch.is_grad_enabled()
         if self.backend == "torch":
             return False
         if self.backend == "cuda":
