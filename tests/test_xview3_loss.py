@@ -162,3 +162,48 @@ def test_peaks_at_a_stride_come_back_in_full_resolution_scene_pixels(stride):
     assert abs(d["scene_row"] - 64 - true[0]) <= stride / 2 and abs(d["scene_col"] - 64 - true[1]) <= stride / 2
     with pytest.raises(ValueError, match="multiple"):
         decode_xview3(outputs, region=R + 1)
+
+
+# -- centre heat-map loss ------------------------------------------------------------------------
+def _centre_case(n: int = 2, h: int = 16):
+    target = torch.zeros(n, h, h)
+    target[0, 5, 7] = 1.0  # one centre, in the first region only
+    target[0, 4:7, 6:9] = torch.maximum(target[0, 4:7, 6:9], torch.tensor(0.6))
+    target[0, 5, 7] = 1.0
+    return target, torch.ones(n, h, h, dtype=torch.bool)
+
+
+def test_centre_focal_loss_rewards_the_peak_and_is_normalised_per_region_at_least():
+    from xtstream.tasks.xview3.loss import centre_focal_loss
+
+    target, valid = _centre_case()
+    right = torch.full_like(target, -12.0)
+    right[0, 5, 7] = 12.0
+    wrong = torch.full_like(target, -12.0)
+    wrong[1, 5, 7] = 12.0  # the peak in the other region: a miss and a false centre
+    assert float(centre_focal_loss(right, target, valid)) < 1e-4
+    assert float(centre_focal_loss(wrong, target, valid)) > 5.0
+    # the near-centre cells (0.6 of the Gaussian) are penalised less than far background
+    near, far = torch.full_like(target, -12.0), torch.full_like(target, -12.0)
+    near[0, 5, 7] = far[0, 5, 7] = 12.0
+    near[0, 4, 6], far[1, 12, 12] = 0.0, 0.0
+    assert float(centre_focal_loss(near, target, valid)) < float(centre_focal_loss(far, target, valid)) / 5
+    # an empty chunk: normalised by its region count, not by one centre
+    empty = torch.zeros(4, 16, 16)
+    logits = torch.full_like(empty, -4.6)
+    per_region = float(centre_focal_loss(logits[:1], empty[:1], valid[:1]))
+    assert float(centre_focal_loss(logits, empty, torch.ones(4, 16, 16, dtype=torch.bool))) == pytest.approx(per_region)
+
+
+def test_centre_loss_starts_of_the_other_terms_scale_and_mse_stays_available():
+    head = XView3Head(CHANNELS, REDUCTIONS, decoder_channels=(16, 8, 8), stride=1)
+    feats = [torch.randn(2, c, R // r, R // r) for c, r in zip(CHANNELS, REDUCTIONS)]
+    out, _ = head(feats)
+    assert torch.sigmoid(out["centre"]).mean() < 0.05  # CenterNet's prior: p ~ 0.01 at the start
+    target, _ = _centre_case(2, R)
+    targets = {"centre": target, "vessel": (target > 0.5).float()}
+    _, focal = xview3_loss(out, targets)
+    _, mse = xview3_loss(out, targets, centre_loss="mse")
+    assert 0.1 < focal["centre"] < 20 and mse["centre"] < 0.05
+    with pytest.raises(ModelConfigError, match="centre_loss"):
+        xview3_loss(out, targets, centre_loss="l1")

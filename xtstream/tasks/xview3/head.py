@@ -53,6 +53,8 @@ TARGET_ALIASES = {"fishing": "is_fishing", "center": "centre"}
 #: 100 m is near the geometric middle of xView3 vessel lengths (20–300 m → -1.6 … 1.1), so the
 #: regression target is of unit scale like the other terms'
 LENGTH_REF_M = 100.0
+#: the centre map's initial logit: sigmoid ≈ 0.01 everywhere
+CENTRE_PRIOR_LOGIT = -4.6
 #: the log-length is clamped there before ``exp`` (≈ 2200 km): no overflow to ``inf`` in float32
 _MAX_LOG_LENGTH = 10.0
 
@@ -155,6 +157,10 @@ class XView3Head(Head):
         # region at stride 1) had cost more than the backbone itself
         self.upscale = reductions[0] // self.stride
         self.out = nn.Conv2d(cin, len(OUTPUTS), 3, padding=1)
+        with torch.no_grad():
+            # centres are a few cells in tens of thousands: start at p = 0.01 (as CenterNet does),
+            # so the focal loss's background term does not dominate the first steps
+            self.out.bias[OUTPUTS.index("centre")] = CENTRE_PRIOR_LOGIT
 
     def forward(self, features: Sequence[Tensor], scenes: int = 1, state: None = None,
                 context: Tensor | None = None) -> tuple[dict[str, Tensor], None]:

@@ -37,19 +37,23 @@ class XView3Task(Task):
 
     ``weights``: the loss's term weights ``{name: weight}`` (names of the
     head's outputs, :data:`~xtstream.tasks.xview3.labels.TARGET_NAMES`; missing ones 1.0), e.g.
-    ``get_task("xview3", weights={"length": 0.5})``.
+    ``get_task("xview3", weights={"length": 0.5})``. ``centre_loss``: ``"focal"`` (CenterNet's,
+    the default) or ``"mse"`` (:func:`~xtstream.tasks.xview3.loss.centre_focal_loss`).
     """
 
     name = "xview3"
     head = "xview3"
 
-    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, weights: Mapping[str, float] | None = None, centre_loss: str = "focal") -> None:
         # checked here, not at the first loss, so a misspelt key fails when the task is made
         # (against the labels' map names, which are the head's outputs: no torch import)
         for key in weights or {}:
             if key not in TARGET_NAMES:
                 raise TaskError(f"xview3 task: loss weight for {key!r}; expected one of {list(TARGET_NAMES)}")
         self.weights = {k: float(v) for k, v in (weights or {}).items()}
+        if centre_loss not in ("focal", "mse"):
+            raise TaskError(f"xview3 task: centre_loss {centre_loss!r}; expected 'focal' or 'mse'")
+        self.centre_loss = centre_loss
 
     def read_labels(self, path: str | Path, *, scene_ids: Iterable[str] | None = None,
                     shapes: Mapping[str, tuple[int, int]] | None = None, spec: Any = None
@@ -110,4 +114,4 @@ class XView3Task(Task):
         """:func:`~xtstream.tasks.xview3.loss.xview3_chunk_loss` with the task's ``weights``."""
         from xtstream.tasks.xview3.loss import xview3_chunk_loss
 
-        return xview3_chunk_loss(chunk, self.weights)
+        return xview3_chunk_loss(chunk, self.weights, self.centre_loss)
