@@ -169,9 +169,10 @@ class ProbeResult:
 
 def run_probe(probe: str, context: str, *, steps: int = 1000, seed: int = 0, lr: float = 3e-4,
               chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
-              progress: bool = False, **model_kw: Any) -> ProbeResult:
-    """Train a fresh probe model for ``steps`` optimiser steps (one per chunk) on ``probe``'s
-    scenes, then score it on held-out scenes."""
+              progress: bool = False, bptt_chunks: int = 1, **model_kw: Any) -> ProbeResult:
+    """Train a fresh probe model on ``probe``'s scenes for ``steps`` chunk forwards (one optimiser
+    step per chunk, or per ``bptt_chunks`` chunks back-propagated together through the carried
+    state: the same compute either way), then score it on held-out scenes."""
     from xtstream.engine import train_chunks
 
     model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **model_kw)
@@ -179,15 +180,23 @@ def run_probe(probe: str, context: str, *, steps: int = 1000, seed: int = 0, lr:
     start = time.perf_counter()
     stream = training_stream(probe, seed, region=region, chunk=chunk)
     losses = []
-    records = train_chunks(model, stream, opt, clip_grad_norm=1.0)
+    records = train_chunks(model, stream, opt, clip_grad_norm=1.0, bptt_chunks=bptt_chunks)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        records = tqdm(records, total=steps, desc=f"{probe}/{context}/seed {seed}", unit="step")
-    for k, record in enumerate(records):
+        bar = tqdm(total=steps, desc=f"{probe}/{context}/seed {seed}", unit="chunk")
+    done = 0
+    for record in records:
         losses.append(record["loss"])
-        if k + 1 >= steps:
+        n = bptt_chunks if context != "full" else 1
+        done += n
+        if bar is not None:
+            bar.update(n)
+        if done >= steps:
             break
+    if bar is not None:
+        bar.close()
     score = object_auc(model, probe, scenes=eval_scenes, region=region, chunk=chunk)
     tail = losses[-max(1, steps // 10):]
     return ProbeResult(probe, context, seed, steps, score, time.perf_counter() - start,

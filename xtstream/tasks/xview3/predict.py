@@ -132,10 +132,13 @@ def _read_at(store: PredictionStore, name: str, pos: np.ndarray) -> np.ndarray:
     if not len(pos):
         return out
     cell = store.grid.region // store.stride
-    tiles = (pos // cell)
-    for ty, tx in {tuple(t) for t in tiles.tolist()}:
-        sel = (tiles[:, 0] == ty) & (tiles[:, 1] == tx)
-        h, w = store.shape
+    h, w = store.shape
+    # grouped by tile with one sort: a mask per tile would cost tiles x detections
+    tiles, inverse = np.unique(pos // cell, axis=0, return_inverse=True)
+    order = np.argsort(inverse.reshape(-1), kind="stable")
+    bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(tiles) + 1))
+    for k, (ty, tx) in enumerate(tiles.tolist()):
+        sel = order[bounds[k]:bounds[k + 1]]
         win = Window(ty * cell, tx * cell, min((ty + 1) * cell, h), min((tx + 1) * cell, w))
         block = store.read(name, win)
         out[sel] = block[pos[sel, 0] - win.y0, pos[sel, 1] - win.x0]
