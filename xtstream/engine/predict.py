@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from xtstream._runtime.write_behind import WriteBehind
 from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid
 from xtstream.data.shards.format import scene_key
@@ -131,15 +132,19 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
         bar = _bar(sum(len(e.grid) for e in group if e.grid is not None) or None, progress)
         writers: dict[str, Any] = {}
         started: dict[str, float] = {}
-        with torch.inference_mode():
+        # outputs are written a couple of chunks behind the model (one writer thread, in order)
+        with torch.inference_mode(), WriteBehind(depth=2) as behind:
             for c in model.stream(loader, device=device, batch_size=batch_size, memory_budget=memory_budget):
                 if c.first:
                     e = by_id[c.scene_id]
                     writers[c.scene_id] = task.scene_writer(scenes_dir, c.scene_id, c.grid, e.georef, **options)
                     started[c.scene_id] = time.perf_counter()
-                writers[c.scene_id].write(c)
+                c.outputs = _to_host(c.outputs)  # the device's memory is not held by the queue
+                c.pixels = None
+                behind.submit(writers[c.scene_id].write, c)
                 bar.update(len(c))
                 if c.last:
+                    behind.flush()
                     w = writers.pop(c.scene_id)
                     rows = w.finish()
                     _write_csv(_part(scenes_dir, c.scene_id), w.columns, rows)
@@ -154,6 +159,17 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
         print(f"predict: {len(done)} scene(s) predicted, {len(skipped)} skipped; "
               + (f"merged -> {merged}" if merged else "waiting for other ranks' scenes before merging"))
     return PredictResult(out, merged, done, skipped, rows_written, [e.scene_id for e in entries])
+
+
+def _to_host(out: Any) -> Any:
+    """Outputs moved to host memory (tensors, in dicts / lists / tuples)."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu()
+    if isinstance(out, dict):
+        return {k: _to_host(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_host(v) for v in out)
+    return out
 
 
 def list_scenes(sources: Any, region: int, channels: int | None = None) -> list[SceneEntry]:

@@ -96,7 +96,10 @@ class XView3SceneWriter:
         store, o = self.store, self.options
         s = store.stride
         positions, scores = [], []
-        for pos, sc in find_peaks_tiled(lambda w: store.read("centre", w), store.shape, store.windows(),
+        # tiles of PEAK_TILE x PEAK_TILE stored chunks: with one chunk per tile the halo made every
+        # chunk decode ~4 times (a third of the prediction time on CPU); memory stays one tile
+        tiles = store.windows(PEAK_TILE * (store.grid.region // s))
+        for pos, sc in find_peaks_tiled(lambda w: store.read("centre", w), store.shape, tiles,
                                         threshold=o["threshold"], min_distance=peak_cells(o["min_distance"], s)):
             positions.append(pos)
             scores.append(sc)
@@ -124,6 +127,10 @@ class XView3SceneWriter:
         vessels = sum(r["is_vessel"] for r in rows)
         fishing = sum(r["is_fishing"] for r in rows)
         return f"{len(rows)} detections ({vessels} vessels, {fishing} fishing) -> {self.path}"
+
+
+#: stored chunks per side of the tiles peaks are found in (8 x 8 chunks of 128² cells: 4 MiB)
+PEAK_TILE = 8
 
 
 def _read_at(store: PredictionStore, name: str, pos: np.ndarray) -> np.ndarray:

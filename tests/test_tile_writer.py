@@ -1,0 +1,49 @@
+"""Chunks written directly are the files zarr writes itself, and read back through zarr."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from xtstream.data.tile_writer import tile_writer
+
+CODECS = {
+    "none": None,
+    "zstd": [zarr.codecs.ZstdCodec(level=3)],
+    "zstd+crc32c": [zarr.codecs.ZstdCodec(level=1), zarr.codecs.Crc32cCodec()],
+    "blosc+crc32c": [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), zarr.codecs.Crc32cCodec()],
+}
+
+
+def _array(path, compressors, dtype="f4"):
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    return g.create_array("m", shape=(100, 70), chunks=(32, 32), dtype=dtype, compressors=compressors,
+                          fill_value=np.nan if dtype == "f4" else 0)
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+@pytest.mark.parametrize("dtype", ["f4", "u2"])
+def test_direct_chunks_are_byte_identical_to_zarr_s_and_read_back(tmp_path, name, dtype):
+    rng = np.random.default_rng(0)
+    ref, ours = _array(tmp_path / "ref", CODECS[name], dtype), _array(tmp_path / "ours", CODECS[name], dtype)
+    writer = tile_writer(tmp_path / "ours" / "m")
+    assert writer is not None
+    data = (rng.random((100, 70)) * 1000).astype(dtype)
+    for i in range(4):
+        for j in range(3):
+            block = data[i * 32:(i + 1) * 32, j * 32:(j + 1) * 32]  # edge blocks are smaller
+            ref[i * 32:i * 32 + block.shape[0], j * 32:j * 32 + block.shape[1]] = block
+            writer.write((i, j), block)
+            assert writer.key_path((i, j)).read_bytes() == (tmp_path / "ref" / "m" / "c" / str(i) / str(j)).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "ours" / "m", mode="r")[:], data)
+    assert not list((tmp_path / "ours").rglob("*.partial"))
+
+
+def test_layouts_it_does_not_write_are_left_to_zarr(tmp_path):
+    g = zarr.open_group(tmp_path / "s", mode="w", zarr_format=3)
+    g.create_array("gz", shape=(8, 8), chunks=(4, 4), dtype="f4", compressors=[zarr.codecs.GzipCodec()])
+    g.create_array("sharded", shape=(8, 8), chunks=(2, 2), shards=(4, 4), dtype="f4")
+    assert tile_writer(tmp_path / "s" / "gz") is None
+    assert tile_writer(tmp_path / "s" / "sharded") is None
+    assert tile_writer(tmp_path / "s" / "nothing") is None
