@@ -153,6 +153,33 @@ def train_note(r: dict) -> str:
             "With a spare core per worker the loader should not cost training time; not measured here.")
 
 
+def head_rows(r: dict) -> list[tuple[str, str, str]]:
+    strides = [1, 2, 4]
+    return [
+        (f"model forward ({r['backbone']}, {r['region']} px, {r['context']}, {r['chunk']} regions) at output "
+         "stride " + " / ".join(map(str, strides)),
+         " / ".join(f"{r[f'model_stride_{s}_regions_per_s']:.1f}" for s in strides)
+         + f" regions/s vs the bare backbone's {r['backbone_regions_per_s']:.1f}", "for scale"),
+        (f"model vs bare backbone at the default stride {r['default_stride']}", f"{r['model_vs_backbone']:.2f}×",
+         f"≥ 0.7 {_mark(r['model_vs_backbone'] >= 0.7)}"),
+    ]
+
+
+def predict_rows(r: dict) -> list[tuple[str, str, str]]:
+    runs, rate = r["runs"], r["regions_per_s"]
+    return [
+        (f"peak RSS, predict {r['small']} / {r['large']}",
+         f"{runs['small_predict']['peak_rss_mib']:.0f} / {runs['large_predict']['peak_rss_mib']:.0f} MiB",
+         f"≤ 2 GiB {_mark(r['peak_rss_mib'] <= 2048)}"),
+        ("RSS ratio large / small", f"{r['rss_ratio']:.2f}", f"≤ 1.1 {_mark(r['rss_ratio'] <= 1.1)}"),
+        ("predict (read, model, write the maps, scene peaks, CSV) vs the model on regions in memory",
+         f"{r['vs_model']:.2f}× ({rate['predict_large']:.1f} vs {rate['in_memory']:.1f} regions/s; "
+         f"small scene {r['vs_model_small']:.2f}×)", f"≥ 0.9 {_mark(r['vs_model'] >= 0.9)}"),
+        ("model (xT-XL + xView3 head) vs bare backbone, same regions", f"{r['model_vs_backbone']:.2f}× "
+         f"({rate['in_memory']:.1f} vs {rate['backbone']:.1f} regions/s)", f"≥ 0.7 {_mark(r['model_vs_backbone'] >= 0.7)}"),
+    ]
+
+
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
@@ -161,6 +188,8 @@ SECTIONS = [
     ("encoder_throughput_cuda", "Region-encoder stage and model path on a GPU, swinv2_tiny_window8_256 (`benchmarks/encoder_throughput.py --device cuda --backbone swinv2_tiny_window8_256 --batch 64 --regions 1024`)", encoder_rows, None),
     ("encoder_throughput_cuda_atto", "The same on a GPU with convnext_atto (`--backbone convnext_atto --regions 2048`)", encoder_rows, gpu_note),
     ("train_memory", "Training memory and data loading, one epoch per scene size (`benchmarks/train_memory.py`)", train_rows, train_note),
+    ("head_stride", "xView3 head output stride (`benchmarks/head_stride.py`)", head_rows, None),
+    ("predict_scene", "Whole-scene prediction (`benchmarks/predict_scene.py`)", predict_rows, None),
     ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 

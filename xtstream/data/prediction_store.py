@@ -106,7 +106,9 @@ class PredictionStore:
         if t is not None and t[1] == 0 and t[3] == 0:  # axis-aligned: 1-D cell-centre coordinates
             coords["y"] = ("y", t[5] + (np.arange(shape[0]) + 0.5) * t[4])
             coords["x"] = ("x", t[2] + (np.arange(shape[1]) + 0.5) * t[0])
-        lazy = da.full(shape, np.nan, dtype=np.float32, chunks=(cell, cell))
+        # one dask chunk: nothing is computed (compute=False), and a task per zarr chunk made a
+        # graph of 55,000 tasks for a 30,000² scene (+200 MiB, 9 s) just to write the metadata
+        lazy = da.full(shape, np.nan, dtype=np.float32, chunks=shape)
         ds = xr.Dataset({name: (("y", "x"), lazy, dict(a)) for name, a in variables.items()}, coords=coords)
         if georef.crs is not None:
             ds = ds.rio.write_crs(georef.crs)
