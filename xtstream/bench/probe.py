@@ -216,7 +216,7 @@ def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, step
     document: per run mean/std/per-seed AUC and seconds, plus the summary keys
     ``auc_<context>_<probe>`` (means), ``auc_region_only`` (the worst region-only mean, i.e. the
     one closest to solving a probe) and ``seeds``."""
-    results: dict[str, Any] = {"seeds": seeds, "steps": steps, "runs": {}}
+    results: dict[str, Any] = {"seeds": seeds, "steps": steps, "bptt_chunks": kw.get("bptt_chunks", 1), "runs": {}}
     for probe, context in runs:
         per_seed = [run_probe(probe, context, steps=steps, seed=s, progress=progress, **kw) for s in range(seeds)]
         aucs = [r.auc for r in per_seed]

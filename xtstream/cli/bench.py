@@ -14,7 +14,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                            description="Train region-only and xT models on tasks only context can solve "
                                        "and report each one's object AUC (mean ± std over seeds).")
     probe.add_argument("--seeds", type=int, default=3, help="models per probe and context (default 3)")
-    probe.add_argument("--steps", type=int, default=1000, help="optimiser steps per model (default 1000)")
+    probe.add_argument("--steps", type=int, default=1000, help="chunk forwards per model (default 1000)")
+    probe.add_argument("--bptt-chunks", type=int, default=1,
+                       help="back-propagate through the context state over windows of this many chunks "
+                            "(default 1: stop-gradient memory)")
     probe.add_argument("--runs", help="comma-separated probe:context pairs (default: every probe, "
                                       "none/xl/mamba, and in_chunk:full)")
     probe.add_argument("--out", type=Path, help="write the results JSON here")
@@ -24,15 +27,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xtstream.bench.probe import DEFAULT_RUNS, PROBES, sweep, table
 
-    if args.seeds < 1 or args.steps < 1:
-        raise SystemExit("xtstream bench probe: --seeds and --steps must be >= 1")
+    if args.seeds < 1 or args.steps < 1 or args.bptt_chunks < 1:
+        raise SystemExit("xtstream bench probe: --seeds, --steps and --bptt-chunks must be >= 1")
     runs = DEFAULT_RUNS
     if args.runs:
         runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))
         bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
         if bad:
             raise SystemExit(f"xtstream bench probe: --runs wants probe:context pairs with probes {PROBES}, got {bad}")
-    results = sweep(runs, seeds=args.seeds, steps=args.steps, progress=not args.quiet)
+    results = sweep(runs, seeds=args.seeds, steps=args.steps, progress=not args.quiet,
+                    bptt_chunks=args.bptt_chunks)
     print(table(results))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
