@@ -38,3 +38,21 @@ def limit_arenas() -> bool:
         return False
     _done = bool(mallopt(M_ARENA_MAX, ARENAS))
     return _done
+
+
+def trim() -> bool:
+    """Hand the C allocator's free heap memory back to the system (glibc ``malloc_trim(0)``).
+
+    Why: tile-by-tile work that allocates and frees tens of MiB per tile (peak finding over a
+    prediction map) left RSS growing with the number of tiles — glibc's mmap threshold rises to
+    the size of the largest freed buffer, so later buffers come from heaps that keep their pages.
+    ``False`` where the C library has no ``malloc_trim``.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
+

@@ -84,6 +84,10 @@ def find_peaks_tiled(read: Callable[[Window], np.ndarray], shape: tuple[int, int
     for tile in tiles:
         big = Window(max(tile.y0 - halo, 0), max(tile.x0 - halo, 0), min(tile.y1 + halo, h), min(tile.x1 + halo, w))
         values = torch.from_numpy(np.ascontiguousarray(read(big), dtype=np.float32))[None, None]
+        if not bool((values >= threshold).any()):
+            # most of a scene is empty sea: no cell can be a peak, so the pooling is skipped
+            yield np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+            continue
         rows = torch.arange(big.y0, big.y1, dtype=torch.float64).view(-1, 1)
         cols = torch.arange(big.x0, big.x1, dtype=torch.float64).view(1, -1)
         index = (rows * w + cols)[None, None]
