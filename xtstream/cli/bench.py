@@ -7,14 +7,16 @@ import argparse
 import json
 from pathlib import Path
 
+from xtstream.cli import positive_int
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     probe = sub.add_parser("probe", help="context probes: does a trained xT use its context? (object AUC)",
                            description="Train region-only and xT models on tasks only context can solve "
                                        "and report each one's object AUC (mean ± std over seeds).")
-    probe.add_argument("--seeds", type=int, default=3, help="models per probe and context (default 3)")
-    probe.add_argument("--steps", type=int, default=1000, help="optimiser steps per model (default 1000)")
+    probe.add_argument("--seeds", type=positive_int, default=3, help="models per probe and context (default 3)")
+    probe.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps per model (default 1000)")
     probe.add_argument("--runs", help="comma-separated probe:context pairs (default: every probe, "
                                       "none/xl/mamba, and in_chunk:full)")
     probe.add_argument("--out", type=Path, help="write the results JSON here")
@@ -24,8 +26,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xtstream.bench.probe import DEFAULT_RUNS, PROBES, sweep, table
 
-    if args.seeds < 1 or args.steps < 1:
-        raise SystemExit("xtstream bench probe: --seeds and --steps must be >= 1")
     runs = DEFAULT_RUNS
     if args.runs:
         runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))

@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,13 @@ import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
+from xtstream._runtime.lock import LOCK_FILE, holds_only_lock
 from xtstream.data.ledger import DONE_DIR
 from xtstream.errors import IncompleteStoreError, StoreError
 
 STORE_FORMAT = "xtstream-scene/1"
+# a store being written holds our lock file at its root (a killed ingest leaves it): not a zarr node
+warnings.filterwarnings("ignore", message=rf"Object at {re.escape(LOCK_FILE)} is not recognized")
 IMAGE_VAR = "image"
 
 
@@ -61,7 +66,9 @@ def read_status(path: str | Path) -> StoreStatus:
     if not path.exists():
         return StoreStatus(path, False, False, False, {})
     if not meta.is_file():
-        return StoreStatus(path, True, False, False, {})
+        # a directory holding only a lock file is an ingest that has not started writing yet
+        exists = not (path.is_dir() and holds_only_lock(path))
+        return StoreStatus(path, exists, False, False, {})
     try:
         doc = json.loads(meta.read_text())
     except (OSError, ValueError):

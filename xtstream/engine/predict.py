@@ -18,10 +18,15 @@ mistaken for a finished one). **Many processes** (``torchrun``, or ``RANK``/``WO
 scenes are split between ranks whole, before finished ones are skipped, so the split does not
 depend on what is done; each rank writes its own scenes; whichever rank finds every scene done
 merges the CSV (after a barrier when ``torch.distributed`` is initialised: rank 0).
+
+**One run per directory**: the first rank holds ``OUT``'s lock (:mod:`xtstream._runtime.lock`),
+so a second ``predict`` into it refuses; a full disk or a read-only ``OUT`` is one
+:class:`~xtstream.errors.OutputError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -33,6 +38,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from xtstream._runtime.lock import holds_only_lock, output_lock
+from xtstream._runtime.oserrors import writing
 from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid
 from xtstream.data.shards.format import scene_key
@@ -102,7 +109,12 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
         where = f"checkpoint {checkpoint}" if checkpoint else "the model"
         raise ModelConfigError(f"{where} has a {config.head!r} head; task {task.name!r} predicts with "
                                f"a {task.head!r} head")
-    chunk = chunk or config.chunk
+    if chunk is None:
+        chunk = config.chunk
+    elif chunk < 1:  # not `chunk or …`: 0 is a mistake, not "the default"
+        raise ModelConfigError(f"chunk must be at least 1, got {chunk} (None: the model's, {config.chunk})")
+    if batch_size is not None and batch_size < 1:
+        raise ModelConfigError(f"batch_size must be at least 1, got {batch_size} (None: from a memory budget)")
     out = Path(out)
     entries = list_scenes(sources, config.region, channels=config.in_chans if config.in_chans in (1, 3) else None)
     for e in entries:
@@ -111,6 +123,20 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
                                    f"{config.in_chans} (in_chans)")
     run = {"format": RUN_FORMAT, "task": task.name, "model": _model_hash(model, checkpoint),
            "config": config.to_dict(), "chunk": chunk, "options": options}
+    # every rank writes its own scenes into OUT: the first holds the lock for the whole run
+    first = not split_ranks or worker_info()[0] == 0
+    lock = output_lock(out, "prediction directory", error=StoreError) if first else contextlib.nullcontext()
+    with lock, writing(out):
+        return _predict(model, task, config, entries, out, run, chunk=chunk, device=device, batch_size=batch_size,
+                        memory_budget=memory_budget, num_workers=num_workers, prefetch=prefetch,
+                        overwrite=overwrite, progress=progress, split_ranks=split_ranks, options=options)
+
+
+def _predict(model: Any, task: Any, config: Any, entries: list[SceneEntry], out: Path, run: dict[str, Any], *,
+             chunk: int, device: Any, batch_size: int | None, memory_budget: int | None, num_workers: int,
+             prefetch: int, overwrite: bool, progress: bool, split_ranks: bool,
+             options: dict[str, Any]) -> PredictResult:
+    """:func:`predict` once its arguments are checked and ``out`` locked."""
     _claim(out, run, overwrite)
     scenes_dir = out / SCENES_DIR
     scenes_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +296,7 @@ def _claim(out: Path, run: dict[str, Any], overwrite: bool) -> None:
                              "use another --out, or --overwrite to start over")
         if not differs:
             return
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and not holds_only_lock(out):
         raise StoreError(f"{out}: exists, is not empty and holds no {RUN_FILE}: not an xtstream prediction "
                          "directory; choose another --out")
     if overwrite and record.is_file():

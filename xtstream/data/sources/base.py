@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from xtstream.errors import SourceError
+from xtstream.errors import SourceError, XTStreamError
 from xtstream.data.grid import Window
 
 DEFAULT_CHUNK = 2048
@@ -106,7 +106,14 @@ class _WindowReader:
         _, height, width = self.shape
         y0, y1, _ = ysl.indices(height)
         x0, x1, _ = xsl.indices(width)
-        block = self.source.read_window(Window(y0, x0, y1, x1))
+        window = Window(y0, x0, y1, x1)
+        try:
+            block = self.source.read_window(window)
+        except (XTStreamError, OSError):  # already named (an OSError: by its file, or the command's output)
+            raise
+        except Exception as err:  # a plug-in's own failure: name the source and the window
+            raise SourceError(f"{self.source.name}: read_window{tuple(window)} failed: "
+                              f"{type(err).__name__}: {err}") from err
         expected = (self.shape[0], y1 - y0, x1 - x0)
         if block.shape != expected:
             raise SourceError(f"{self.source.name}: read_window returned {block.shape}, expected {expected}")
