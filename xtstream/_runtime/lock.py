@@ -68,19 +68,24 @@ def output_lock(path: str | Path, what: str, *, error: type[XTStreamError] = XTS
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise error(f"{path}: exists and is a file, not a directory; choose another output for the {what}")
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path / LOCK_FILE, path, what)
+    fd, created = _acquire(path, what)
     try:
         yield path
     finally:
         _release(fd, path, created)
 
 
-def _acquire(lock: Path, out: Path, what: str) -> int:
-    """Open and flock ``lock``; retry if a releasing holder unlinked the file we opened."""
-    for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _acquire(out: Path, what: str) -> tuple[int, bool]:
+    """Make ``out``, open and flock its lock file; ``(fd, whether out was made here)``. Retries when
+    a releasing holder removed the file (or the directory it had made) under us."""
+    lock = out / LOCK_FILE
+    for _ in range(100):
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:  # the directory went between mkdir and open
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -95,15 +100,15 @@ def _acquire(lock: Path, out: Path, what: str) -> int:
             same = False
         if same:
             break
-        os.close(fd)  # the holder we waited on removed the file on release: lock the current one
-    else:  # pragma: no cover - ten removals in a row
+        os.close(fd)  # the holder we raced removed the file on release: lock the current one
+    else:  # pragma: no cover - a hundred removals in a row
         raise OutputBusyError(f"{out}: could not take the lock of the {what} ({lock} keeps being replaced)")
     _held.add(fd)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    return fd
+    return fd, created
 
 
 def _release(fd: int, out: Path, created: bool) -> None:
