@@ -46,7 +46,7 @@ from xtstream._runtime.lock import LOCK_FILE, holds_only_lock, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize
-from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source
+from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
@@ -129,6 +129,8 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     status = read_status(out)
     if status.exists and not status.ours:
         raise StoreError(f"{out}: exists and is not an xtstream scene store; refusing to write there")
+    if status.ours and not overwrite:
+        _check_resumable(out, src, arr, status.attrs, attrs)
     # the store records its plan in its own attributes; the ledger keeps the chunk markers
     ledger = _ledger(out)
     recorded = {"fingerprint": status.attrs.get("fingerprint"), "config": status.attrs} if status.ours else None
@@ -346,6 +348,23 @@ def _reopen_for_repair(out: Path, ledger: RunLedger, damaged: list[str], numbloc
                   f"{', ...' if len(damaged) > 4 else ''}); writing them again", stacklevel=3)
 
 
+def _check_resumable(out: Path, src: Any, arr: xr.DataArray, recorded: dict, attrs: dict) -> None:
+    """Refuse, saying how to fix it, to resume a store from a source that cannot be recognised: one
+    without paths or a fingerprint, whose token changed (it holds the instance's ``id()``)."""
+    if (recorded.get("fingerprint") == attrs["fingerprint"] or arr.attrs.get("source_paths")
+            or source_fingerprint(src) is not None):
+        return
+    same = all(recorded.get(k) == attrs.get(k) for k in _IDENT_KEYS if k != "data_token")
+    if not same:
+        return  # another shape, spec, tile…: the ledger names what differs
+    kind = type(src).__name__
+    raise SourceError(
+        f"{out}: cannot resume this ingest: source {src.name!r} ({kind}) has no file paths and no stable "
+        f"fingerprint, so it cannot be told from another source. Give {kind} a method "
+        "`def fingerprint(self): return '…'` returning a string that changes whenever its pixels do "
+        "(e.g. a version and its parameters), or pass overwrite=True (--overwrite) to start over")
+
+
 def _present(spec: DatasetSpec, arr: xr.DataArray) -> DatasetSpec:
     """``spec`` without the optional bands the source lacks (sources skip missing optional files)."""
     names = {str(b) for b in arr["band"].values}
@@ -406,8 +425,11 @@ def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str,
     # a rerun on changed files must not resume into chunks written from the old ones
     ident["source_stamps"] = [_stamp(p) for p in ident["source_paths"]]
     if not arr.attrs.get("source_paths"):
-        # in-memory data has no path to compare: fingerprint its values, cheaply, via dask's token
-        ident["data_token"] = dask.base.tokenize(arr.data)
+        # no path to compare: the source's own fingerprint, else its values' token (dask's: stable
+        # for numpy data, not for a custom source without one — see _check_resumable)
+        fingerprint = source_fingerprint(src)
+        ident["data_token"] = (dask.base.tokenize(arr.data) if fingerprint is None
+                               else f"fingerprint:{fingerprint}")
     return {
         "format": STORE_FORMAT,
         "complete": False,

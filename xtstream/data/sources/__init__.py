@@ -16,7 +16,7 @@ import xarray as xr
 
 from xtstream.errors import SourceError
 from xtstream.data.specs import DatasetSpec, load_spec
-from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray
+from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray, source_fingerprint
 from xtstream.data.sources.geotiff import TIFF_SUFFIXES, GeoTIFFSource
 from xtstream.data.sources.images import (IMAGE_SUFFIXES, ImageRef, ImageSource, expand_sources,
                                           is_image_dir, is_image_list, list_images)
@@ -25,7 +25,7 @@ from xtstream.data.sources.zarr_store import ZarrSource
 
 __all__ = ["RasterSource", "WindowedSource", "GeoTIFFSource", "ImageSource", "ImageRef", "ZarrSource",
            "ArraySource", "open_source", "expand_sources", "list_images", "scene_files", "build_dataarray",
-           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list"]
+           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list", "source_fingerprint"]
 
 
 def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
