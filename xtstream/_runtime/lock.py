@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -66,7 +67,11 @@ def output_lock(path: str | Path, what: str, *, error: type[XTStreamError] = XTS
     ...     write_shards()
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    try:  # one stat, not exists() then is_dir(): a releasing racer may remove the directory between
+        is_file = not stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        is_file = False
+    if is_file:
         raise error(f"{path}: exists and is a file, not a directory; choose another output for the {what}")
     fd, created = _acquire(path, what)
     try:

@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except XTStreamError as err:
-        print(f"xtstream {args.command}: error: {err}", file=sys.stderr)
+        # one line, whatever a library put into the message: scripts read the last line
+        print(f"xtstream {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return err.exit_code
     except OSError as err:
         # a file-system refusal the API did not translate (a command without an output lock)

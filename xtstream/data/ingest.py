@@ -42,7 +42,7 @@ import zarr
 
 from xtstream import __version__
 from xtstream._runtime.cluster import dask_client, run_graph
-from xtstream._runtime.lock import LOCK_FILE, holds_only_lock, output_lock
+from xtstream._runtime.lock import LOCK_FILE, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize
@@ -50,7 +50,8 @@ from xtstream.data.sources import is_image_dir, is_image_list, list_images, open
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, missing_tiles, read_status, tile_check, tile_keys
+from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
+                                 tile_check, tile_keys)
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
@@ -126,6 +127,8 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     scene_id = scene_id or getattr(src, "scene_id", None) or _default_scene_id(source, out)
     attrs = _attrs(arr, src, spec, scene_id, chunk, codec, level)
 
+    if (out / TEMPLATE_MARK).is_file():
+        _clear_store(out)  # killed while laying out the store: no tile was written, start it over
     status = read_status(out)
     if status.exists and not status.ours:
         raise StoreError(f"{out}: exists and is not an xtstream scene store; refusing to write there")
@@ -383,8 +386,9 @@ def _clear_store(out: Path) -> None:
 
 
 def _ident(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The part of a store's attributes that its fingerprint hashes (what a resume must match)."""
-    return {k: attrs[k] for k in _IDENT_KEYS if k in attrs}
+    """The part of a store's attributes that its fingerprint hashes (what a resume must match), as
+    the store records it (JSON: tuples become lists), so that a refusal names only what differs."""
+    return json.loads(json.dumps({k: attrs[k] for k in _IDENT_KEYS if k in attrs}, default=str))
 
 
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
@@ -402,11 +406,15 @@ def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec
     ds.attrs = {"xtstream": attrs}
     # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
     ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
-    # "a", not "w-", into a directory holding only our lock file: "w-" refuses any non-empty one
-    mode = "a" if out.is_dir() and holds_only_lock(out) else "w-"
-    with warnings.catch_warnings():  # appending lists the group, our lock file in it
-        warnings.filterwarnings("ignore", message=f"Object at {LOCK_FILE} is not recognized")
-        ds.to_zarr(out, mode=mode, compute=False, zarr_format=3, consolidated=False)
+    # the layout is several files: marked unfinished until all are there (see TEMPLATE_MARK)
+    out.mkdir(parents=True, exist_ok=True)
+    mark = out / TEMPLATE_MARK
+    mark.write_text("")
+    with warnings.catch_warnings():  # appending lists the group, our lock file and mark in it
+        warnings.filterwarnings("ignore", message=NOT_NODES)
+        # "a", not "w-": the directory holds our lock and mark ("w-" refuses any non-empty one)
+        ds.to_zarr(out, mode="a", compute=False, zarr_format=3, consolidated=False)
+    mark.unlink()
 
 
 def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str, chunk: int,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
+from xtstream._runtime.atomic import replacing
 from xtstream._runtime.lock import holds_only_lock, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.engine.checkpoint import read_training, rank_state, restore_rank_state, save_training
@@ -137,6 +138,10 @@ class Trainer:
                             "epoch": position["epoch"], "steps_planned": total, "world": d.world,
                             "device": str(device), "time": time.time()})
         if position["complete"]:
+            if d.main and not (self.out / "model.pt").is_file():
+                # killed after the last checkpoint, before the final model: its weights are those
+                self.log.plot(self.out / "loss.png")
+                self._finish(position, model)
             return self._summary(position, model)
 
         self.model, self.task, self.dataset, self.autocast = model, task, dataset, autocast
@@ -156,12 +161,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if d.main:
-            from xtstream.models.checkpoint import save_checkpoint
-
-            save_checkpoint(model, self.out / "model.pt", step=position["step"], run=str(self.out))
-            self.log.write({"kind": "end", "step": position["step"], "time": time.time()})
+            self._finish(position, model)
         barrier(d)
         return self._summary(position, model)
+
+    def _finish(self, position: dict, model: Any) -> None:
+        """Rank 0, after the last checkpoint: the final model and the log's end record."""
+        from xtstream.models.checkpoint import save_checkpoint
+
+        save_checkpoint(model, self.out / "model.pt", step=position["step"], run=str(self.out))
+        self.log.write({"kind": "end", "step": position["step"], "time": time.time()})
 
     def _epoch(self, epoch: int, position: dict, open_scenes: list[dict], bar: Any) -> dict:
         """Train ``epoch`` from ``position`` (its chunks done and the scenes then open); the position
@@ -338,9 +347,8 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
         self.log.path.unlink(missing_ok=True)
-        tmp = out / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tmp.replace(saved)
+        with replacing(saved) as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return False
 
     def _clear(self) -> None:

@@ -246,16 +246,29 @@ MANIFEST_SCENE_KEYS: dict[str, type | tuple[type, ...]] = {"scene_id": str, "sce
                                                            "shards": list}
 
 
+def manifest_text(doc: dict[str, Any]) -> str:
+    """``doc`` as the text of a ``manifest.json``, its last field the crc32c of the text before it
+    (``"crc32c"``): a flipped byte anywhere — a scene id, a georeference — is detected on read."""
+    body = {k: v for k, v in doc.items() if k != CHECKSUMS}
+    return json.dumps({**body, CHECKSUMS: crc_hex(json.dumps(body, indent=1).encode())}, indent=1)
+
+
 def read_manifest(path: Any) -> dict[str, Any]:
-    """The ``manifest.json`` at ``path``, checked before anyone indexes into it: its format, every
-    key readers use (:data:`MANIFEST_SHARD_KEYS`, :data:`MANIFEST_SCENE_KEYS`) with its type, shard
-    names that are plain ``{scene_key}-NNNNN.tar`` file names (never a path out of the directory),
-    each scene's shards listed. Raises :class:`ShardError` naming the manifest and the entry."""
+    """The ``manifest.json`` at ``path``, checked before anyone indexes into it: its crc32c
+    (:func:`manifest_text`; manifests from before it have none), its format, every key readers use
+    (:data:`MANIFEST_SHARD_KEYS`, :data:`MANIFEST_SCENE_KEYS`) with its type, shard names that are
+    plain ``{scene_key}-NNNNN.tar`` file names (never a path out of the directory), each scene's
+    shards listed. Raises :class:`ShardError` naming the manifest and the entry."""
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read())
     except (OSError, ValueError) as err:
         raise ShardError(f"{path}: cannot read shard manifest ({err}); was the shard run finished?") from None
+    if isinstance(doc, dict) and CHECKSUMS in doc:
+        stored = doc.pop(CHECKSUMS)
+        if stored != crc_hex(json.dumps(doc, indent=1).encode()):
+            raise ShardError(f"{path}: fails its crc32c checksum (a damaged byte); rerun `xtstream shard` "
+                             "with the same arguments to write it again")
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise ShardError(f"{path}: not an {MANIFEST_FORMAT} manifest")
     for key in ("shards", "scenes"):

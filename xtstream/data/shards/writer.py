@@ -41,16 +41,17 @@ from typing import Any, Iterator, Sequence
 
 from xtstream import __version__
 from xtstream.errors import ShardError
+from xtstream._runtime.atomic import replacing
 from xtstream._runtime.lock import output_lock
 from xtstream._runtime.malloc import limit_arenas
 from xtstream._runtime.oserrors import writing
 from xtstream.data.grid import RegionGrid, check_block_bytes
-from xtstream.data.ledger import RunLedger, unique_tag, write_json_atomic
+from xtstream.data.ledger import RunLedger, unique_tag
 from xtstream.data.sample import RegionSample
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
-from xtstream.data.shards.format import (MANIFEST, MANIFEST_FORMAT, encode_sample, npy_bytes, read_manifest, shard_name,
-                                         tar_member_bytes)
+from xtstream.data.shards.format import (MANIFEST, MANIFEST_FORMAT, encode_sample, manifest_text, npy_bytes,
+                                         read_manifest, shard_name, tar_member_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,8 @@ def write_manifest(plan: ShardPlan) -> Path:
                    "regions": int(sum(s["regions"] for s in shards)), "bytes": int(sum(s["bytes"] for s in shards))},
     }
     path = plan.out / MANIFEST
-    write_json_atomic(path, manifest)
+    with replacing(path, f".{unique_tag()}.tmp") as tmp:
+        tmp.write_text(manifest_text(json.loads(json.dumps(manifest, default=_plain))))
     # the manifest now lists every shard; the plan file stays, so that a rerun recognises this run
     _ledger(plan.out).clear()
     return path
@@ -458,3 +460,10 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python numbers (for the manifest's JSON)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
