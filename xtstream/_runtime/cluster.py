@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import logging
 import os
-from functools import partial
+import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import dask
+
+from xtstream import errors
+
+#: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
+_FLATTENED = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.S)
 
 
 @contextlib.contextmanager
@@ -50,21 +58,78 @@ def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress:
         return []
     keys = list(keys)
     if client is None:
-        from dask.threaded import get as threaded_get
-
         sync = dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded")
-        getter = dask.get if sync else threaded_get
-        if not sync and threads:
-            getter = partial(threaded_get, num_workers=threads)
         if progress:
             from tqdm.dask import TqdmCallback
 
             with TqdmCallback(desc=desc or None, unit="chunk"):
-                return list(getter(graph, keys))
-        return list(getter(graph, keys))
+                return _local_get(graph, keys, sync, threads)
+        return _local_get(graph, keys, sync, threads)
     futures = client.get(graph, keys, sync=False)
     if progress:
         from distributed import progress as dist_progress
 
         dist_progress(futures)
-    return client.gather(futures)
+    try:
+        return client.gather(futures)
+    except Exception as err:
+        client.cancel(futures)  # what has not started yet: the run has failed
+        original = unflatten(err)
+        if original is err:
+            raise
+        raise original from err
+
+
+def _local_get(graph: dict, keys: list, sync: bool, threads: int | None) -> list[Any]:
+    """Compute ``keys`` in this process: one thread (``sync``) or a pool of its own.
+
+    The pool is this call's, so that when a task fails, the tasks still running finish (a shard
+    writer removes its partial file on failure) before the error is reported, instead of going on
+    in the background of a command that has already returned.
+    """
+    if sync:
+        return list(dask.get(graph, keys))
+    from dask.system import CPU_COUNT
+    from dask.threaded import get as threaded_get
+
+    try:  # dask's own pool class carries context variables into its threads
+        from dask.threaded import ContextAwareThreadPoolExecutor as Pool
+    except ImportError:  # pragma: no cover - older dask
+        Pool = ThreadPoolExecutor
+    pool = Pool(threads or dask.config.get("num_workers", None) or CPU_COUNT)
+    try:
+        result = list(threaded_get(graph, keys, pool=pool))
+    except Exception:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:  # Ctrl-C: do not wait for the running tasks
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return result
+
+
+def unflatten(err: BaseException) -> BaseException:
+    """The exception a dask worker raised, rebuilt when dask.distributed could send only its text.
+
+    A worker's exception travels pickled; when that fails (a chained third-party exception that
+    does not unpickle, e.g. GDAL's ``CPLE_AppDefinedError`` behind a ``SourceError``) the client
+    gets a bare ``Exception("SourceError('…')")``, and the command would end in a traceback instead
+    of the error's one line. xtstream's own errors and the built-in ``OSError`` family are rebuilt
+    from that text (class by name, arguments parsed as literals); anything else is returned as is.
+    """
+    if type(err) is not Exception or len(err.args) != 1 or not isinstance(err.args[0], str):
+        return err
+    m = _FLATTENED.fullmatch(err.args[0].strip())
+    if m is None:
+        return err
+    cls = getattr(errors, m["name"], None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.XTStreamError)):
+        cls = getattr(builtins, m["name"], None)
+        if not (isinstance(cls, type) and issubclass(cls, OSError)):
+            return err
+    try:
+        args = ast.literal_eval(f"({m['args']},)") if m["args"].strip() else ()
+        return cls(*args)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return err

@@ -12,7 +12,16 @@ import sys
 from typing import Sequence
 
 from xtstream import __version__
+from xtstream._runtime.oserrors import output_error
 from xtstream.errors import XTStreamError
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    unexpected failure (a bug: a traceback is printed)
+  2    bad input: arguments, config, spec, source, store, shards, labels (one line naming the file)
+  3    an output cannot be written: disk full, read-only, permission denied (rerun resumes)
+  4    the output is in use by another run (its pid and host are named)
+  130  interrupted (rerun the same command to resume)"""
 
 # name -> (module, one-line help); modules are imported only when their command runs
 COMMANDS = {
@@ -38,12 +47,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xtstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="xtstream", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xtstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod = importlib.import_module(module)
         mod.configure_parser(p)
         p.set_defaults(_run=mod.run)
@@ -51,12 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; errors end as one line on stderr and an exit code (:data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except XTStreamError as err:
-        print(f"xtstream {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        # one line, whatever a library put into the message: scripts read the last line
+        print(f"xtstream {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        # a file-system refusal the API did not translate (a command without an output lock)
+        clear = output_error(err, getattr(args, "out", None))
+        if clear is None:
+            raise
+        print(f"xtstream {args.command}: error: {clear}", file=sys.stderr)
+        return clear.exit_code
     except KeyboardInterrupt:
         print(f"xtstream {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

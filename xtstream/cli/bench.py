@@ -7,15 +7,17 @@ import argparse
 import json
 from pathlib import Path
 
+from xtstream.cli import positive_int
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     probe = sub.add_parser("probe", help="context probes: does a trained xT use its context? (object AUC)",
                            description="Train region-only and xT models on tasks only context can solve "
                                        "and report each one's object AUC (mean ± std over seeds).")
-    probe.add_argument("--seeds", type=int, default=3, help="models per probe and context (default 3)")
-    probe.add_argument("--steps", type=int, default=1000, help="chunk forwards per model (default 1000)")
-    probe.add_argument("--bptt-chunks", type=int, default=1,
+    probe.add_argument("--seeds", type=positive_int, default=3, help="models per probe and context (default 3)")
+    probe.add_argument("--steps", type=positive_int, default=1000, help="chunk forwards per model (default 1000)")
+    probe.add_argument("--bptt-chunks", type=positive_int, default=1,
                        help="back-propagate through the context state over windows of this many chunks "
                             "(default 1: stop-gradient memory)")
     probe.add_argument("--runs", help="comma-separated probe:context pairs (default: every probe, "
@@ -27,8 +29,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from xtstream.bench.probe import DEFAULT_RUNS, PROBES, sweep, table
 
-    if args.seeds < 1 or args.steps < 1 or args.bptt_chunks < 1:
-        raise SystemExit("xtstream bench probe: --seeds, --steps and --bptt-chunks must be >= 1")
     runs = DEFAULT_RUNS
     if args.runs:
         runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))

@@ -15,13 +15,15 @@ import argparse
 import os
 from pathlib import Path
 
+from xtstream.cli import non_negative_int, positive_int
+
 #: task option -> flag; only flags given on the command line reach the task
 OPTIONS = {
     "threshold": ("--threshold", float, "xview3: centre score a detection needs (default 0.5)"),
-    "min_distance": ("--min-distance", int, "xview3: peaks closer than this many pixels merge (default 3)"),
+    "min_distance": ("--min-distance", non_negative_int, "xview3: peaks closer than this many pixels merge (default 3)"),
     "vessel_threshold": ("--vessel-threshold", float, "xview3: is_vessel probability for True (default 0.5)"),
     "fishing_threshold": ("--fishing-threshold", float, "xview3: is_fishing probability for True (default 0.5)"),
-    "top_k": ("--top-k", int, "classification: classes per scene in the CSV (default 5)"),
+    "top_k": ("--top-k", positive_int, "classification: classes per scene in the CSV (default 5)"),
 }
 
 
@@ -34,10 +36,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     for name, (flag, kind, help_) in OPTIONS.items():
         p.add_argument(flag, dest=name, type=kind, default=None, help=help_)
     p.add_argument("--geotiff", action="store_true", help="xview3: also export each scene's maps as a GeoTIFF")
-    p.add_argument("--chunk", type=int, help="regions per chunk (default: the model's)")
+    p.add_argument("--chunk", type=positive_int, help="regions per chunk (default: the model's)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda:LOCAL_RANK when available, else cpu)")
-    p.add_argument("--batch-size", type=int, help="regions per backbone batch (default: from a memory budget)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers reading regions (default 0)")
+    p.add_argument("--batch-size", type=positive_int, help="regions per backbone batch (default: from a memory budget)")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers reading regions (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions of a different earlier run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-scene lines")
 

@@ -6,18 +6,19 @@ import argparse
 import csv
 from pathlib import Path
 
+from xtstream.cli import positive_int
 from xtstream.tasks.xview3.synth import LABEL_COLUMNS, synth_scene
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", type=Path, help="scene directory to write (an archive root with --scenes > 1)")
-    p.add_argument("--height", type=int, default=4096, help="pixels (default 4096)")
-    p.add_argument("--width", type=int, default=4096, help="pixels (default 4096)")
+    p.add_argument("--height", type=positive_int, default=4096, help="pixels (default 4096)")
+    p.add_argument("--width", type=positive_int, default=4096, help="pixels (default 4096)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same scene (default 0)")
-    p.add_argument("--scenes", type=int, default=1,
+    p.add_argument("--scenes", type=positive_int, default=1,
                    help="write N scenes OUT_DIR/synth_{seed+k} and a combined OUT_DIR/labels.csv")
     p.add_argument("--scene-id", help="scene id (default: the directory name)")
-    p.add_argument("--bathymetry-factor", type=int, default=1,
+    p.add_argument("--bathymetry-factor", type=positive_int, default=1,
                    help="write bathymetry this many times coarser, as real xView3 ancillary bands")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -12,9 +12,13 @@ hold (readers in :mod:`xtstream.data.sources` and :mod:`xtstream.data.shards` do
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+
+#: the most bytes one region or store tile may take in memory: readers pad, copy and decode a
+#: region (writers a tile) whole, so a size typed with a digit too many must stop before allocating
+MAX_BLOCK_BYTES = 2 << 30
 
 
 class Window(NamedTuple):
@@ -145,6 +149,25 @@ class RegionGrid:
     def to_dict(self) -> dict:
         return {"height": self.height, "width": self.width, "region": self.region,
                 "grid": [self.rows, self.cols]}
+
+
+def check_block_bytes(name: Any, what: str, side: int, bands: int, dtype: Any, scene: tuple[int, int], *,
+                      error: type[Exception] = ValueError, option: str | None = None,
+                      limit: int = MAX_BLOCK_BYTES) -> int:
+    """Bytes of one ``(bands, side, side)`` block of ``dtype`` (a region, a tile); raise ``error``
+    naming ``name`` when it exceeds ``limit`` — before anything of that size is allocated.
+
+    >>> check_block_bytes("a.zarr", "region", 512, 3, "float32", (700, 900))
+    3145728
+    """
+    nbytes = int(bands) * int(side) * int(side) * np.dtype(dtype).itemsize
+    if nbytes > limit:
+        larger = f", larger than the {scene[0]}x{scene[1]} px scene" if side > max(scene) else ""
+        flag = f" ({option})" if option else ""
+        raise error(f"{name}: a {side} px {what}{flag} of {bands} band(s) {np.dtype(dtype).name} takes "
+                    f"{nbytes / 2**30:.1f} GiB in memory{larger}; at most {limit / 2**30:.0f} GiB is allowed: "
+                    f"choose a smaller {what}")
+    return nbytes
 
 
 def chunk_ranges(n: int, size: int) -> list[range]:

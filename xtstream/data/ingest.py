@@ -14,10 +14,18 @@ Integrity: every tile gets a file, even one equal to the fill value (attribute `
 ends in a crc32c (:func:`make_codec`), so readers tell a lost or damaged tile from data (see
 :mod:`xtstream.data.store`). A rerun on a complete store lists its tiles and writes any missing one
 again; with ``verify`` it also checks every tile's checksum and rewrites those that fail.
+
+One run per store: :func:`ingest` and :func:`ingest_archive` hold each store's lock
+(:mod:`xtstream._runtime.lock`) while they write it, and report a full disk or a read-only output
+as one :class:`~xtstream.errors.OutputError` (:mod:`xtstream._runtime.oserrors`). A scene
+directory may lack a band its spec marks ``optional`` (xView3's ``bathymetry.tif``): the store
+then holds the bands the scene has (its ``band_names`` say which); a band asked for by name
+(``bands=``) must be there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -34,12 +42,16 @@ import zarr
 
 from xtstream import __version__
 from xtstream._runtime.cluster import dask_client, run_graph
+from xtstream._runtime.lock import LOCK_FILE, output_lock
+from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize
-from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source
+from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
+from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.store import IMAGE_VAR, STORE_FORMAT, missing_tiles, read_status, tile_check, tile_keys
+from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
+                                 tile_check, tile_keys)
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
@@ -101,9 +113,12 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         raise StoreError(f"tile must be positive, got {chunk}")
     arr = src.to_dataarray(chunks=chunk)
     if spec is not None:
-        arr = normalize(arr, spec.select(list(bands) if bands else None))
+        arr = normalize(arr, _present(spec.select(list(bands) if bands else None), arr))
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
+    # a tile is written whole (zarr fills a partial one in memory): refuse one that cannot fit
+    check_block_bytes(out, "tile", chunk, arr.sizes["band"], arr.dtype, (arr.sizes["y"], arr.sizes["x"]),
+                      error=StoreError, option="--tile")
     if spec is not None and not allow_small and max(arr.sizes["y"], arr.sizes["x"]) < spec.region:
         raise SourceError(
             f"{src.name}: scene is {arr.sizes['y']}x{arr.sizes['x']} px, smaller than one "
@@ -112,14 +127,18 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     scene_id = scene_id or getattr(src, "scene_id", None) or _default_scene_id(source, out)
     attrs = _attrs(arr, src, spec, scene_id, chunk, codec, level)
 
+    if (out / TEMPLATE_MARK).is_file():
+        _clear_store(out)  # killed while laying out the store: no tile was written, start it over
     status = read_status(out)
     if status.exists and not status.ours:
         raise StoreError(f"{out}: exists and is not an xtstream scene store; refusing to write there")
+    if status.ours and not overwrite:
+        _check_resumable(out, src, arr, status.attrs, attrs)
     # the store records its plan in its own attributes; the ledger keeps the chunk markers
     ledger = _ledger(out)
     recorded = {"fingerprint": status.attrs.get("fingerprint"), "config": status.attrs} if status.ours else None
     ledger.claim(attrs["fingerprint"], _ident(attrs), recorded=recorded, overwrite=overwrite,
-                 clear=lambda: shutil.rmtree(out))
+                 clear=lambda: _clear_store(out))
     status = read_status(out)
     if status.ours and status.complete:
         damaged = _damaged_tiles(out, verify)
@@ -176,16 +195,18 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
     """
-    plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile_size(tile, chunk), scene_id=scene_id,
-                       codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
-                       channels=channels, verify=verify)
-    if plan.keys:
-        if client is not None:
-            run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
-        else:
-            with dask_client(scheduler) as c:
-                run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
-    return finalize(plan)
+    tile = tile_size(tile, chunk)
+    with output_lock(out, "scene store", error=StoreError), writing(out):
+        plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile, scene_id=scene_id,
+                           codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
+                           channels=channels, verify=verify)
+        if plan.keys:
+            if client is not None:
+                run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
+            else:
+                with dask_client(scheduler) as c:
+                    run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
+        return finalize(plan)
 
 
 def find_scenes(root: str | Path, spec: str | Path | DatasetSpec | None = None) -> list[Path]:
@@ -235,16 +256,26 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
     if not scenes:
         raise SourceError(f"{root}: no scene directories found")
     out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
+    if scenes_in_flight < 1:
+        raise SourceError(f"scenes_in_flight must be at least 1, got {scenes_in_flight}")
     written = []
-    with dask_client(scheduler) as client:
-        for start in range(0, len(scenes), max(1, scenes_in_flight)):
-            group = scenes[start: start + max(1, scenes_in_flight)]
-            plans = [plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw) for name, sid, src in group]
-            graph = {k: v for p in plans for k, v in p.graph.items()}
-            run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
-                      desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
-            written.extend(finalize(p) for p in plans)
+    with writing(out_root):
+        if out_root.exists() and not out_root.is_dir():
+            raise StoreError(f"{out_root}: exists and is a file, not a directory; choose another output "
+                             "for the scene stores")
+        out_root.mkdir(parents=True, exist_ok=True)
+        with dask_client(scheduler) as client:
+            for start in range(0, len(scenes), scenes_in_flight):
+                group = scenes[start: start + scenes_in_flight]
+                with contextlib.ExitStack() as locks:  # each store is locked while its graph runs
+                    for name, _, _ in group:
+                        locks.enter_context(output_lock(out_root / name, "scene store", error=StoreError))
+                    plans = [plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw)
+                             for name, sid, src in group]
+                    graph = {k: v for p in plans for k, v in p.graph.items()}
+                    run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
+                              desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
+                    written.extend(finalize(p) for p in plans)
     return written
 
 
@@ -320,9 +351,44 @@ def _reopen_for_repair(out: Path, ledger: RunLedger, damaged: list[str], numbloc
                   f"{', ...' if len(damaged) > 4 else ''}); writing them again", stacklevel=3)
 
 
+def _check_resumable(out: Path, src: Any, arr: xr.DataArray, recorded: dict, attrs: dict) -> None:
+    """Refuse, saying how to fix it, to resume a store from a source that cannot be recognised: one
+    without paths or a fingerprint, whose token changed (it holds the instance's ``id()``)."""
+    if (recorded.get("fingerprint") == attrs["fingerprint"] or arr.attrs.get("source_paths")
+            or source_fingerprint(src) is not None):
+        return
+    same = all(recorded.get(k) == attrs.get(k) for k in _IDENT_KEYS if k != "data_token")
+    if not same:
+        return  # another shape, spec, tile…: the ledger names what differs
+    kind = type(src).__name__
+    raise SourceError(
+        f"{out}: cannot resume this ingest: source {src.name!r} ({kind}) has no file paths and no stable "
+        f"fingerprint, so it cannot be told from another source. Give {kind} a method "
+        "`def fingerprint(self): return '…'` returning a string that changes whenever its pixels do "
+        "(e.g. a version and its parameters), or pass overwrite=True (--overwrite) to start over")
+
+
+def _present(spec: DatasetSpec, arr: xr.DataArray) -> DatasetSpec:
+    """``spec`` without the optional bands the source lacks (sources skip missing optional files)."""
+    names = {str(b) for b in arr["band"].values}
+    return spec.select([b.name for b in spec.bands if b.name in names or not b.optional])
+
+
+def _clear_store(out: Path) -> None:
+    """Remove a replaced store's contents; its lock file stays (this run holds it)."""
+    for p in out.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _ident(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The part of a store's attributes that its fingerprint hashes (what a resume must match)."""
-    return {k: attrs[k] for k in _IDENT_KEYS if k in attrs}
+    """The part of a store's attributes that its fingerprint hashes (what a resume must match), as
+    the store records it (JSON: tuples become lists), so that a refusal names only what differs."""
+    return json.loads(json.dumps({k: attrs[k] for k in _IDENT_KEYS if k in attrs}, default=str))
 
 
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
@@ -340,7 +406,15 @@ def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec
     ds.attrs = {"xtstream": attrs}
     # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
     ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
-    ds.to_zarr(out, mode="w-", compute=False, zarr_format=3, consolidated=False)
+    # the layout is several files: marked unfinished until all are there (see TEMPLATE_MARK)
+    out.mkdir(parents=True, exist_ok=True)
+    mark = out / TEMPLATE_MARK
+    mark.write_text("")
+    with warnings.catch_warnings():  # appending lists the group, our lock file and mark in it
+        warnings.filterwarnings("ignore", message=NOT_NODES)
+        # "a", not "w-": the directory holds our lock and mark ("w-" refuses any non-empty one)
+        ds.to_zarr(out, mode="a", compute=False, zarr_format=3, consolidated=False)
+    mark.unlink()
 
 
 def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str, chunk: int,
@@ -359,8 +433,11 @@ def _attrs(arr: xr.DataArray, src: Any, spec: DatasetSpec | None, scene_id: str,
     # a rerun on changed files must not resume into chunks written from the old ones
     ident["source_stamps"] = [_stamp(p) for p in ident["source_paths"]]
     if not arr.attrs.get("source_paths"):
-        # in-memory data has no path to compare: fingerprint its values, cheaply, via dask's token
-        ident["data_token"] = dask.base.tokenize(arr.data)
+        # no path to compare: the source's own fingerprint, else its values' token (dask's: stable
+        # for numpy data, not for a custom source without one — see _check_resumable)
+        fingerprint = source_fingerprint(src)
+        ident["data_token"] = (dask.base.tokenize(arr.data) if fingerprint is None
+                               else f"fingerprint:{fingerprint}")
     return {
         "format": STORE_FORMAT,
         "complete": False,

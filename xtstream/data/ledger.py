@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from xtstream._runtime.lock import holds_only_lock
+
 DONE_DIR = "_xtstream_done"
 PLAN_FILE = "_xtstream_plan.json"
 MARKER_SUFFIX = ".json"
@@ -132,7 +134,7 @@ class RunLedger:
                                  f"(differs in {', '.join(changed) or 'fingerprint'}); "
                                  "pass overwrite=True (--overwrite) to replace it")
             self._reset(clear)
-        elif self.out.exists() and any(self.out.iterdir()):
+        elif self.out.is_dir() and not holds_only_lock(self.out):
             if not overwrite:
                 raise self.error(f"{self.out}: exists, is not empty and holds no xtstream plan "
                                  f"({self.plan_file or 'record'}); refusing to write there")

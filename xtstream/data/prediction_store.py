@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from xtstream._runtime.atomic import replacing
 from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid, Window, ceil_div
 from xtstream.data.tile_writer import tile_writer
@@ -117,14 +118,21 @@ class PredictionStore:
 
                 ds = ds.rio.write_transform(Affine(*t))
         for name in variables:
+            # crc32c after the compressor, as scene stores: plain zarr readers detect a damaged tile
             ds[name].encoding.update(chunks=(cell, cell), fill_value=np.float32("nan"),
-                                     compressors=[zarr.codecs.ZstdCodec(level=level)])
+                                     compressors=[zarr.codecs.ZstdCodec(level=level), zarr.codecs.Crc32cCodec()])
         ds.attrs = {"xtstream": {"format": PREDICTION_FORMAT, "complete": False, "scene_id": scene_id,
                                  "scene_shape": [grid.height, grid.width], "region": grid.region,
                                  "stride": stride, "variables": list(variables),
                                  "crs": georef.crs, "transform": list(t) if t is not None else None,
                                  **dict(attrs or {})}}
-        ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        # laid out beside and renamed into place whole: a kill mid-way leaves no half store under
+        # the real name (which a rerun would have to refuse as not ours)
+        for old in path.parent.glob(f".{path.name}.*.tmp"):  # of killed runs
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False)
+        os.replace(tmp, path)
         return cls(path)
 
     @property
@@ -177,7 +185,6 @@ class PredictionStore:
 
         names = list(names or self.names)
         path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
         h, w = self.shape
         profile = {"driver": "GTiff", "height": h, "width": w, "count": len(names), "dtype": "float32",
                    "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
@@ -186,13 +193,13 @@ class PredictionStore:
             profile["crs"] = rasterio.crs.CRS.from_wkt(self.info["crs"])
         if self.info.get("transform"):
             profile["transform"] = Affine(*self.info["transform"])
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for k, name in enumerate(names, start=1):
-                dst.set_band_description(k, name)
-            for win in self.windows(block):
-                data = np.stack([self.read(n, win) for n in names])
-                dst.write(data, window=rasterio.windows.Window(win.x0, win.y0, win.width, win.height))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        with replacing(path, ".partial") as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for k, name in enumerate(names, start=1):
+                    dst.set_band_description(k, name)
+                for win in self.windows(block):
+                    data = np.stack([self.read(n, win) for n in names])
+                    dst.write(data, window=rasterio.windows.Window(win.x0, win.y0, win.width, win.height))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         return path

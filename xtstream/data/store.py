@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,17 @@ import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
+from xtstream._runtime.lock import LOCK_FILE, holds_only_lock
 from xtstream.data.ledger import DONE_DIR
 from xtstream.errors import IncompleteStoreError, StoreError
 
 STORE_FORMAT = "xtstream-scene/1"
+#: present while an ingest lays out a new store (group, arrays, coordinates): a store killed then
+#: is half a template, started over by the next ingest, never mistaken for someone else's
+TEMPLATE_MARK = "_xtstream_template"
+# a store being written holds these files at its root (a killed ingest leaves them): not zarr nodes
+NOT_NODES = rf"Object at ({re.escape(LOCK_FILE)}|{TEMPLATE_MARK}) is not recognized"
+warnings.filterwarnings("ignore", message=NOT_NODES)
 IMAGE_VAR = "image"
 
 
@@ -60,8 +69,12 @@ def read_status(path: str | Path) -> StoreStatus:
     meta = path / "zarr.json"
     if not path.exists():
         return StoreStatus(path, False, False, False, {})
+    if (path / TEMPLATE_MARK).is_file():  # an ingest died laying it out: ours, nothing written yet
+        return StoreStatus(path, True, True, False, {})
     if not meta.is_file():
-        return StoreStatus(path, True, False, False, {})
+        # a directory holding only a lock file is an ingest that has not started writing yet
+        exists = not (path.is_dir() and holds_only_lock(path))
+        return StoreStatus(path, exists, False, False, {})
     try:
         doc = json.loads(meta.read_text())
     except (OSError, ValueError):

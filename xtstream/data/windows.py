@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from xtstream._runtime.malloc import limit_arenas
-from xtstream.data.grid import RegionGrid, Window, pad_region
+from xtstream.data.grid import RegionGrid, Window, check_block_bytes, pad_region
 from xtstream.data.sample import RegionSample
 from xtstream.errors import SourceError, StoreError
 
@@ -207,6 +207,8 @@ def iter_regions(reader: ZarrWindows | SourceWindows, grid: RegionGrid, start: i
     limit_arenas()
     stop = len(grid) if stop is None else stop
     scene_id = scene_id or reader.scene_id
+    check_block_bytes(getattr(reader, "path", None) or scene_id, "region", grid.region, reader.shape[0],
+                      reader.dtype, (grid.height, grid.width), error=SourceError)
     pixel_bytes = reader.shape[0] * reader.dtype.itemsize
     for block in plan_reads(grid, reader.tiles, pixel_bytes, max_read_bytes):
         if block.stop <= start or block.start >= stop:

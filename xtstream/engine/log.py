@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from xtstream._runtime.atomic import replacing
+
 
 class RunLog:
     """Append-only JSONL records (flushed per record: a killed run keeps what it wrote)."""
@@ -43,9 +45,8 @@ class RunLog:
     def truncate_after(self, step: int) -> None:
         """Drop step and validation records past ``step`` (they will be trained again)."""
         keep = [r for r in self.records() if r.get("kind") not in ("step", "validation") or r["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(self.path)
+        with replacing(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def plot(self, png: str | Path) -> Path | None:
         """Loss (and its parts, and validation scores when there are any) against the step."""
@@ -83,10 +84,11 @@ class RunLog:
             ax.legend(fontsize=7)
         fig.tight_layout()
         png = Path(png)
-        tmp = png.with_name(png.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(png)
+        try:
+            with replacing(png, ".tmp.png") as tmp:
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         return png
 
 

@@ -8,31 +8,42 @@ dense maps and the scene's detections; for classification the top-k classes). Ou
     OUT/
       predict.json             the run: task, checkpoint hash, options (a rerun must match)
       scenes/{scene}.zarr      per-scene outputs of the task (xView3), complete-flagged
+      scenes/{scene}.csv.json  the SHA-256 of the scene's CSV, written just before it
       scenes/{scene}.csv       the scene's rows; written last, atomically: the scene is done
       detections.csv           all scenes' rows merged in input order (predictions.csv for
                                classification), written once every scene is done
 
-**Resuming**: a scene whose ``scenes/{scene}.csv`` exists is skipped; any other output of it is
-redone from its first region (a half-written store is never complete-flagged, so it is never
+**Resuming**: a scene whose ``scenes/{scene}.csv`` exists (and matches the SHA-256 beside it: a
+damaged CSV is predicted again, never merged) is skipped; any other output of it is redone from
+its first region (a half-written store is never complete-flagged, so it is never
 mistaken for a finished one). **Many processes** (``torchrun``, or ``RANK``/``WORLD_SIZE``):
 scenes are split between ranks whole, before finished ones are skipped, so the split does not
 depend on what is done; each rank writes its own scenes; whichever rank finds every scene done
 merges the CSV (after a barrier when ``torch.distributed`` is initialised: rank 0).
+
+**One run per directory**: the first rank holds ``OUT``'s lock (:mod:`xtstream._runtime.lock`),
+so a second ``predict`` into it refuses; a full disk or a read-only ``OUT`` is one
+:class:`~xtstream.errors.OutputError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 
+from xtstream._runtime.atomic import replacing
+from xtstream._runtime.lock import holds_only_lock, output_lock
+from xtstream._runtime.oserrors import writing
 from xtstream._runtime.write_behind import WriteBehind
 from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid
@@ -103,21 +114,40 @@ def predict(model: Any, sources: Any, out: str | Path, *, task: Any = None, chun
         where = f"checkpoint {checkpoint}" if checkpoint else "the model"
         raise ModelConfigError(f"{where} has a {config.head!r} head; task {task.name!r} predicts with "
                                f"a {task.head!r} head")
-    chunk = chunk or config.chunk
+    if chunk is None:
+        chunk = config.chunk
+    elif chunk < 1:  # not `chunk or …`: 0 is a mistake, not "the default"
+        raise ModelConfigError(f"chunk must be at least 1, got {chunk} (None: the model's, {config.chunk})")
+    if batch_size is not None and batch_size < 1:
+        raise ModelConfigError(f"batch_size must be at least 1, got {batch_size} (None: from a memory budget)")
     out = Path(out)
     entries = list_scenes(sources, config.region, channels=config.in_chans if config.in_chans in (1, 3) else None)
     for e in entries:
         if e.bands is not None and e.bands != config.in_chans:
-            raise ModelConfigError(f"scene {e.scene_id!r} has {e.bands} band(s); the model takes "
-                                   f"{config.in_chans} (in_chans)")
+            raise ModelConfigError(f"{_where(e)}: scene {e.scene_id!r} has {e.bands} band(s); the model "
+                                   f"takes {config.in_chans} (in_chans)")
     run = {"format": RUN_FORMAT, "task": task.name, "model": _model_hash(model, checkpoint),
            "config": config.to_dict(), "chunk": chunk, "options": options}
+    # every rank writes its own scenes into OUT: the first holds the lock for the whole run
+    first = not split_ranks or worker_info()[0] == 0
+    lock = output_lock(out, "prediction directory", error=StoreError) if first else contextlib.nullcontext()
+    with lock, writing(out):
+        return _predict(model, task, config, entries, out, run, chunk=chunk, device=device, batch_size=batch_size,
+                        memory_budget=memory_budget, num_workers=num_workers, prefetch=prefetch,
+                        overwrite=overwrite, progress=progress, split_ranks=split_ranks, options=options)
+
+
+def _predict(model: Any, task: Any, config: Any, entries: list[SceneEntry], out: Path, run: dict[str, Any], *,
+             chunk: int, device: Any, batch_size: int | None, memory_budget: int | None, num_workers: int,
+             prefetch: int, overwrite: bool, progress: bool, split_ranks: bool,
+             options: dict[str, Any]) -> PredictResult:
+    """:func:`predict` once its arguments are checked and ``out`` locked."""
     _claim(out, run, overwrite)
     scenes_dir = out / SCENES_DIR
     scenes_dir.mkdir(parents=True, exist_ok=True)
 
     mine = split_scenes(entries, by_worker=False) if split_ranks else entries
-    todo = [e for e in mine if not _part(scenes_dir, e.scene_id).exists()]
+    todo = [e for e in mine if not _scene_done(scenes_dir, e.scene_id)]
     skipped = [e.scene_id for e in mine if e not in todo]
     if skipped and progress:
         print(f"predict: {len(skipped)} scene(s) already done in {out}, skipped: {_names(skipped)}")
@@ -228,16 +258,49 @@ def _part(scenes_dir: Path, scene_id: str) -> Path:
     return scenes_dir / f"{scene_key(scene_id)}.csv"
 
 
+def _where(e: SceneEntry) -> str:
+    """The file a scene entry reads (for messages)."""
+    handle = e.handle
+    path = getattr(handle, "path", None) or getattr(getattr(handle, "source", None), "name", None)
+    if path is None and getattr(handle, "urls", None):
+        path = Path(handle.urls[0]).parent
+    return str(path or e.scene_id)
+
+
+def _scene_done(scenes_dir: Path, scene_id: str) -> bool:
+    """Whether a scene's CSV is there, whole: it matches the SHA-256 recorded before it was written
+    (CSVs of runs from before the record are trusted). A damaged one is predicted again."""
+    part = _part(scenes_dir, scene_id)
+    if not part.is_file():
+        return False
+    expected = _recorded_sha(part)
+    if expected is None or expected == hashlib.sha256(part.read_bytes()).hexdigest():
+        return True
+    warnings.warn(f"{part}: differs from the SHA-256 recorded when it was written (damaged); predicting "
+                  f"scene {scene_id!r} again", stacklevel=3)
+    return False
+
+
+def _recorded_sha(part: Path) -> str | None:
+    try:
+        return json.loads(part.with_name(part.name + ".json").read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
     """Write atomically (temporary file, fsync, rename): a CSV under its real name is complete."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with replacing(path, ".partial") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        # the checksum first: a kill between the two leaves a record without its CSV (the scene is
+        # redone), never a CSV a rerun cannot check
+        with replacing(path.with_name(path.name + ".json")) as record:
+            record.write_text(json.dumps({"sha256": hashlib.sha256(tmp.read_bytes()).hexdigest()}))
 
 
 def _merge(out: Path, task: Any, scene_ids: list[str], wait_for_ranks: bool = True) -> Path | None:
@@ -250,10 +313,14 @@ def _merge(out: Path, task: Any, scene_ids: list[str], wait_for_ranks: bool = Tr
     parts = [_part(out / SCENES_DIR, s) for s in scene_ids]
     if not all(p.exists() for p in parts):
         return None
+    for p in parts:
+        expected = _recorded_sha(p)
+        if expected is not None and expected != hashlib.sha256(p.read_bytes()).hexdigest():
+            raise StoreError(f"{p}: differs from the SHA-256 recorded when it was written (damaged); rerun "
+                             "the same command to predict its scene again")
     target = out / task.predictions_csv
-    tmp = target.with_name(target.name + f".partial{worker_info()[0]}")
     header: list[str] | None = None
-    with open(tmp, "w", newline="") as f:
+    with replacing(target, f".partial{worker_info()[0]}") as tmp, open(tmp, "w", newline="") as f:
         for p in parts:
             with open(p, newline="") as part:
                 reader = csv.reader(part)
@@ -266,7 +333,6 @@ def _merge(out: Path, task: Any, scene_ids: list[str], wait_for_ranks: bool = Tr
                 csv.writer(f).writerows(reader)
         f.flush()
         os.fsync(f.fileno())
-    tmp.replace(target)
     return target
 
 
@@ -286,15 +352,14 @@ def _claim(out: Path, run: dict[str, Any], overwrite: bool) -> None:
                              "use another --out, or --overwrite to start over")
         if not differs:
             return
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and not holds_only_lock(out):
         raise StoreError(f"{out}: exists, is not empty and holds no {RUN_FILE}: not an xtstream prediction "
                          "directory; choose another --out")
     if overwrite and record.is_file():
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + f".partial{worker_info()[0]}")
-    tmp.write_text(json.dumps(run, indent=1, sort_keys=True, default=str))
-    tmp.replace(record)
+    with replacing(record, f".partial{worker_info()[0]}") as tmp:
+        tmp.write_text(json.dumps(run, indent=1, sort_keys=True, default=str))
 
 
 def _clear(out: Path) -> None:
@@ -308,7 +373,8 @@ def _clear(out: Path) -> None:
         for p in scenes.iterdir():
             if p.suffix == ".zarr" and prediction_status(p)[0]:
                 shutil.rmtree(p)
-            elif p.suffix in (".csv", ".tif", ".partial") or p.name.endswith((".csv.partial", ".tif.partial")):
+            elif p.suffix in (".csv", ".tif", ".partial") or p.name.endswith((".csv.partial", ".tif.partial",
+                                                                                ".csv.json", ".csv.json.tmp")):
                 p.unlink()
     for name in ("detections.csv", "predictions.csv"):  # the merged CSVs tasks write, nothing else
         (out / name).unlink(missing_ok=True)

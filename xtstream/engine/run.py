@@ -4,7 +4,9 @@ The run directory (``out``) holds ``config.yaml`` (the run's config: a rerun wit
 resumes, another config is refused unless ``overwrite``), ``checkpoints/last.pt`` (resumable,
 written atomically every ``checkpoint.every`` steps, at each epoch's end and at the end),
 ``model.pt`` (the final weights: ``xtstream.load_model``), ``best.pt`` (with validation),
-``log.jsonl`` and ``loss.png`` (:mod:`xtstream.engine.log`).
+``log.jsonl`` and ``loss.png`` (:mod:`xtstream.engine.log`). One run per directory: rank 0 holds
+its lock (:mod:`xtstream._runtime.lock`); a full disk is one :class:`~xtstream.errors.OutputError`
+and the last checkpoint stays whole (checkpoints are written atomically).
 
 Exact resume: a checkpoint holds the weights, optimiser, scheduler, every random state, the data
 position (epoch, chunks done this epoch) and the context states of the scenes open at that step.
@@ -27,6 +29,9 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
+from xtstream._runtime.atomic import replacing
+from xtstream._runtime.lock import holds_only_lock, output_lock
+from xtstream._runtime.oserrors import writing
 from xtstream.engine.checkpoint import read_training, rank_state, restore_rank_state, save_training
 from xtstream.engine.config import TrainConfig, load_train_config, parse_train_config
 from xtstream.engine.data import build_dataset, make_loader, steps_per_epoch
@@ -83,6 +88,14 @@ class Trainer:
             torch.cuda.set_device(device)  # before NCCL starts: each rank on its own GPU
         d = init_distributed(device.type == "cuda")
         self.dist, self.device = d, device
+        # one run per directory: rank 0 holds its lock (the other ranks write nothing there)
+        lock = output_lock(self.out, "training run directory", error=TrainConfigError) if d.main else contextlib.nullcontext()
+        with lock, writing(self.out):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        """:meth:`run` once the device is set and the run directory locked."""
+        cfg, d, device = self.config, self.dist, self.device
         resume = agree(self._prepare_dir() if d.main else None, d)
         barrier(d)
 
@@ -125,6 +138,10 @@ class Trainer:
                             "epoch": position["epoch"], "steps_planned": total, "world": d.world,
                             "device": str(device), "time": time.time()})
         if position["complete"]:
+            if d.main and not (self.out / "model.pt").is_file():
+                # killed after the last checkpoint, before the final model: its weights are those
+                self.log.plot(self.out / "loss.png")
+                self._finish(position, model)
             return self._summary(position, model)
 
         self.model, self.task, self.dataset, self.autocast = model, task, dataset, autocast
@@ -144,12 +161,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         if d.main:
-            from xtstream.models.checkpoint import save_checkpoint
-
-            save_checkpoint(model, self.out / "model.pt", step=position["step"], run=str(self.out))
-            self.log.write({"kind": "end", "step": position["step"], "time": time.time()})
+            self._finish(position, model)
         barrier(d)
         return self._summary(position, model)
+
+    def _finish(self, position: dict, model: Any) -> None:
+        """Rank 0, after the last checkpoint: the final model and the log's end record."""
+        from xtstream.models.checkpoint import save_checkpoint
+
+        save_checkpoint(model, self.out / "model.pt", step=position["step"], run=str(self.out))
+        self.log.write({"kind": "end", "step": position["step"], "time": time.time()})
 
     def _epoch(self, epoch: int, position: dict, open_scenes: list[dict], bar: Any) -> dict:
         """Train ``epoch`` from ``position`` (its chunks done and the scenes then open); the position
@@ -320,15 +341,14 @@ class Trainer:
                                        "another out")
             elif self.last_path.is_file():
                 return True
-        elif out.exists() and any(out.iterdir()):
+        elif out.exists() and not holds_only_lock(out):
             raise TrainConfigError(f"{out} is not empty and holds no xtstream run (no config.yaml): choose a "
                                    "new or empty directory for out; nothing was changed there")
         out.mkdir(parents=True, exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
         self.log.path.unlink(missing_ok=True)
-        tmp = out / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tmp.replace(saved)
+        with replacing(saved) as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return False
 
     def _clear(self) -> None:

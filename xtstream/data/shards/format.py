@@ -238,3 +238,71 @@ def split_member(name: str) -> tuple[str, str] | None:
 def tar_member_bytes(size: int) -> int:
     """Bytes a member of ``size`` bytes takes in a tar: a 512-byte header plus data in 512-byte blocks."""
     return 512 + -(-size // 512) * 512
+
+
+#: what a manifest entry must hold, and of which type (more keys are allowed)
+MANIFEST_SHARD_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "start": int, "stop": int, "bytes": int}
+MANIFEST_SCENE_KEYS: dict[str, type | tuple[type, ...]] = {"scene_id": str, "scene_shape": list, "region": int,
+                                                           "shards": list}
+
+
+def manifest_text(doc: dict[str, Any]) -> str:
+    """``doc`` as the text of a ``manifest.json``, its last field the crc32c of the text before it
+    (``"crc32c"``): a flipped byte anywhere — a scene id, a georeference — is detected on read."""
+    body = {k: v for k, v in doc.items() if k != CHECKSUMS}
+    return json.dumps({**body, CHECKSUMS: crc_hex(json.dumps(body, indent=1).encode())}, indent=1)
+
+
+def read_manifest(path: Any) -> dict[str, Any]:
+    """The ``manifest.json`` at ``path``, checked before anyone indexes into it: its crc32c
+    (:func:`manifest_text`; manifests from before it have none), its format, every key readers use
+    (:data:`MANIFEST_SHARD_KEYS`, :data:`MANIFEST_SCENE_KEYS`) with its type, shard names that are
+    plain ``{scene_key}-NNNNN.tar`` file names (never a path out of the directory), each scene's
+    shards listed. Raises :class:`ShardError` naming the manifest and the entry."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise ShardError(f"{path}: cannot read shard manifest ({err}); was the shard run finished?") from None
+    if isinstance(doc, dict) and CHECKSUMS in doc:
+        stored = doc.pop(CHECKSUMS)
+        if stored != crc_hex(json.dumps(doc, indent=1).encode()):
+            raise ShardError(f"{path}: fails its crc32c checksum (a damaged byte); rerun `xtstream shard` "
+                             "with the same arguments to write it again")
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: not an {MANIFEST_FORMAT} manifest")
+    for key in ("shards", "scenes"):
+        if not isinstance(doc.get(key), list):
+            raise ShardError(f"{path}: manifest {'has no' if key not in doc else 'has a bad'} key '{key}' "
+                             "(a list); rerun `xtstream shard` to write it again")
+    names = set()
+    for i, entry in enumerate(doc["shards"]):
+        _check_entry(path, f"shards[{i}]", entry, MANIFEST_SHARD_KEYS)
+        if not SHARD_RE.match(entry["name"]):
+            raise ShardError(f"{path}: shards[{i}] name {entry['name']!r} is not a shard name "
+                             "({scene_key}-NNNNN.tar in the manifest's directory)")
+        if not 0 <= entry["start"] <= entry["stop"] or entry["bytes"] < 0:
+            raise ShardError(f"{path}: shards[{i}] has an impossible range or size {entry}")
+        names.add(entry["name"])
+    for i, entry in enumerate(doc["scenes"]):
+        _check_entry(path, f"scenes[{i}]", entry, MANIFEST_SCENE_KEYS)
+        shape = entry["scene_shape"]
+        if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise ShardError(f"{path}: scenes[{i}] 'scene_shape' is not [height, width] in pixels: {shape!r}")
+        if entry["region"] < 1:
+            raise ShardError(f"{path}: scenes[{i}] 'region' must be positive, got {entry['region']}")
+        unknown = [n for n in entry["shards"] if n not in names]
+        if unknown:
+            raise ShardError(f"{path}: scenes[{i}] lists shard {unknown[0]!r}, which 'shards' does not")
+    return doc
+
+
+def _check_entry(path: Any, where: str, entry: Any, keys: dict[str, type | tuple[type, ...]]) -> None:
+    if not isinstance(entry, dict):
+        raise ShardError(f"{path}: {where} is not a mapping")
+    for key, kind in keys.items():
+        if key not in entry:
+            raise ShardError(f"{path}: {where} has no key '{key}'; rerun `xtstream shard` to write it again")
+        value = entry[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ShardError(f"{path}: {where} key '{key}' is {value!r}, not a {getattr(kind, '__name__', kind)}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import tarfile
@@ -36,7 +35,8 @@ from xtstream.data.grid import RegionGrid
 from xtstream.data.sample import RegionSample
 from xtstream.data.split import split_scenes, worker_info
 from xtstream.data.streams import DEFAULT_CHUNK, SceneStream
-from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, SHARD_RE, decode_sample, split_member, unescape_key
+from xtstream.data.shards.format import (MANIFEST, SHARD_RE, decode_sample, read_manifest, split_member,
+                                         unescape_key)
 
 if TYPE_CHECKING:  # torch loads only when a dataset is made
     from xtstream.data.dataset import SceneChunks
@@ -358,12 +358,7 @@ def load_manifest(path: str | Path) -> list[ShardedScene]:
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ShardError(f"{path}: cannot read shard manifest ({err}); was the shard run finished?") from None
-    if doc.get("format") != MANIFEST_FORMAT:
-        raise ShardError(f"{path}: not an {MANIFEST_FORMAT} manifest")
+    doc = read_manifest(path)
     root = path.parent
     by_name = {s["name"]: s for s in doc["shards"]}
     scenes = []

@@ -23,7 +23,9 @@ of a clean run (tar mtimes are fixed). ``manifest.json`` is written last, listin
 region counts and checksums; readers rely on it.
 
 The plan file records the shard names the run writes: ``overwrite`` removes exactly the files of
-the run it replaces, and never replaces a file that no run of ours wrote.
+the run it replaces, and never replaces a file that no run of ours wrote. One run per shard
+directory: :func:`shard_stores` holds its lock (:mod:`xtstream._runtime.lock`); a full disk or a
+read-only directory is one :class:`~xtstream.errors.OutputError`, and no partial file stays.
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ from typing import Any, Iterator, Sequence
 
 from xtstream import __version__
 from xtstream.errors import ShardError
+from xtstream._runtime.atomic import replacing
+from xtstream._runtime.lock import output_lock
 from xtstream._runtime.malloc import limit_arenas
-from xtstream.data.grid import RegionGrid
-from xtstream.data.ledger import RunLedger, unique_tag, write_json_atomic
+from xtstream._runtime.oserrors import writing
+from xtstream.data.grid import RegionGrid, check_block_bytes
+from xtstream.data.ledger import RunLedger, unique_tag
 from xtstream.data.sample import RegionSample
 from xtstream._runtime.prefetch import prefetched
 from xtstream.data.windows import ZarrWindows, decode_passes, iter_regions, plan_reads
-from xtstream.data.shards.format import MANIFEST, MANIFEST_FORMAT, encode_sample, npy_bytes, shard_name, tar_member_bytes
+from xtstream.data.shards.format import (MANIFEST, MANIFEST_FORMAT, encode_sample, manifest_text, npy_bytes,
+                                         read_manifest, shard_name, tar_member_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +156,9 @@ def plan_shards(stores: Sequence[str | Path], out: str | Path, *, region: int,
     if dup:
         raise ShardError(f"scene id(s) {dup} appear in more than one store; scene ids must be unique")
     grids = [RegionGrid(r.shape[1], r.shape[2], region) for r in readers]
+    for store, r in zip(stores, readers):  # a region is padded and copied whole: refuse a huge one now
+        check_block_bytes(store, "region", region, r.shape[0], r.dtype, r.shape[1:], error=ShardError,
+                          option="--region")
     scene_labels, label_config = None, None
     if labels is not None:
         from xtstream.tasks.base import get_task  # the task's modules only when there are labels
@@ -297,7 +306,8 @@ def write_manifest(plan: ShardPlan) -> Path:
                    "regions": int(sum(s["regions"] for s in shards)), "bytes": int(sum(s["bytes"] for s in shards))},
     }
     path = plan.out / MANIFEST
-    write_json_atomic(path, manifest)
+    with replacing(path, f".{unique_tag()}.tmp") as tmp:
+        tmp.write_text(manifest_text(json.loads(json.dumps(manifest, default=_plain))))
     # the manifest now lists every shard; the plan file stays, so that a rerun recognises this run
     _ledger(plan.out).clear()
     return path
@@ -318,12 +328,20 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
 
     >>> shard_stores(["a.zarr", "b.zarr"], "shards/", region=512, labels="labels.csv")  # doctest: +SKIP
     """
+    limit_arenas()  # before the thread pool starts, so that its threads share the arenas
+    with output_lock(out, "shard directory", error=ShardError), writing(out):
+        return _shard_locked(stores, out, region=region, labels=labels, task=task, spec=spec,
+                             max_shard_size=max_shard_size, max_count=max_count, max_read_bytes=max_read_bytes,
+                             scheduler=scheduler, client=client, progress=progress, overwrite=overwrite,
+                             verify=verify)
+
+
+def _shard_locked(stores: Sequence[str | Path], out: str | Path, *, scheduler: str | None, client: Any,
+                  progress: bool, verify: bool, **plan_kw: Any) -> Path:
+    """:func:`shard_stores`, its output locked."""
     from xtstream._runtime.cluster import dask_client, run_graph
 
-    limit_arenas()  # before the thread pool starts, so that its threads share the arenas
-    plan = plan_shards(stores, out, region=region, labels=labels, task=task, spec=spec,
-                       max_shard_size=max_shard_size, max_count=max_count, max_read_bytes=max_read_bytes,
-                       overwrite=overwrite)
+    plan = plan_shards(stores, out, **plan_kw)
     todo = plan.todo
     graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
     if verify:
@@ -392,8 +410,9 @@ def _written_by(out: Path, plan: dict | None) -> set[str]:
             doc = json.loads(manifest.read_text())
         except ValueError:
             doc = {}
-        if doc.get("fingerprint") == plan.get("fingerprint"):
-            names.update(s["name"] for s in doc.get("shards", []) if isinstance(s, dict) and "name" in s)
+        if isinstance(doc, dict) and doc.get("fingerprint") == plan.get("fingerprint"):
+            names.update(s["name"] for s in doc.get("shards") or [] if isinstance(s, dict)
+                         and isinstance(s.get("name"), str))
     names.update(_ledger(out).done())
     return names
 
@@ -426,10 +445,13 @@ def _done_shards(out: Path) -> dict[str, dict]:
     manifest = out / MANIFEST
     found: dict[str, dict] = {}
     if manifest.is_file():
-        for s in json.loads(manifest.read_text()).get("shards", []):
-            found[s["name"]] = s
+        try:
+            found.update((s["name"], s) for s in read_manifest(manifest)["shards"])
+        except ShardError as err:  # the shards are re-hashed or written again; the manifest is rewritten
+            log.warning("%s; it is written again", err)
     found.update(_ledger(out).done())
-    return {n: m for n, m in found.items() if (out / n).is_file() and (out / n).stat().st_size == m["bytes"]}
+    return {n: m for n, m in found.items() if isinstance(m, dict) and isinstance(m.get("bytes"), int)
+            and (out / n).is_file() and (out / n).stat().st_size == m["bytes"]}
 
 
 def _file_sha256(path: Path) -> str:
@@ -438,3 +460,10 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as Python numbers (for the manifest's JSON)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -16,7 +16,7 @@ import xarray as xr
 
 from xtstream.errors import SourceError
 from xtstream.data.specs import DatasetSpec, load_spec
-from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray
+from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray, source_fingerprint
 from xtstream.data.sources.geotiff import TIFF_SUFFIXES, GeoTIFFSource
 from xtstream.data.sources.images import (IMAGE_SUFFIXES, ImageRef, ImageSource, expand_sources,
                                           is_image_dir, is_image_list, list_images)
@@ -25,7 +25,7 @@ from xtstream.data.sources.zarr_store import ZarrSource
 
 __all__ = ["RasterSource", "WindowedSource", "GeoTIFFSource", "ImageSource", "ImageRef", "ZarrSource",
            "ArraySource", "open_source", "expand_sources", "list_images", "scene_files", "build_dataarray",
-           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list"]
+           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list", "source_fingerprint"]
 
 
 def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
@@ -60,7 +60,7 @@ def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
             raise SourceError(f"{path}: a directory of {len(list_images(path))} image files, each one scene, "
                               "not one raster: pass it to xtstream predict / ingest / stream_scenes, or "
                               "open its images one by one (xtstream.data.sources.expand_sources)")
-        files, names, resample = scene_files(path, spec)
+        files, names, resample = scene_files(path, spec, required=bands)
         return GeoTIFFSource(files, names, resample=resample, dtype=spec.dtype if spec else None)
     if path.suffix.lower() in TIFF_SUFFIXES:
         names = [b.name for b in spec.bands] if spec and len(spec.bands) == 1 else None
@@ -79,8 +79,12 @@ def _spec_names(spec: str | Path | DatasetSpec | None, bands: Sequence[str] | No
     return [b.name for b in load_spec(spec).select(list(bands) if bands else None).bands]
 
 
-def scene_files(directory: Path, spec: DatasetSpec | None) -> tuple[list[Path], list[str] | None, list]:
-    """Band files of a scene directory: ``(paths, band names, resampling per file)``."""
+def scene_files(directory: Path, spec: DatasetSpec | None, required: Sequence[str] | None = None
+                ) -> tuple[list[Path], list[str] | None, list]:
+    """Band files of a scene directory: ``(paths, band names, resampling per file)``.
+
+    A band the spec marks ``optional`` whose file is missing is left out (the raster has the
+    other bands), unless ``required`` names it."""
     if spec is None:
         files = sorted(p for p in directory.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
         if not files:
@@ -90,7 +94,7 @@ def scene_files(directory: Path, spec: DatasetSpec | None) -> tuple[list[Path], 
     for band in spec.bands:
         path = directory / band.file
         if not path.exists():
-            if band.optional:
+            if band.optional and band.name not in (required or ()):
                 continue
             raise SourceError(f"{path}: band '{band.name}' of spec '{spec.name}' is missing")
         files.append(path)

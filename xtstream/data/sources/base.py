@@ -10,10 +10,20 @@ Two ways to plug a source in:
 
 A source must be picklable (it travels to ``dask.distributed`` workers): hold paths and metadata,
 never open file handles.
+
+Identity. An interrupted ingest resumes only from a source it recognises as the one it started
+from — in a new process, from a new instance. Sources with files are recognised by their paths,
+sizes and modification times; anything else needs ``fingerprint()``: a string that stays the same
+as long as the pixels do (a version, the parameters that make them) — :meth:`WindowedSource.fingerprint`
+(overridable; default from ``paths``), or the same method on a :class:`RasterSource`
+(:func:`source_fingerprint` reads either). Without one, resuming is refused, saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import dask
@@ -21,7 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from xtstream.errors import SourceError
+from xtstream.errors import SourceError, XTStreamError
 from xtstream.data.grid import Window
 
 DEFAULT_CHUNK = 2048
@@ -29,7 +39,11 @@ DEFAULT_CHUNK = 2048
 
 @runtime_checkable
 class RasterSource(Protocol):
-    """Anything that yields a lazily evaluated ``(band, y, x)`` :class:`xarray.DataArray`."""
+    """Anything that yields a lazily evaluated ``(band, y, x)`` :class:`xarray.DataArray`.
+
+    Optionally also ``fingerprint() -> str | None`` (see the module docstring): not part of the
+    protocol's required members, so that sources written before it still qualify.
+    """
 
     name: str
 
@@ -67,6 +81,26 @@ class WindowedSource:
         """Pixels of ``window`` (inside the raster) as ``(bands, h, w)`` of ``self.dtype``."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str | None:
+        """What identifies this raster across processes and instances: a string that changes
+        whenever its pixels do; ``None`` when nothing does (then an interrupted ingest from it
+        cannot be resumed). Default: a hash of ``paths`` with their sizes and modification times
+        (``None`` without paths). Override it for a source without files::
+
+            def fingerprint(self):
+                return f"gradient-v1-{self.shape}"
+        """
+        if not self.paths:
+            return None
+        stamps = []
+        for p in self.paths:
+            try:
+                st = os.stat(p)
+                stamps.append([str(p), st.st_size, st.st_mtime_ns])
+            except OSError:
+                stamps.append([str(p), None, None])
+        return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
+
     def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
         bands, height, width = self.shape
         data = da.from_array(
@@ -78,18 +112,17 @@ class WindowedSource:
                                crs=self.crs, transform=self.transform, paths=self.paths)
 
 
-def _identity(source: WindowedSource) -> Any:
-    """What makes two reads of a source the same (files and their mtimes), for dask task names."""
-    import os
+def source_fingerprint(source: Any) -> str | None:
+    """``source.fingerprint()`` when the source has that method, else ``None``."""
+    method = getattr(source, "fingerprint", None)
+    return method() if callable(method) else None
 
-    stamps = []
-    for p in source.paths:
-        try:
-            st = os.stat(p)
-            stamps.append((p, st.st_mtime_ns, st.st_size))
-        except OSError:
-            stamps.append((p, None, None))
-    return stamps or id(source)
+
+def _identity(source: WindowedSource) -> Any:
+    """What makes two reads of a source the same, for dask task names: its fingerprint; without
+    one, the instance (two sources must never share tasks; such a source is never resumed)."""
+    fingerprint = source.fingerprint()
+    return fingerprint if fingerprint is not None else ("instance", id(source))
 
 
 class _WindowReader:
@@ -106,7 +139,14 @@ class _WindowReader:
         _, height, width = self.shape
         y0, y1, _ = ysl.indices(height)
         x0, x1, _ = xsl.indices(width)
-        block = self.source.read_window(Window(y0, x0, y1, x1))
+        window = Window(y0, x0, y1, x1)
+        try:
+            block = self.source.read_window(window)
+        except (XTStreamError, OSError):  # already named (an OSError: by its file, or the command's output)
+            raise
+        except Exception as err:  # a plug-in's own failure: name the source and the window
+            raise SourceError(f"{self.source.name}: read_window{tuple(window)} failed: "
+                              f"{type(err).__name__}: {err}") from err
         expected = (self.shape[0], y1 - y0, x1 - x0)
         if block.shape != expected:
             raise SourceError(f"{self.source.name}: read_window returned {block.shape}, expected {expected}")
