@@ -36,26 +36,24 @@ COMMANDS = {
 }
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (``0`` is refused, never taken for "the default")."""
+def _int_at_least(text: str, low: int, hint: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r} (leave the option out for the default)")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {text!r}{hint}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``0`` is refused, never taken for "the default")."""
+    return _int_at_least(text, 1, " (leave the option out for the default)")
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
-    return value
+    return _int_at_least(text, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
