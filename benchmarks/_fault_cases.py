@@ -40,9 +40,10 @@ class Workspace:
     run: Path
     pred: Path
     pred_shards: Path  # predictions read from the shards (same pixels: the same as ``pred``)
-    #: command -> seconds its clean run took, bytes it wrote
+    #: command -> seconds its clean run took, bytes it wrote, files it opened for writing
     wall: dict[str, float] = field(default_factory=dict)
     written: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
 
     @property
     def checkpoint(self) -> Path:
@@ -90,6 +91,7 @@ def build_workspace(root: Path, *, height: int = 192, width: int = 256, seed: in
         out = ws.reference(command)
         run = _must(run_command(ws.argv(command, out), budget_root=out.parent))
         ws.written[command] = run.bytes_written
+        ws.files[command] = run.files_written
         # timed again: the first run in a fresh process pays for lazy imports, later ones do not
         again = _must(run_command(ws.argv(command, root / "timing" / command)))
         ws.wall[command] = min(run.wall_s, again.wall_s)
@@ -136,8 +138,10 @@ def _same_shards(got: Path, ref: Path) -> tuple[bool, str]:
         if (got / name).read_bytes() != (ref / name).read_bytes():
             return False, f"{got / name}: bytes differ from a clean run's"
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (got, ref))
-    if a["shards"] != b["shards"] or a["scenes"][0]["grid"] != b["scenes"][0]["grid"]:
-        return False, f"{got}/manifest.json differs from a clean run's"
+    keys = ("scene_id", "grid", "bands", "dtype", "scene_shape", "crs", "transform", "regions", "objects")
+    if a["shards"] != b["shards"] or [{k: s.get(k) for k in keys} for s in a["scenes"]] != \
+            [{k: s.get(k) for k in keys} for s in b["scenes"]]:
+        return False, f"{got}/manifest.json differs from a clean run's (scenes or shards)"
     return True, ""
 
 
@@ -210,6 +214,7 @@ def kill_case(ws: Workspace, command: str, rng: random.Random, case_dir: Path, k
 #: file name patterns → the writer that hit the full disk
 WRITERS = [("/c/", "store tile"), ("_xtstream_done", "done marker"), ("_xtstream_plan", "run plan"),
            ("manifest.json", "shard manifest"), (".tar", "shard tar"), ("zarr.json", "zarr metadata"),
+           ("/zarr.", "zarr metadata"),  # zarr writes zarr.json as zarr.UUID.partial, then renames it
            ("/scenes/", "per-scene output"), ("detections.csv", "merged CSV"), ("predict.json", "prediction record"),
            (".pt", "checkpoint"), ("log.jsonl", "training log"), ("loss.png", "loss plot"),
            ("config.yaml", "run config")]
@@ -224,17 +229,25 @@ def writer_of(path: str | None) -> str:
     return Path(path).name
 
 
-def disk_full_case(ws: Workspace, command: str, rng: random.Random, case_dir: Path) -> Case:
-    """Let ``command`` write a random share of what its clean run writes, then fail every write
-    with ENOSPC: one clear line (exit 3), no partial file left, and a rerun once there is space
-    again gives the clean output."""
+def disk_full_case(ws: Workspace, command: str, rng: random.Random, case_dir: Path, by_file: bool = False
+                   ) -> Case:
+    """Let ``command`` write a random share of what its clean run writes — of its bytes, or
+    (``by_file``) of the files it writes, so that small writers are hit as often as big ones —,
+    then fail every write with ENOSPC: one clear line (exit 3), no partial file left, and a rerun
+    once there is space again gives the clean output."""
     out = case_dir / f"{command}_out"
-    budget = rng.randrange(0, max(1, ws.written[command]))
-    first = run_command(ws.argv(command, out), disk_budget=budget, budget_root=case_dir)
+    if by_file:
+        nth = rng.randrange(1, max(2, ws.files[command] + 1))
+        first = run_command(ws.argv(command, out), full_at_file=nth, budget_root=case_dir)
+        budget = f"file {nth} of {ws.files[command]}"
+    else:
+        budget = rng.randrange(0, max(1, ws.written[command]))
+        first = run_command(ws.argv(command, out), disk_budget=budget, budget_root=case_dir)
+        budget = f"{budget} of {ws.written[command]} B"
     where = writer_of(first.disk_full_at)
     if first.code == 0:
         outcome, note = judge_rerun(command, first, out, ws.reference(command))
-        return Case(f"disk full during {command}", f"{command}: {budget} B budget not reached", outcome, note,
+        return Case(f"disk full during {command}", f"{command}: budget ({budget}) not reached", outcome, note,
                     [summary(first)])
     outcome, note = classify_error(first, out, first.disk_full_at or out)
     if outcome == "clear_error" and first.code != 3:
@@ -246,9 +259,8 @@ def disk_full_case(ws: Workspace, command: str, rng: random.Random, case_dir: Pa
     after, why = judge_rerun(command, again, out, ws.reference(command))
     if after != "ok":
         outcome, note = after, f"rerun after freeing space: {why}"
-    return Case(f"disk full during {command}: {where}", f"{command}: ENOSPC after {budget} of "
-                f"{ws.written[command]} B, at {first.disk_full_at}; rerun with space", outcome, note,
-                [summary(first), summary(again)])
+    return Case(f"disk full during {command}: {where}", f"{command}: ENOSPC from {budget}, at "
+                f"{first.disk_full_at}; rerun with space", outcome, note, [summary(first), summary(again)])
 
 
 # -- dask workers lost mid-graph ---------------------------------------------------------------------

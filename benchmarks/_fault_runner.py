@@ -52,6 +52,7 @@ class Run:
     timed_out: bool = False
     disk_full_at: str | None = None  # the file whose write ran out of the injected disk budget
     bytes_written: int = 0  # under the budget's root (a run without a budget counts too)
+    files_written: int = 0  # files opened for writing there
 
     @property
     def last_line(self) -> str:
@@ -123,11 +124,14 @@ def summary(run: Run) -> dict[str, Any]:
 
 def run_command(argv: Sequence[str], *, kill_after: float | None = None, timeout: float = 180,
                 disk_budget: int | None = None, budget_root: str | Path | None = None,
+                full_at_file: int | None = None,
                 setup: Callable[[], None] | None = None,
                 watch: Callable[[int, float], None] | None = None) -> Run:
     """Run ``xtstream argv…`` in a forked child; wait for it, or SIGKILL its process group after
     ``kill_after`` seconds. ``disk_budget``: bytes the child may write under ``budget_root`` before
-    every further write fails with ENOSPC (a disk filling up); writes are counted either way.
+    every further write fails with ENOSPC (a disk filling up); or ``full_at_file``: the disk is full
+    from the first write into the N-th file opened there on (so that small writers — markers,
+    manifests, logs — get their turn as often as big ones); writes are counted either way.
     ``setup``: called in the child first (e.g. to inject a fault); ``watch(pid, seconds)``: called
     in the parent while the child runs (e.g. to kill one of its dask workers)."""
     argv = [str(a) for a in argv]
@@ -136,7 +140,7 @@ def run_command(argv: Sequence[str], *, kill_after: float | None = None, timeout
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: never returns
-            _child(argv, out_path, err_path, info_path, disk_budget, budget_root, setup)
+            _child(argv, out_path, err_path, info_path, disk_budget, budget_root, setup, full_at_file)
         killed = timed_out = False
         status = 0
         while True:
@@ -159,7 +163,7 @@ def run_command(argv: Sequence[str], *, kill_after: float | None = None, timeout
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         return Run(argv, code, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"),
                    wall, killed=killed, timed_out=timed_out, disk_full_at=info.get("disk_full_at"),
-                   bytes_written=int(info.get("bytes_written", 0)))
+                   bytes_written=int(info.get("bytes_written", 0)), files_written=int(info.get("files_written", 0)))
 
 
 def _killpg(pid: int) -> None:
@@ -170,7 +174,7 @@ def _killpg(pid: int) -> None:
 
 
 def _child(argv: list[str], out_path: Path, err_path: Path, info_path: Path, disk_budget: int | None,
-           budget_root: str | Path | None, setup: Callable[[], None] | None) -> None:
+           budget_root: str | Path | None, setup: Callable[[], None] | None, full_at_file: int | None) -> None:
     code = 1
     try:
         os.setsid()  # its own process group: a kill takes its dask workers too
@@ -184,7 +188,7 @@ def _child(argv: list[str], out_path: Path, err_path: Path, info_path: Path, dis
         limit = _vm_size() + MEMORY_LIMIT
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
         if budget_root is not None:
-            _install_budget(Path(budget_root), disk_budget, info_path)
+            _install_budget(Path(budget_root), disk_budget, info_path, full_at_file)
         if setup is not None:
             setup()
         from xtstream.cli import main
@@ -220,11 +224,19 @@ def _vm_size() -> int:
 # -- a disk that fills up ------------------------------------------------------------------------
 
 class _Budget:
-    def __init__(self, root: Path, budget: int | None, info_path: Path):
+    def __init__(self, root: Path, budget: int | None, info_path: Path, full_at_file: int | None):
         self.root, self.left, self.info_path, self.written = str(root.resolve()), budget, info_path, 0
+        self.full_at_file, self.files = full_at_file, 0
         self.hit: str | None = None
 
-    def take(self, path: str, n: int) -> None:
+    def opened(self) -> int:
+        self.files += 1
+        self.save()
+        return self.files
+
+    def take(self, path: str, n: int, file_no: int) -> None:
+        if self.full_at_file is not None and file_no >= self.full_at_file:
+            self.left = 0
         if self.left is not None and n > self.left:
             self.left = 0
             if self.hit is None:
@@ -237,7 +249,8 @@ class _Budget:
         self.save()
 
     def save(self) -> None:
-        self.info_path.write_text(json.dumps({"disk_full_at": self.hit, "bytes_written": self.written}))
+        self.info_path.write_text(json.dumps({"disk_full_at": self.hit, "bytes_written": self.written,
+                                              "files_written": self.files}))
 
 
 class _Limited:
@@ -245,10 +258,11 @@ class _Limited:
 
     def __init__(self, f: Any, path: str, budget: _Budget):
         self._f, self._path, self._budget = f, path, budget
+        self._no = budget.opened()
 
     def write(self, data: Any) -> int:
         n = len(data) if isinstance(data, str) else memoryview(data).nbytes
-        self._budget.take(self._path, n)
+        self._budget.take(self._path, n, self._no)
         return self._f.write(data)
 
     def writelines(self, lines: Any) -> None:
@@ -268,11 +282,11 @@ class _Limited:
         return iter(self._f)
 
 
-def _install_budget(root: Path, budget: int | None, info_path: Path) -> None:
+def _install_budget(root: Path, budget: int | None, info_path: Path, full_at_file: int | None) -> None:
     """Make every file opened for writing under ``root`` draw on ``budget`` bytes (``None``: count
     only); past it, a write raises ENOSPC — wherever the command writes: zarr tiles, markers, shard
     tars, manifests, CSVs, checkpoints, logs."""
-    state = _Budget(root, budget, info_path)
+    state = _Budget(root, budget, info_path, full_at_file)
     state.save()
     real_open = builtins.open
 

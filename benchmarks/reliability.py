@@ -47,7 +47,7 @@ from _fault_runner import OUTCOMES, Case, preload  # noqa: E402
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "data"
 #: how many of each kind the full battery tries (``--quick``: the second number)
-SIZES = {"kill": (16, 4), "kill_repeated": (8, 0), "worker_loss": (2, 0), "disk_full": (16, 4),
+SIZES = {"kill": (16, 4), "kill_repeated": (8, 0), "worker_loss": (2, 0), "disk_full": (32, 8),
          "damage_rounds": (2, 1), "bad_geotiff_rounds": (2, 1), "bad_labels": (3, 1), "fuzz": (100, 15)}
 
 
@@ -68,7 +68,7 @@ def plan(ws: Any, rng: random.Random, sizes: dict[str, int]) -> list[Callable[[P
     for i in range(sizes["worker_loss"]):
         makers.append(partial(one(fc.worker_loss_case), ws, rng, losses=1 + i % 2))
     for i in range(sizes["disk_full"]):
-        makers.append(partial(one(fc.disk_full_case), ws, commands[i % 4], rng))
+        makers.append(partial(one(fc.disk_full_case), ws, commands[i % 4], rng, by_file=bool(i // 4 % 2)))
     for r in range(sizes["damage_rounds"]):
         for kind in ("flip", "truncate", "delete"):
             makers.append(partial(fd.store_damage, ws, rng, kind=kind, target="tile"))
@@ -167,6 +167,8 @@ def write_results(cases: list[Case], meta: dict[str, Any], json_path: Path, md_p
                   command: str) -> dict[str, Any]:
     """Write the JSON (figures, failures in full, every case in brief) and the Markdown table."""
     figures = tally(cases)
+    kills = [r for c in cases if c.fault.startswith("kill -9") for r in c.runs[:-1]]  # the last run: the rerun
+    figures["kills"] = {"sent": len(kills), "landed_before_the_end": sum(bool(r.get("killed")) for r in kills)}
     failures = [c.as_dict() for c in cases if c.outcome in ("silent_loss", "unclear_error")]
     doc = {"benchmark": "reliability", "command": command,
            "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), **meta, **figures,
@@ -198,6 +200,12 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"**{doc['cases']} cases: {doc['passed']} passed ({doc['ok']} ok, {doc['clear_error']} clear errors), "
         f"{doc['silent_loss']} silent losses, {doc['unclear_error']} unclear errors.**",
+        "",
+        f"Kills: {doc['kills']['sent']} SIGKILLs sent at random moments of a clean run's duration, "
+        f"{doc['kills']['landed_before_the_end']} of them before the command had finished (the others "
+        "found it done; its rerun must still equal a clean run). Disk full: half the cases fail every "
+        "write past a random byte of what the clean run writes, half from a random file it writes on, "
+        "so that small writers (markers, manifests, logs) are hit too.",
         "",
         "Each case runs real `xtstream` commands, each in its own process (forked from one that has "
         "imported everything, so that hundreds of runs fit in minutes), and judges the outcome:",

@@ -182,3 +182,16 @@ def test_a_checkpoint_holding_pickled_code_is_one_line_and_never_runs(work, tmp_
                          "--device", "cpu", "--quiet"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "evil.pt" in err and "GLOBAL" in err, err
     assert not marker.exists()
+
+
+def test_a_flipped_byte_in_a_stores_attributes_is_refused(tmp_path):
+    """A flip in the scene id (or band names, georeference) of a store's zarr.json went on into
+    shard names and predictions: the attributes carry a crc32c."""
+    data = np.zeros((1, 20, 20), "f4")
+    store = ingest(ArraySource(data, scene_id="alpha"), tmp_path / "a.zarr", tile=16, progress=False)
+    meta = store / "zarr.json"
+    meta.write_text(meta.read_text().replace('"scene_id": "alpha"', '"scene_id": "alphb"'))
+    from xtstream.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"a\.zarr: its attributes .* fail their crc32c"):
+        open_store(store)

@@ -50,18 +50,17 @@ def test_a_full_disk_is_one_clear_line_and_a_rerun_finishes(ws, tmp_path, comman
     assert case.runs[0]["code"] == 3 and case.runs[1]["code"] == 0
 
 
-def test_the_disk_budget_reaches_every_kind_of_writer(ws, tmp_path):
-    """The injected full disk is not a single-writer fake: over a few budgets it lands in tiles,
-    markers, tars, checkpoints…"""
-    hits = set()
-    rng = random.Random(11)
-    for command in ("ingest", "train"):
-        for k in range(3):
-            run = run_command(ws.argv(command, tmp_path / f"{command}{k}"), budget_root=tmp_path,
-                              disk_budget=rng.randrange(ws.written[command]))
-            hits.add(fc.writer_of(run.disk_full_at))
-            assert run.code == 3, run.stderr[-2000:]
-    assert len(hits) >= 2, hits
+def test_a_full_disk_in_small_writers_too(ws, tmp_path):
+    """The injected full disk is not a single-writer fake: full from the first, or the last, file
+    a command writes, it lands in the store's metadata, the shard run's plan, the shard manifest."""
+    hits = {}
+    for command, nth in (("ingest", 1), ("shard", 1), ("shard", ws.files["shard"])):
+        out = tmp_path / f"{command}{nth}"
+        run = run_command(ws.argv(command, out), budget_root=tmp_path, full_at_file=nth)
+        assert run.code == 3 and str(out) in run.last_line, run.stderr[-2000:]
+        assert not fc.leftovers(out)
+        hits[fc.writer_of(run.disk_full_at)] = run.disk_full_at
+    assert len(hits) == 3, hits
 
 
 @pytest.mark.parametrize("damage", [

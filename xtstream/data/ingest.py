@@ -51,7 +51,7 @@ from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
 from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
-                                 tile_check, tile_keys)
+                                 seal_attrs, tile_check, tile_keys)
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
@@ -403,7 +403,7 @@ def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec
     ds = arr.to_dataset(name=IMAGE_VAR)
     # variable-length strings: Zarr v3 has no stable spec for fixed-width unicode
     ds = ds.assign_coords(band=np.asarray([str(b) for b in arr["band"].values], dtype=object))
-    ds.attrs = {"xtstream": attrs}
+    ds.attrs = {"xtstream": seal_attrs(attrs)}
     # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
     ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
     # the layout is several files: marked unfinished until all are there (see TEMPLATE_MARK)

@@ -82,7 +82,36 @@ def read_status(path: str | Path) -> StoreStatus:
     info = (doc.get("attributes") or {}).get("xtstream")
     if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
         return StoreStatus(path, True, False, False, {})
+    if "crc32c" in info and info["crc32c"] != attrs_crc(info):
+        raise StoreError(f"{path}: its attributes (zarr.json: scene id, bands, georeference…) fail their crc32c "
+                         "checksum (a damaged byte); ingest the scene again (--overwrite)")
     return StoreStatus(path, True, True, bool(info.get("complete")), info)
+
+
+#: attributes a store changes after its layout (status, not identity): outside its checksum
+STATUS_KEYS = ("complete", "completed", "repaired", "crc32c")
+
+
+def attrs_crc(info: dict[str, Any]) -> str:
+    """crc32c (8 hex digits) of a store's ``xtstream`` attributes but :data:`STATUS_KEYS`, as JSON
+    with sorted keys (what the store holds reads back to the same text)."""
+    import google_crc32c
+
+    body = {k: v for k, v in info.items() if k not in STATUS_KEYS}
+    return f"{google_crc32c.value(json.dumps(body, sort_keys=True).encode()):08x}"
+
+
+def seal_attrs(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` as JSON gives it back, with its :func:`attrs_crc` (a flip in a scene id or a
+    georeference is then detected, not carried into shards and predictions)."""
+    info = json.loads(json.dumps(info, default=_plain))
+    return {**info, "crc32c": attrs_crc(info)}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
 
 
 def open_store(path: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
