@@ -53,7 +53,8 @@ def test_per_scene_gradient_is_that_of_the_summed_chunk_losses_with_the_state_de
     assert step.chunks == 3 and step.scenes == ["a"] and step.loss == pytest.approx(float(total.detach()) / 3, rel=1e-5)
     assert got.keys() == expected.keys() and len(got) == sum(1 for _ in model.parameters())
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+        # float32 sums in another order: ~1e-6 apart on gradients of order 1 (the focal centre loss)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_steps_per_policy_and_scene_groups():

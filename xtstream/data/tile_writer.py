@@ -52,9 +52,13 @@ class TileWriter:
         path = self.key_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # a reader sees the old chunk or the new one, never half of one
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # a reader sees the old chunk or the new one, never half of one
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written chunk
+            raise
 
 
 def tile_writer(array_dir: str | Path) -> TileWriter | None:
