@@ -33,7 +33,7 @@ def limit_arenas() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     _done = bool(mallopt(M_ARENA_MAX, ARENAS))
@@ -51,8 +51,11 @@ def trim() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
-    return bool(malloc_trim(0))
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 

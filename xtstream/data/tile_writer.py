@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from xtstream._runtime.atomic import replacing
+
 _SUPPORTED = {"bytes", "zstd", "blosc", "crc32c"}
 
 
@@ -51,14 +53,9 @@ class TileWriter:
         data = self.encode(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
         path = self.key_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)  # a reader sees the old chunk or the new one, never half of one
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk must not keep the half-written chunk
-            raise
+        # a reader sees the old chunk or the new one; a full disk keeps no half-written chunk
+        with replacing(path, f".{os.getpid()}.partial") as tmp:
+            tmp.write_bytes(data)
 
 
 def tile_writer(array_dir: str | Path) -> TileWriter | None:
