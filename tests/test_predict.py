@@ -120,6 +120,39 @@ def test_object_on_a_region_corner_is_detected_once(tmp_path, stride):
                for r in rows)
 
 
+def test_scene_writer_stores_the_heads_values_without_torch_ops(tmp_path, monkeypatch):
+    """The writer runs on the write-behind thread beside the model: a torch op there started a
+    second OpenMP team that took the model's cores (writes cost a fifth of prediction's time on 2
+    cores). The stored maps must still be exactly the head's probabilities and metres, extreme
+    logits included (no overflow to inf or NaN)."""
+    from xtstream.tasks.xview3.head import length_to_metres
+
+    grid = RegionGrid(64, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    outs = {name: torch.randn(2, 1, 16, 16, generator=gen) * 8 for name in OUTPUTS}
+    for v in outs.values():
+        v[0, 0, 0, :4] = torch.tensor([-1e4, 1e4, 88.0, -88.0])
+    expected = {name: (length_to_metres(v) if name == "length" else torch.sigmoid(v))[:, 0].numpy()
+                for name, v in outs.items()}
+    chunk = RegionChunk(scene_id="s", grid=grid, indices=[0, 1], outputs=outs)
+
+    def no_torch(*a, **k):
+        raise AssertionError("torch op on the writer thread")
+    for fn in ("sigmoid", "exp"):
+        monkeypatch.setattr(torch, fn, no_torch)
+        monkeypatch.setattr(torch.Tensor, fn, no_torch)
+    writer = XView3SceneWriter(tmp_path, "s", grid)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        writer.write(chunk)
+    monkeypatch.undo()
+    store = writer.store
+    for name in OUTPUTS:
+        for k in range(2):
+            got = store.read(name, Window(16 * k, 0, 16 * k + 16, 16))
+            assert np.isfinite(got).all()
+            np.testing.assert_allclose(got, expected[name][k], rtol=2e-6, atol=1e-30)
+
+
 # -- predict ----------------------------------------------------------------------------------------
 
 def test_predict_equals_the_model_on_the_scene_in_memory(stores, tmp_path):

@@ -192,9 +192,11 @@ def _predict(model: Any, task: Any, config: Any, entries: list[SceneEntry], out:
 
 
 def _to_host(out: Any) -> Any:
-    """Outputs moved to host memory (tensors, in dicts / lists / tuples)."""
+    """Outputs moved to host memory (tensors, in dicts / lists / tuples), floating ones as float32
+    (converted on the device: writers then need no torch op, see the xView3 scene writer)."""
     if isinstance(out, torch.Tensor):
-        return out.detach().cpu()
+        out = out.detach()
+        return (out.float() if out.is_floating_point() else out).cpu()
     if isinstance(out, dict):
         return {k: _to_host(v) for k, v in out.items()}
     if isinstance(out, (list, tuple)):

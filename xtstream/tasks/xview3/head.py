@@ -56,7 +56,7 @@ LENGTH_REF_M = 100.0
 #: the centre map's initial logit: sigmoid ≈ 0.01 everywhere
 CENTRE_PRIOR_LOGIT = -4.6
 #: the log-length is clamped there before ``exp`` (≈ 2200 km): no overflow to ``inf`` in float32
-_MAX_LOG_LENGTH = 10.0
+MAX_LOG_LENGTH = 10.0
 
 
 def metres_to_length(length_m: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ def metres_to_length(length_m: Tensor) -> Tensor:
 
 def length_to_metres(length: Tensor) -> Tensor:
     """Inverse of :func:`metres_to_length`: raw ``length`` outputs → metres, ``>= 0`` by construction."""
-    return LENGTH_REF_M * torch.exp(length.clamp(max=_MAX_LOG_LENGTH))
+    return LENGTH_REF_M * torch.exp(length.clamp(max=MAX_LOG_LENGTH))
 
 
 def _norm(ch: int) -> nn.GroupNorm:
