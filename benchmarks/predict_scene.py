@@ -12,10 +12,12 @@ Every measured run is a fresh process on the CPU (its peak RSS is the process tr
 * ``predict``: :func:`xtstream.predict` of the scene from its store — reading, the model, writing
   the five maps to a Zarr store, scene-level peak finding, the detections CSV — timed around the
   call (imports and the checkpoint load before the clock starts);
-* ``in_memory``: the same model's streaming forward (:meth:`XTModel.stream`, context carried
-  chunk to chunk) over ``--memory-regions`` regions of the small scene held in memory as chunks:
-  what prediction would cost with free I/O;
-* ``backbone``: the bare backbone (``model.encoder``) on the same regions in the same batches.
+* ``model``: the same model's streaming forward (:meth:`XTModel.stream`, context carried chunk
+  to chunk) over ``--memory-regions`` regions of the small scene held in memory as chunks — what
+  prediction would cost with free I/O — and the bare backbone (``model.encoder``) on the same
+  regions in the same batches, in one process: trials alternate between the two (the median of
+  each), since a shared machine's speed drifts by ±20 % between processes. Run before and after
+  the predict runs; their mean is the reference.
 
 ``vs_model`` = predict regions/s (large scene) / in-memory regions/s; ``model_vs_backbone`` =
 in-memory / backbone regions/s; ``rss_ratio`` = predict peak RSS large / small. Writes
@@ -58,11 +60,24 @@ def child_predict(ckpt: str, store: str, out: str) -> dict:
 
     model = xtstream.load_model(ckpt)
     shutil.rmtree(out, ignore_errors=True)
+    # what predict imports on first use, imported before the clock: a process's start-up, not
+    # the pipeline's throughput
+    import dask.array  # noqa: F401
+    import rioxarray  # noqa: F401
+    import zarr  # noqa: F401
+
+    from xtstream.engine.predict import list_scenes
+
+    list_scenes([store], REGION)
     t = time.perf_counter()
     result = predict(model, [store], out, progress=False)
     seconds = time.perf_counter() - t
     regions = len(xtstream.open_scene(store, REGION))
-    return {"seconds": seconds, "regions": regions, "detections": result.rows}
+    import resource
+
+    # the kernel's own high-water mark of this process, beside the sampled tree peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "regions": regions, "detections": result.rows, "maxrss_mib": round(maxrss, 1)}
 
 
 def _held_chunks(store: str, n: int) -> list:
@@ -76,35 +91,40 @@ def _held_chunks(store: str, n: int) -> list:
     return list(chunked(itertools.islice(iter(scene), n), 4))
 
 
-def child_in_memory(ckpt: str, store: str, n: str) -> dict:
-    import torch
+def child_model(ckpt: str, store: str, n: str, trials: str = "5") -> dict:
+    import statistics
 
-    import xtstream
-
-    model = xtstream.load_model(ckpt).eval()
-    chunks = _held_chunks(store, int(n))
-    with torch.inference_mode():
-        list(model.stream(chunks[:4]))  # warm-up (allocator, first-call paths)
-        t = time.perf_counter()
-        regions = sum(len(c) for c in model.stream(chunks))
-    return {"seconds": time.perf_counter() - t, "regions": regions}
-
-
-def child_backbone(ckpt: str, store: str, n: str) -> dict:
     import numpy as np
     import torch
 
     import xtstream
 
     model = xtstream.load_model(ckpt).eval()
-    batches = [torch.from_numpy(np.ascontiguousarray(c.pixels)) for c in _held_chunks(store, int(n))]
-    with torch.inference_mode():
-        for x in batches[:4]:
-            model.encoder(x)
-        t = time.perf_counter()
+    chunks = _held_chunks(store, int(n))
+    batches = [torch.from_numpy(np.ascontiguousarray(c.pixels)) for c in chunks]
+    regions = sum(len(c) for c in chunks)
+
+    def model_pass() -> None:
+        for _ in model.stream(chunks):
+            pass
+
+    def backbone_pass() -> None:
         for x in batches:
             model.encoder(x)
-    return {"seconds": time.perf_counter() - t, "regions": sum(len(x) for x in batches)}
+
+    runs = {"in_memory": model_pass, "backbone": backbone_pass}
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        list(model.stream(chunks[:4]))  # warm-up (allocator, first-call paths)
+        for x in batches[:4]:
+            model.encoder(x)
+        for _ in range(int(trials)):
+            for name, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                seconds[name].append(time.perf_counter() - t)
+    return {"regions": regions, "trial_s": seconds,
+            **{f"{k}_regions_per_s": regions / statistics.median(v) for k, v in seconds.items()}}
 
 
 def main() -> None:
@@ -113,7 +133,7 @@ def main() -> None:
         kind, *rest = args.child
         import torch  # noqa: F401 - imported before any clock starts
 
-        fn = {"predict": child_predict, "in_memory": child_in_memory, "backbone": child_backbone}[kind]
+        fn = {"predict": child_predict, "model": child_model}[kind]
         print(json.dumps(fn(*rest)))
         return
     me = str(Path(__file__).resolve())
@@ -123,23 +143,25 @@ def main() -> None:
     n = str(min(256, len(__import__("xtstream").open_scene(stores["small"], REGION))))
     runs: dict[str, dict] = {}
     # in-memory and backbone runs bracket the predict runs: the machine is shared, load drifts
-    runs["backbone"] = run_measured([me, "--child", "backbone", ckpt, stores["small"], n])
-    runs["in_memory"] = run_measured([me, "--child", "in_memory", ckpt, stores["small"], n])
+    runs["model_before"] = run_measured([me, "--child", "model", ckpt, stores["small"], n])
     for name, store in stores.items():
         out = str(args.work / f"predictbench_{name}_out")
         runs[f"{name}_predict"] = run_measured([me, "--child", "predict", ckpt, store, out])
         shutil.rmtree(out, ignore_errors=True)
-    runs["in_memory_after"] = run_measured([me, "--child", "in_memory", ckpt, stores["small"], n])
-    runs["backbone_after"] = run_measured([me, "--child", "backbone", ckpt, stores["small"], n])
+    runs["model_after"] = run_measured([me, "--child", "model", ckpt, stores["small"], n])
 
     def rate(k: str) -> float:
         return runs[k]["regions"] / runs[k]["seconds"]
 
     rows = [[k, v["regions"], f"{v['seconds']:.1f}", f"{rate(k):.1f}", f"{v['peak_rss_mib']:.0f}"]
-            for k, v in runs.items()]
+            for k, v in runs.items() if k.endswith("_predict")]
+    for when in ("before", "after"):
+        r = runs[f"model_{when}"]
+        rows += [[f"{kind} ({when})", r["regions"], "", f"{r[f'{kind}_regions_per_s']:.1f}", ""]
+                 for kind in ("in_memory", "backbone")]
     print(table(rows, ["run", "regions", "seconds", "regions/s", "peak RSS MiB"]))
-    in_memory = (rate("in_memory") + rate("in_memory_after")) / 2
-    backbone = (rate("backbone") + rate("backbone_after")) / 2
+    in_memory = (runs["model_before"]["in_memory_regions_per_s"] + runs["model_after"]["in_memory_regions_per_s"]) / 2
+    backbone = (runs["model_before"]["backbone_regions_per_s"] + runs["model_after"]["backbone_regions_per_s"]) / 2
     result = {
         **machine(),
         "device": "cpu", "model": MODEL, "region": REGION, "bands": BANDS, "small": args.small, "large": args.large,
