@@ -191,10 +191,15 @@ def predict_rows(r: dict) -> list[tuple[str, str, str]]:
 
 def predict_note(r: dict) -> str:
     met = r["vs_model"] >= 0.9 and r["model_vs_backbone"] >= 0.7
+    b, a = r["runs"]["model_before"], r["runs"]["model_after"]
     return (f"Memory is flat in scene size ({r['rss_ratio']:.2f}× from {r['small']} to {r['large']}). "
             "Reading runs a chunk ahead and the maps are written a chunk behind the model on their own "
             "threads, on the same 2 cores; the model and backbone rates are the medians of alternating "
-            "trials in one process, measured before and after the predict runs. "
+            "trials in one process, measured before and after the predict runs "
+            f"(model {b['in_memory_regions_per_s']:.1f} → {a['in_memory_regions_per_s']:.1f} regions/s, "
+            f"model/backbone {b['in_memory_regions_per_s'] / b['backbone_regions_per_s']:.2f} → "
+            f"{a['in_memory_regions_per_s'] / a['backbone_regions_per_s']:.2f}: the machine's speed drifts; "
+            "the ratios use the means). "
             + ("Both speed targets are met." if met else "A speed target is still open (issue 9)."))
 
 
