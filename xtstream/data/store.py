@@ -186,7 +186,9 @@ class CheckedStore(LocalStore):
     def with_read_only(self, read_only: bool = False) -> "CheckedStore":
         return type(self)(self.root, read_only=read_only, tiles=self.tiles)
 
-    def _tile(self, key: str) -> bytes | None:
+    def read_tile(self, key: str) -> bytes | None:
+        """The file of tile ``key`` (``image/c/0/i/j``), checked (:class:`TileCheck`); ``None`` for a
+        tile without a file in a store from before ``all_tiles`` (it reads as the fill value)."""
         try:
             data = (self.root / key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -204,14 +206,14 @@ class CheckedStore(LocalStore):
             return await super().get(key, prototype, byte_range)
         if not self._is_open:
             await self._open()
-        data = await asyncio.to_thread(self._tile, key)
+        data = await asyncio.to_thread(self.read_tile, key)
         return None if data is None else (prototype or default_buffer_prototype()).buffer.from_bytes(data)
 
     def get_sync(self, key: str, *, prototype: Any = None, byte_range: Any = None) -> Any:
         if not self._is_tile(key, byte_range):
             return super().get_sync(key, prototype=prototype, byte_range=byte_range)
         self._ensure_open_sync()
-        data = self._tile(key)
+        data = self.read_tile(key)
         return None if data is None else (prototype or default_buffer_prototype()).buffer.from_bytes(data)
 
 

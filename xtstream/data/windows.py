@@ -123,6 +123,18 @@ class ZarrWindows:
         #: ``{"crs": WKT or None, "transform": [a, b, c, d, e, f] or None}`` (see :mod:`xtstream.data.georef`)
         self.georef = {"crs": status.attrs.get("crs"), "transform": status.attrs.get("transform")}
         self._arr = None
+        self._tiles = None
+
+    def _tile_reader(self):
+        """Whole tiles read and decoded directly (:mod:`~xtstream.data.tile_reader`), checked as
+        zarr's reads are; ``False`` where the store's codecs need zarr."""
+        from xtstream.data.store import IMAGE_VAR, checked_store
+        from xtstream.data.tile_reader import tile_reader
+
+        store = checked_store(self.path)
+        reader = tile_reader(self.path / IMAGE_VAR, lambda key: store.read_tile(f"{IMAGE_VAR}/{key}"),
+                             f"{self.path}: variable '{IMAGE_VAR}'")
+        return reader or False
 
     def _array(self):
         import zarr
@@ -137,10 +149,14 @@ class ZarrWindows:
         return [str(b) for b in open_store(self.path)["band"].values]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arr": None}
+        return {**self.__dict__, "_arr": None, "_tiles": None}
 
     def read_window(self, window: Window) -> np.ndarray:
         """``(bands, h, w)`` pixels of ``window`` (inside the scene)."""
+        if self._tiles is None:
+            self._tiles = self._tile_reader()
+        if self._tiles:
+            return self._tiles.read((0, window.y0, window.x0), (self.shape[0], window.y1, window.x1))
         if self._arr is None:
             self._arr = self._array()
         try:
