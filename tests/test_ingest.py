@@ -33,6 +33,45 @@ def test_parallel_ingest_is_bit_exact_and_plain_xarray(small_scene, tmp_path):
     assert np.array_equal(image.values, expected)
 
 
+def test_finished_store_opens_in_plain_xarray_without_warnings(small_scene, tmp_path):
+    """Issue 13: ``xarray.open_zarr(store)`` warned that metadata is not consolidated (and fell back
+    to listing the store); a finished store opens quietly, consolidated, with the same values."""
+    import warnings
+
+    store = ingest(small_scene.directory, tmp_path / "plain.zarr", tile=128, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(store)
+        values = ds["image"].values
+    assert json.loads((store / "zarr.json").read_text()).get("consolidated_metadata")
+    np.testing.assert_array_equal(values, xr.open_zarr(store, consolidated=False)["image"].values)
+    assert read_status(store).complete
+
+
+def test_store_nodata_reads_as_rioxarray_expects(shared_data, tmp_path):
+    """Issue 13: the per-band nodata list made ``img.rio.nodata`` raise ``TypeError``. One value
+    shared by all bands is ``nodata`` (rioxarray's), the per-band list is ``band_nodata``."""
+    import rioxarray  # noqa: F401 - the .rio accessor
+
+    store = ingest(shared_data / "rasterio" / "RGB.byte.tif", tmp_path / "rgb.zarr", tile=256, progress=False)
+    image = xr.open_zarr(store, decode_coords="all")["image"]
+    assert image.rio.nodata == 0
+    assert image.attrs["band_nodata"] == [0.0, 0.0, 0.0]
+    assert image.rio.crs.to_epsg() == 32618
+
+
+def test_bands_with_different_nodata_have_no_scalar_nodata(tmp_path):
+    import rioxarray  # noqa: F401 - the .rio accessor
+    from xtstream.data.sources import ArraySource
+
+    data = np.arange(2 * 40 * 30, dtype="f4").reshape(2, 40, 30)
+    store = ingest(ArraySource(data, scene_id="a", nodata=[-1.0, None]), tmp_path / "a.zarr", tile=32,
+                   progress=False)
+    image = xr.open_zarr(store)["image"]
+    assert image.attrs["band_nodata"] == [-1.0, None] and "nodata" not in image.attrs
+    assert image.rio.nodata is None or np.isnan(image.rio.nodata)  # never a TypeError
+
+
 def test_spec_normalisation_metadata_and_crs(small_scene, tmp_path):
     store = ingest(small_scene.directory, tmp_path / "norm.zarr", spec="xview3", tile=256, progress=False)
     ds = open_store(store)

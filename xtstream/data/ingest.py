@@ -50,7 +50,7 @@ from xtstream.data.sources import is_image_dir, is_image_list, list_images, open
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
+from xtstream.data.store import (IMAGE_VAR, consolidate, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
                                  seal_attrs, tile_check, tile_keys)
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
@@ -176,6 +176,7 @@ def finalize(plan: ScenePlan) -> Path:
         # from it still recognise it
         group.attrs["xtstream"] = {**info, "complete": True, "completed": info.get("completed") or _now()}
     ledger.clear()
+    consolidate(plan.out)  # after the ledger is gone: it is not part of the store
     return plan.out
 
 
@@ -391,6 +392,24 @@ def _ident(attrs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: attrs[k] for k in _IDENT_KEYS if k in attrs}, default=str))
 
 
+def store_nodata_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The image's attributes as stored: a source's per-band ``nodata`` list becomes ``band_nodata``,
+    and ``nodata`` is kept only as the one value all bands share (what rioxarray's ``.rio.nodata``
+    reads: a list made it raise ``TypeError``); bands with different nodata values have no scalar
+    ``nodata`` (``.rio.nodata`` is ``None``) and are described by ``band_nodata`` alone."""
+    out = dict(attrs)
+    nodata = out.pop("nodata", None)
+    if not isinstance(nodata, (list, tuple)):
+        if nodata is not None:
+            out["nodata"] = nodata
+        return out
+    out["band_nodata"] = list(nodata)
+    values = {v for v in nodata if v is not None}
+    if len(values) == 1 and None not in nodata:
+        out["nodata"] = values.pop()
+    return out
+
+
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
                     level: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,6 +423,7 @@ def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec
     # variable-length strings: Zarr v3 has no stable spec for fixed-width unicode
     ds = ds.assign_coords(band=np.asarray([str(b) for b in arr["band"].values], dtype=object))
     ds.attrs = {"xtstream": seal_attrs(attrs)}
+    ds[IMAGE_VAR].attrs = store_nodata_attrs(ds[IMAGE_VAR].attrs)
     # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
     ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
     # the layout is several files: marked unfinished until all are there (see TEMPLATE_MARK)

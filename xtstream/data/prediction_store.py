@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -30,6 +29,7 @@ from xtstream._runtime.atomic import replacing
 from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid, Window, ceil_div
 from xtstream.data.tile_writer import tile_writer
+from xtstream.data.store import consolidate
 from xtstream.errors import StoreError
 
 PREDICTION_FORMAT = "xtstream-prediction/1"
@@ -173,11 +173,7 @@ class PredictionStore:
         group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         info = {**dict(group.attrs["xtstream"]), **extra, "complete": True}
         group.attrs["xtstream"] = info
-        # consolidated: xarray.open_zarr then opens it quietly, in one read (zarr warns that v3
-        # consolidation is an extension; xarray and zarr-python read it)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(self.path, zarr_format=3)
+        consolidate(self.path)
         self.info = info
 
     def to_geotiff(self, path: str | Path, names: Sequence[str] | None = None, *, block: int = 256) -> Path:

@@ -217,6 +217,19 @@ class CheckedStore(LocalStore):
         return None if data is None else (prototype or default_buffer_prototype()).buffer.from_bytes(data)
 
 
+def consolidate(path: str | Path) -> None:
+    """Write the group's consolidated metadata (Zarr v3: into its root ``zarr.json``), so that
+    ``xarray.open_zarr(path)`` opens it in one read and without a warning. Written once a store is
+    finished: its arrays' metadata do not change after that (status lives in the group's own
+    attributes, which are not part of the consolidated copy)."""
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr notes that v3 consolidation is an extension of the spec; zarr and xarray read it
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(Path(path), zarr_format=3)
+
+
 def tile_check(path: str | Path, var: str = IMAGE_VAR) -> TileCheck:
     """The :class:`TileCheck` of variable ``var`` of the store at ``path`` (from its metadata)."""
     path = Path(path)
