@@ -63,7 +63,12 @@ def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
         files, names, resample = scene_files(path, spec, required=bands)
         return GeoTIFFSource(files, names, resample=resample, dtype=spec.dtype if spec else None)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        names = [b.name for b in spec.bands] if spec and len(spec.bands) == 1 else None
+        names = None
+        if spec is not None:
+            # a spec names the bands of one file: one band, or several that all name this file
+            # (``red``, ``green``, ``blue`` of ``RGB.tif``, in the file's band order)
+            if len(spec.bands) == 1 or all(b.file == path.name for b in spec.bands):
+                names = [b.name for b in spec.bands]
         return GeoTIFFSource([path], names, dtype=spec.dtype if spec else None)
     if path.suffix.lower() == ".csv":
         raise SourceError(f"{path}: a CSV is a list of images (one scene per row), not one raster: pass it "
@@ -97,7 +102,9 @@ def scene_files(directory: Path, spec: DatasetSpec | None, required: Sequence[st
             if band.optional and band.name not in (required or ()):
                 continue
             raise SourceError(f"{path}: band '{band.name}' of spec '{spec.name}' is missing")
-        files.append(path)
         names.append(band.name)
+        if files and files[-1] == path:
+            continue  # consecutive bands naming one file: the bands of a multi-band file, in its order
+        files.append(path)
         resample.append(band.resample)
     return files, names, resample
