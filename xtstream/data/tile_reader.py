@@ -41,17 +41,8 @@ class TileReader:
         lay = self.layout
         if len(starts) != len(lay.shape) or any(not 0 <= a <= b <= n for a, b, n in zip(starts, stops, lay.shape)):
             raise ValueError(f"{self.label}: window {list(zip(starts, stops))} outside the array's {lay.shape}")
-        out = np.empty([b - a for a, b in zip(starts, stops)], dtype=lay.dtype.newbyteorder("="))
-        ranges = [range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, lay.chunk_shape)]
-        for coords in itertools.product(*ranges):
-            chunk = self._chunk(coords)
-            src, dst = [], []
-            for i, a, b, c in zip(coords, starts, stops, lay.chunk_shape):
-                lo, hi = max(a, i * c), min(b, (i + 1) * c)
-                src.append(slice(lo - i * c, hi - i * c))
-                dst.append(slice(lo - a, hi - a))
-            out[tuple(dst)] = chunk[tuple(src)]
-        return out
+        edges = [np.append(np.arange(0, n, c), n) for n, c in zip(lay.shape, lay.chunk_shape)]
+        return assemble(starts, stops, edges, self._chunk, lay.dtype.newbyteorder("="))
 
     def _chunk(self, coords: Sequence[int]) -> np.ndarray:
         lay = self.layout
@@ -65,6 +56,26 @@ class TileReader:
         except (ValueError, RuntimeError, TypeError) as err:  # a decoder's complaint, or a wrong size
             raise StoreError(f"{self.label}: tile {key} cannot be decoded ({type(err).__name__}: {err}); "
                              "the file is corrupt") from None
+
+
+def assemble(starts: Sequence[int], stops: Sequence[int], edges: Sequence[np.ndarray],
+             block: Callable[[tuple[int, ...]], np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """The window ``[starts:stops]`` of an array stored in blocks: ``edges[axis]`` are the block
+    boundaries along each axis (``[0, c, 2c, …, n]``; irregular ones too), ``block(coords)`` a
+    whole block (edge blocks may be padded beyond the array, as zarr stores them). Each block the
+    window touches is fetched once and its overlap copied."""
+    out = np.empty([b - a for a, b in zip(starts, stops)], dtype=dtype)
+    ranges = [range(int(np.searchsorted(e, a, side="right")) - 1, int(np.searchsorted(e, b, side="left")))
+              for a, b, e in zip(starts, stops, edges)]
+    for coords in itertools.product(*ranges):
+        data = block(coords)
+        src, dst = [], []
+        for i, a, b, e in zip(coords, starts, stops, edges):
+            lo, hi = max(a, int(e[i])), min(b, int(e[i + 1]))
+            src.append(slice(lo - int(e[i]), hi - int(e[i])))
+            dst.append(slice(lo - a, hi - a))
+        out[tuple(dst)] = data[tuple(src)]
+    return out
 
 
 def tile_reader(array_dir: str | Path, fetch: Callable[[str], bytes | None], label: str) -> TileReader | None:
