@@ -58,6 +58,12 @@ class TileReader:
                              "the file is corrupt") from None
 
 
+def block_ranges(starts: Sequence[int], stops: Sequence[int], edges: Sequence[np.ndarray]) -> list[range]:
+    """Per axis, the indices of the blocks (bounded by ``edges``) that ``[starts:stops]`` touches."""
+    return [range(int(np.searchsorted(e, a, side="right")) - 1, int(np.searchsorted(e, b, side="left")))
+            for a, b, e in zip(starts, stops, edges)]
+
+
 def assemble(starts: Sequence[int], stops: Sequence[int], edges: Sequence[np.ndarray],
              block: Callable[[tuple[int, ...]], np.ndarray], dtype: np.dtype) -> np.ndarray:
     """The window ``[starts:stops]`` of an array stored in blocks: ``edges[axis]`` are the block
@@ -65,9 +71,7 @@ def assemble(starts: Sequence[int], stops: Sequence[int], edges: Sequence[np.nda
     whole block (edge blocks may be padded beyond the array, as zarr stores them). Each block the
     window touches is fetched once and its overlap copied."""
     out = np.empty([b - a for a, b in zip(starts, stops)], dtype=dtype)
-    ranges = [range(int(np.searchsorted(e, a, side="right")) - 1, int(np.searchsorted(e, b, side="left")))
-              for a, b, e in zip(starts, stops, edges)]
-    for coords in itertools.product(*ranges):
+    for coords in itertools.product(*block_ranges(starts, stops, edges)):
         data = block(coords)
         src, dst = [], []
         for i, a, b, e in zip(coords, starts, stops, edges):
