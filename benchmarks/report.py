@@ -203,6 +203,15 @@ def predict_note(r: dict) -> str:
             + ("Both speed targets are met." if met else "A speed target is still open (issue 9)."))
 
 
+def custom_source_rows(r: dict) -> list[tuple[str, str, str]]:
+    return [
+        (f"RasterSource (dask, {r['chunk']}² chunks) vs WindowedSource, {r['size']}² procedural scene, "
+         f"{r['region']}-px regions", f"{r['raster_vs_windowed']:.2f}× ({r['raster_regions_per_s']:.0f} vs "
+         f"{r['windowed_regions_per_s']:.0f} regions/s)", f"≥ 0.9 {_mark(r['raster_vs_windowed'] >= 0.9)}"),
+        ("times each source chunk is computed", str(r["raster_chunk_computes"]), "1"),
+    ]
+
+
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
@@ -213,6 +222,7 @@ SECTIONS = [
     ("train_memory", "Training memory and data loading, one epoch per scene size (`benchmarks/train_memory.py`)", train_rows, train_note),
     ("head_stride", "xView3 head output stride (`benchmarks/head_stride.py`)", head_rows, None),
     ("predict_scene", "Whole-scene prediction (`benchmarks/predict_scene.py`)", predict_rows, predict_note),
+    ("custom_source", "Custom sources (`benchmarks/custom_source.py`)", custom_source_rows, None),
     ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 
