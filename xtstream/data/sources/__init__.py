@@ -17,7 +17,7 @@ import xarray as xr
 from xtstream.errors import SourceError
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray, source_fingerprint
-from xtstream.data.sources.geotiff import TIFF_SUFFIXES, GeoTIFFSource
+from xtstream.data.sources.geotiff import TIFF_SUFFIXES, GeoTIFFSource, path_name, is_remote
 from xtstream.data.sources.images import (IMAGE_SUFFIXES, ImageRef, ImageSource, expand_sources,
                                           is_image_dir, is_image_list, list_images)
 from xtstream.data.sources.memory import ArraySource
@@ -25,7 +25,8 @@ from xtstream.data.sources.zarr_store import ZarrSource
 
 __all__ = ["RasterSource", "WindowedSource", "GeoTIFFSource", "ImageSource", "ImageRef", "ZarrSource",
            "ArraySource", "open_source", "expand_sources", "list_images", "scene_files", "build_dataarray",
-           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list", "source_fingerprint"]
+           "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list", "source_fingerprint",
+           "is_remote"]
 
 
 def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
@@ -47,10 +48,12 @@ def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
         return ArraySource(src, band_names=bands)
     if not isinstance(src, (str, Path)):
         raise SourceError(f"cannot open {type(src).__name__} as a raster source")
-    path = Path(src)
     spec = load_spec(spec) if spec is not None else None
     if spec is not None:
         spec = spec.select(list(bands) if bands else None)
+    if is_remote(src):  # a GDAL network path or URL: one raster file, read by GDAL
+        return GeoTIFFSource([str(src)], _one_file_names(spec, str(src)), dtype=spec.dtype if spec else None)
+    path = Path(src)
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
@@ -63,17 +66,22 @@ def open_source(src: Any, spec: str | Path | DatasetSpec | None = None,
         files, names, resample = scene_files(path, spec, required=bands)
         return GeoTIFFSource(files, names, resample=resample, dtype=spec.dtype if spec else None)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        names = None
-        if spec is not None:
-            # a spec names the bands of one file: one band, or several that all name this file
-            # (``red``, ``green``, ``blue`` of ``RGB.tif``, in the file's band order)
-            if len(spec.bands) == 1 or all(b.file == path.name for b in spec.bands):
-                names = [b.name for b in spec.bands]
-        return GeoTIFFSource([path], names, dtype=spec.dtype if spec else None)
+        return GeoTIFFSource([path], _one_file_names(spec, path.name), dtype=spec.dtype if spec else None)
     if path.suffix.lower() == ".csv":
         raise SourceError(f"{path}: a CSV is a list of images (one scene per row), not one raster: pass it "
                           "to xtstream predict / ingest / stream_scenes (xtstream.data.sources.expand_sources)")
     return ImageSource(path, channels=channels, band_names=_spec_names(spec, None))
+
+
+def _one_file_names(spec: DatasetSpec | None, path: str) -> list[str] | None:
+    """Band names a spec gives one raster file: its one band, or the bands that all name this file
+    (``red``, ``green``, ``blue`` of ``RGB.tif``, in the file's band order); else ``None``."""
+    if spec is None:
+        return None
+    name = path_name(path)
+    if len(spec.bands) == 1 or all(b.file == name for b in spec.bands):
+        return [b.name for b in spec.bands]
+    return None
 
 
 def _spec_names(spec: str | Path | DatasetSpec | None, bands: Sequence[str] | None) -> list[str] | None:

@@ -10,6 +10,7 @@ its default of 5 % of RAM cannot inflate a worker's memory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,27 @@ from xtstream.data.sources.base import WindowedSource
 
 GDAL_CACHE_MB = 64
 TIFF_SUFFIXES = (".tif", ".tiff")
-_ENV = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_NUM_THREADS": 1}
+# no directory listing on open: for a remote file GDAL would otherwise request the folder's index
+_ENV = {"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_NUM_THREADS": 1, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+#: URL schemes rasterio hands to GDAL's network file systems (``s3://`` → ``/vsis3/``, …)
+REMOTE_SCHEMES = ("http", "https", "s3", "gs", "az", "azure", "oss", "ftp")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a GDAL virtual path (``/vsicurl/…``, ``/vsis3/…``, any ``/vsi…/``) or a URL
+    rasterio opens through one (``https://``, ``s3://``, ``gs://``, …): read by GDAL, never ``stat``-ed.
+    """
+    text = os.fspath(path)
+    if text.startswith("/vsi"):
+        return True
+    m = _SCHEME.match(text)
+    return bool(m) and m.group(1).lower() in REMOTE_SCHEMES
+
+
+def path_name(path: str) -> str:
+    """The last component of a local path, a ``/vsi…/`` path or a URL (query string dropped)."""
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 class _BandFile:
@@ -61,12 +82,13 @@ class GeoTIFFSource(WindowedSource):
                  dtype: str | np.dtype | None = None):
         if not paths:
             raise SourceError("GeoTIFFSource: no files given")
-        self.paths = [os.path.abspath(p) for p in paths]
+        # remote paths stay strings as given: a Path would fold a URL's "//"
+        self.paths = [os.fspath(p) if is_remote(p) else os.path.abspath(p) for p in paths]
         per_file = [resample] * len(self.paths) if resample is None or isinstance(resample, str) else list(resample)
         if len(per_file) != len(self.paths):
             raise SourceError(f"{self.paths}: {len(per_file)} resampling methods for {len(self.paths)} files")
         files, ref = [], None
-        for path, resample in zip(map(Path, self.paths), per_file):
+        for path, resample in zip([p if is_remote(p) else Path(p) for p in self.paths], per_file):
             meta = _inspect(path)
             if ref is None:
                 ref = meta
@@ -75,7 +97,7 @@ class GeoTIFFSource(WindowedSource):
             if mismatch and not (resample and mismatch == "shape"):
                 hint = " (pass resample='bilinear' to align lower-resolution bands)" if mismatch == "shape" else ""
                 raise SourceError(f"{path}: {_describe(mismatch, ref, meta)}, unlike {ref['path']}{hint}")
-            stem = path.name.split(".")[0]
+            stem = path_name(str(path)).split(".")[0]
             names = [stem] if meta["count"] == 1 else [f"{stem}_{i + 1}" for i in range(meta["count"])]
             files.append(_BandFile(path, names, meta["height"], meta["width"], meta["count"],
                                    meta["dtype"], meta["nodata"],
@@ -89,7 +111,8 @@ class GeoTIFFSource(WindowedSource):
         self.shape = (total, ref["height"], ref["width"])
         self.dtype = np.dtype(dtype) if dtype is not None else np.result_type(*[f.dtype for f in files])
         self.nodata = [f.nodata for f in files for _ in range(f.count)]
-        self.name = self.paths[0] if len(self.paths) == 1 else os.path.commonpath(self.paths)
+        self.name = (self.paths[0] if len(self.paths) == 1 or any(map(is_remote, self.paths))
+                     else os.path.commonpath(self.paths))
         for f in files:
             _probe(f)
 
@@ -115,8 +138,8 @@ class GeoTIFFSource(WindowedSource):
             raise SourceError(f"{f.path}: cannot read window {tuple(window)}: {err}") from err
 
 
-def _inspect(path: Path) -> dict:
-    if not path.exists():
+def _inspect(path: Path | str) -> dict:
+    if not is_remote(path) and not Path(path).exists():
         raise SourceError(f"{path}: no such file")
     try:
         with rasterio.Env(**_ENV), rasterio.open(path) as ds:
