@@ -159,3 +159,30 @@ def test_custom_windowed_source_is_lazy_and_windowed():
     patch = arr[:, 50_000:50_010, 70_000:70_020].values
     assert np.array_equal(patch[0, :, 0], np.arange(50_000, 50_010, dtype="f4"))
     assert all(w.height <= 1024 and w.width <= 1024 for w in src.calls) and len(src.calls) == 1
+
+
+def test_files_on_other_grids_or_crs_are_warped_onto_the_first_only_when_asked(tmp_path):
+    """Issue 13: bands on different grids or CRSs were refused outright; they are warped onto the
+    first file's grid on read when a resampling is given (opt-in), and refused without one."""
+    ref = _write_tif(tmp_path / "ref.tif", np.zeros((80, 120), np.float32))
+    part = np.arange(40 * 60, dtype=np.float32).reshape(40, 60) + 1
+    # the same CRS and pixel size, another footprint: 20 px right of and 20 px below the reference's origin
+    shifted = _write_tif(tmp_path / "shifted.tif", part, transform=Affine(10, 0, 1200, 0, -10, 4800), nodata=-1)
+    with pytest.raises(SourceError, match=r"shifted.tif: shape 40x60 and bounds .* warp it onto ref.tif's grid"):
+        GeoTIFFSource([ref, shifted])
+    arr = GeoTIFFSource([ref, shifted], resample=[None, "nearest"]).to_dataarray(chunks=32).values
+    want = np.full((80, 120), -1, np.float32)
+    want[20:60, 20:80] = part
+    np.testing.assert_array_equal(arr[1], want)
+
+    # another CRS (geographic) covering the reference: reprojected, a constant stays that constant inside
+    from rasterio.warp import calculate_default_transform
+
+    with rasterio.open(ref) as ds:
+        t, w, h = calculate_default_transform(ds.crs, "EPSG:4326", ds.width, ds.height, *ds.bounds)
+    lonlat = _write_tif(tmp_path / "lonlat.tif", np.full((h + 4, w + 4), 7, np.float32), crs="EPSG:4326",
+                        transform=t * Affine.translation(-2, -2), nodata=0)
+    with pytest.raises(SourceError, match="lonlat.tif: CRS"):
+        GeoTIFFSource([ref, lonlat])
+    arr = GeoTIFFSource([ref, lonlat], resample=[None, "bilinear"]).to_dataarray(chunks=32).values
+    assert arr.shape == (2, 80, 120) and np.all(arr[1, 2:-2, 2:-2] == 7)

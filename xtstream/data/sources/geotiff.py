@@ -53,10 +53,12 @@ class _BandFile:
     """One file's part of the raster: its path, bands, and how its grid maps onto the reference."""
 
     def __init__(self, path: Path, names: list[str], height: int, width: int, count: int,
-                 dtype: np.dtype, nodata: float | None, resample: Resampling | None):
+                 dtype: np.dtype, nodata: float | None, resample: Resampling | None, warp: bool = False):
         self.path, self.names, self.count = path, names, count
         self.height, self.width, self.dtype, self.nodata = height, width, dtype, nodata
-        self.resample = resample
+        # resample: same bounds, another size (windows scaled); warp: another CRS or footprint,
+        # reprojected onto the reference grid through a WarpedVRT
+        self.resample, self.warp = resample, warp
 
 
 class GeoTIFFSource(WindowedSource):
@@ -72,7 +74,10 @@ class GeoTIFFSource(WindowedSource):
         Files whose pixel grid differs from the first file's but which cover the same bounds in
         the same CRS (xView3's lower-resolution ancillary bands) are read resampled onto the
         first file's grid: ``"bilinear"``, ``"nearest"``… (one method, or one per file).
-        ``None`` (default) refuses them.
+        Files in another CRS, or with another footprint or pixel grid, are *warped* onto the first
+        file's grid on read (a ``rasterio.vrt.WarpedVRT`` with that method; pixels outside a
+        file's footprint are its nodata, 0 without one). ``None`` (default) refuses both: an
+        alignment is always asked for, never assumed.
     dtype
         Output dtype (default: the common dtype of the files).
     """
@@ -94,14 +99,19 @@ class GeoTIFFSource(WindowedSource):
                 ref = meta
                 self.crs, self.transform = meta["crs"], meta["transform"]
             mismatch = _grid_mismatch(ref, meta)
-            if mismatch and not (resample and mismatch == "shape"):
-                hint = " (pass resample='bilinear' to align lower-resolution bands)" if mismatch == "shape" else ""
-                raise SourceError(f"{path}: {_describe(mismatch, ref, meta)}, unlike {ref['path']}{hint}")
+            if mismatch and not resample:
+                hint = ("align lower-resolution bands" if mismatch == "shape" else
+                        f"warp it onto {path_name(str(ref['path']))}'s grid (reprojected on read)")
+                raise SourceError(f"{path}: {_describe(mismatch, ref, meta)}, unlike {ref['path']} (pass "
+                                  f"resample='bilinear', or give the spec band a resample, to {hint})")
+            if mismatch in ("crs", "transform", "bounds") and (ref["crs"] is None or meta["crs"] is None):
+                raise SourceError(f"{path}: {_describe(mismatch, ref, meta)}, unlike {ref['path']}, and one of "
+                                  "them has no CRS: it cannot be warped onto the other's grid")
             stem = path_name(str(path)).split(".")[0]
             names = [stem] if meta["count"] == 1 else [f"{stem}_{i + 1}" for i in range(meta["count"])]
             files.append(_BandFile(path, names, meta["height"], meta["width"], meta["count"],
                                    meta["dtype"], meta["nodata"],
-                                   Resampling[resample] if mismatch else None))
+                                   Resampling[resample] if mismatch else None, warp=mismatch not in (None, "shape")))
         self._files = files
         total = sum(f.count for f in files)
         default_names = [n for f in files for n in f.names]
@@ -127,6 +137,8 @@ class GeoTIFFSource(WindowedSource):
     def _read_file(self, f: _BandFile, window: Window) -> np.ndarray:
         try:
             with rasterio.Env(**_ENV), rasterio.open(f.path, sharing=False) as ds:
+                if f.warp:
+                    return self._read_warped(ds, f, window)
                 if f.resample is None:
                     return ds.read(window=RioWindow(window.x0, window.y0, window.width, window.height),
                                    out_dtype=self.dtype)
@@ -136,6 +148,18 @@ class GeoTIFFSource(WindowedSource):
                                resampling=f.resample, out_dtype=self.dtype)
         except RasterioError as err:
             raise SourceError(f"{f.path}: cannot read window {tuple(window)}: {err}") from err
+
+
+    def _read_warped(self, ds, f: _BandFile, window: Window) -> np.ndarray:
+        """``window`` of file ``f`` reprojected onto the reference grid (this source's CRS,
+        transform and size); outside the file's footprint: its nodata (0 without one)."""
+        from rasterio.vrt import WarpedVRT
+
+        _, height, width = self.shape
+        with WarpedVRT(ds, crs=self.crs, transform=self.transform, width=width, height=height,
+                       resampling=f.resample) as vrt:
+            return vrt.read(window=RioWindow(window.x0, window.y0, window.width, window.height),
+                            out_dtype=self.dtype)
 
 
 def _inspect(path: Path | str) -> dict:
