@@ -132,6 +132,29 @@ def test_disk_full_under_a_local_cluster_is_one_clear_line(work, tmp_path, capsy
         assert unflatten(flat) is flat
 
 
+@pytest.mark.parametrize("raised", [ModuleNotFoundError("No module named 'plantsrc'", name="plantsrc"),
+                                    Exception("ModuleNotFoundError(\"No module named 'plantsrc'\")")],
+                         ids=["exception", "flattened"])
+def test_a_module_workers_cannot_import_is_one_clear_error(raised):
+    """Issue 13: a custom source whose module the dask workers lack failed with a raw unpickling
+    traceback; it is a SourceError naming the module and the fix."""
+    from xtstream._runtime.cluster import run_graph
+
+    class Client:
+        def get(self, graph, keys, sync=False):
+            return keys
+
+        def gather(self, futures):
+            raise raised
+
+        def cancel(self, futures):
+            pass
+
+    with pytest.raises(xtstream.errors.SourceError,
+                       match=r"dask workers cannot import module 'plantsrc'.*PYTHONPATH.*--scheduler threads"):
+        run_graph({"k": 1}, ["k"], Client(), progress=False)
+
+
 # -- output paths that cannot be written ------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["ingest", "shard", "predict", "train"])

@@ -74,10 +74,26 @@ def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress:
         return client.gather(futures)
     except Exception as err:
         client.cancel(futures)  # what has not started yet: the run has failed
+        missing = missing_module(err)
+        if missing is not None:
+            raise errors.SourceError(
+                f"dask workers cannot import module '{missing}' ({type(err).__name__}: {err}): a custom "
+                "source's class must be importable where the workers run — install its module there or "
+                "put its directory on their PYTHONPATH (a class defined in the script itself travels "
+                "with the graph) — or run with --scheduler threads") from err
         original = unflatten(err)
         if original is err:
             raise
         raise original from err
+
+
+def missing_module(err: BaseException) -> str | None:
+    """The module a worker could not import when unpickling a task (``ModuleNotFoundError``, or
+    the same flattened to text by dask.distributed), else ``None``."""
+    if isinstance(err, ModuleNotFoundError):
+        return err.name
+    m = re.search(r"No module named '([\w.]+)'", str(err))
+    return m.group(1) if m and (isinstance(err, ImportError) or type(err) is Exception) else None
 
 
 def _local_get(graph: dict, keys: list, sync: bool, threads: int | None) -> list[Any]:
