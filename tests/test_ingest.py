@@ -93,6 +93,21 @@ def test_spec_normalisation_metadata_and_crs(small_scene, tmp_path):
     assert not (store / DONE_DIR).exists()
 
 
+def test_normalised_store_keeps_the_valid_data_mask(small_scene, tmp_path):
+    """Issue 13: normalisation turns nodata into the spec's ``fill`` and the mask was lost (a fill of
+    -1 is also a valid normalised value); ``valid`` keeps it, per band, for any xarray reader."""
+    store = ingest(small_scene.directory, tmp_path / "norm.zarr", spec="xview3", tile=256, progress=False)
+    ds = xr.open_zarr(store)
+    assert ds["valid"].dims == ("band", "y", "x") and ds["valid"].dtype == np.uint8
+    assert list(ds["valid"].band.values) == ["VV", "VH", "bathymetry"]
+    for name, file in (("VV", "VV_dB"), ("VH", "VH_dB")):
+        raw = _read(small_scene.bands[file])
+        want = (raw != -32768) & ~np.isnan(raw)
+        assert (~want).any() and want.any()
+        np.testing.assert_array_equal(ds["valid"].sel(band=name).values, want.astype(np.uint8))
+        assert (ds["image"].sel(band=name).values[~want] == -1.0).all()
+
+
 def test_nan_becomes_fill_and_coarse_bathymetry_is_resampled(tmp_path):
     scene = synth_scene(tmp_path / "coarse", 600, 640, seed=5, bathymetry_factor=4, progress=False)
     with rasterio.open(scene.bands["VH_dB"], "r+") as ds:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
@@ -45,13 +46,13 @@ from xtstream._runtime.cluster import dask_client, run_graph
 from xtstream._runtime.lock import LOCK_FILE, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
-from xtstream.data.normalize import normalize
+from xtstream.data.normalize import normalize, valid_mask
 from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.store import (IMAGE_VAR, consolidate, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, missing_tiles, read_status,
-                                 seal_attrs, tile_check, tile_keys)
+from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, VALID_VAR, consolidate,
+                                 missing_tiles, read_status, seal_attrs, tile_check, tile_keys)
 
 CODECS = ("zstd", "blosc-zstd", "blosc-lz4", "none")
 # total Zarr I/O concurrency is about dask threads x this; keep it small under dask
@@ -112,8 +113,12 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     if chunk < 1:
         raise StoreError(f"tile must be positive, got {chunk}")
     arr = src.to_dataarray(chunks=chunk)
+    valid = None
     if spec is not None:
-        arr = normalize(arr, _present(spec.select(list(bands) if bands else None), arr))
+        present = _present(spec.select(list(bands) if bands else None), arr)
+        # what normalisation turns into `fill` is kept as a mask beside the image (`valid`)
+        valid = valid_mask(arr, present)
+        arr = normalize(arr, present)
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
     # a tile is written whole (zarr fills a partial one in memory): refuse one that cannot fit
@@ -147,15 +152,18 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
             return ScenePlan(out, scene_id, {}, [], n, n, status.attrs)
         _reopen_for_repair(out, ledger, damaged, arr.data.numblocks[1:])
     if not status.exists:
-        _write_template(arr, out, attrs, chunk, codec, level)
+        _write_template(arr, out, attrs, chunk, codec, level, valid=valid)
+    if valid is not None and not (out / VALID_VAR / "zarr.json").is_file():
+        valid = None  # a store from before the mask: its tiles are written as they were
 
     done = ledger.done()
     _, nby, nbx = arr.data.numblocks
     # one output element per chunk; dask fuses read -> normalise -> write into one task per chunk,
     # so no block ever travels between workers
-    written = arr.data.map_blocks(_write_chunk, store=str(out), dtype=np.int64,
-                                  chunks=((1,), (1,) * nby, (1,) * nbx),
-                                  name=f"ingest-{scene_id}-{attrs['fingerprint']}")
+    inputs = [arr.data] if valid is None else [arr.data, valid.data]
+    written = da.map_blocks(_write_chunk, *inputs, store=str(out), dtype=np.int64,
+                            chunks=((1,), (1,) * nby, (1,) * nbx),
+                            name=f"ingest-{scene_id}-{attrs['fingerprint']}")
     (written,) = dask.optimize(written)
     graph = dict(written.__dask_graph__())
     keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if _tile_unit(i, j) not in done]
@@ -291,8 +299,10 @@ def tile_size(tile: int | None, chunk: int | None) -> int | None:
     return tile
 
 
-def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) -> np.ndarray:
-    """Write one ``(bands, h, w)`` chunk where it belongs; return its byte count as ``(1, 1, 1)``."""
+def _write_chunk(block: np.ndarray, valid: np.ndarray | None = None, *, store: str,
+                 block_info: dict | None = None) -> np.ndarray:
+    """Write one ``(bands, h, w)`` chunk (and its ``valid`` mask) where it belongs; return its
+    byte count as ``(1, 1, 1)``."""
     info = block_info[0]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
     _, i, j = info["chunk-location"]
@@ -301,6 +311,8 @@ def _write_chunk(block: np.ndarray, store: str, block_info: dict | None = None) 
     with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
         arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
         arr[:, y0:y1, x0:x1] = block
+        if valid is not None:
+            zarr.open_array(store, path=VALID_VAR, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = valid
     # the marker goes last: a chunk counts as written only once its write has returned
     _ledger(store).mark(_tile_unit(i, j))
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
@@ -411,7 +423,7 @@ def store_nodata_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec: str,
-                    level: int) -> None:
+                    level: int, valid: xr.DataArray | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     bands = arr.sizes["band"]
     # each dask block must map onto whole Zarr chunks, or two tasks would rewrite one chunk
@@ -426,6 +438,10 @@ def _write_template(arr: xr.DataArray, out: Path, attrs: dict, chunk: int, codec
     ds[IMAGE_VAR].attrs = store_nodata_attrs(ds[IMAGE_VAR].attrs)
     # set on .encoding, not to_zarr(encoding=…): the latter drops the CRS grid-mapping link
     ds[IMAGE_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level))
+    if valid is not None:
+        ds[VALID_VAR] = valid.assign_coords(band=ds["band"])
+        ds[VALID_VAR].encoding.update(chunks=(bands, chunk, chunk), compressors=make_codec(codec, level),
+                                      fill_value=0)
     # the layout is several files: marked unfinished until all are there (see TEMPLATE_MARK)
     out.mkdir(parents=True, exist_ok=True)
     mark = out / TEMPLATE_MARK

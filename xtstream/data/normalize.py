@@ -25,6 +25,29 @@ def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: n
     return x.astype(dtype, copy=False)
 
 
+def valid_block(block: np.ndarray, nodata: np.ndarray) -> np.ndarray:
+    """``(bands, h, w)`` source pixels → ``(bands, h, w)`` uint8: 1 where a pixel holds data (not
+    NaN, not its band's ``nodata``), 0 where normalisation replaces it by ``fill``."""
+    x = block.astype(np.float32, copy=False)  # compared as normalize_block compares them
+    return ~(np.isnan(x) | (x == nodata.reshape(-1, 1, 1))) * np.uint8(1)
+
+
+def valid_mask(arr: xr.DataArray, spec: DatasetSpec) -> xr.DataArray:
+    """The source's valid-data mask, lazily (one task per chunk, fused with the read): what
+    :func:`normalize` turns into ``fill``, so that it is not lost (``(band, y, x)`` uint8)."""
+    data = arr.data.map_blocks(valid_block, dtype=np.uint8, nodata=_band_nodata(arr, spec))
+    out = arr.copy(data=data)
+    out.attrs = {"long_name": "valid data (not nodata, not NaN) in the source, before normalisation",
+                 "flag_values": [0, 1], "flag_meanings": "nodata valid"}
+    return out
+
+
+def _band_nodata(arr: xr.DataArray, spec: DatasetSpec) -> np.ndarray:
+    """``(bands,)`` float64: the spec's nodata per band, else the source's, else NaN (none)."""
+    source_nodata = arr.attrs.get("nodata") or [None] * len(spec.bands)
+    return np.array([_first(b.nodata, n) for b, n in zip(spec.bands, source_nodata)], dtype=np.float64)
+
+
 def normalize(arr: xr.DataArray, spec: DatasetSpec) -> xr.DataArray:
     """Apply ``spec``'s band normalisation to a ``(band, y, x)`` array, lazily, matching by band name."""
     names = [str(b) for b in arr["band"].values]
@@ -32,9 +55,8 @@ def normalize(arr: xr.DataArray, spec: DatasetSpec) -> xr.DataArray:
     if names != spec_names:
         raise SpecError(f"{spec.source}: spec bands {spec_names} do not match the source's bands {names}")
     bands = spec.bands
-    source_nodata = arr.attrs.get("nodata") or [None] * len(bands)
     params = dict(
-        nodata=np.array([_first(b.nodata, n) for b, n in zip(bands, source_nodata)], dtype=np.float64),
+        nodata=_band_nodata(arr, spec),
         lo=np.array([b.clip[0] if b.clip else -np.inf for b in bands]),
         hi=np.array([b.clip[1] if b.clip else np.inf for b in bands]),
         mean=np.array([b.mean for b in bands]),

@@ -50,6 +50,8 @@ TEMPLATE_MARK = "_xtstream_template"
 NOT_NODES = rf"Object at ({re.escape(LOCK_FILE)}|{TEMPLATE_MARK}) is not recognized"
 warnings.filterwarnings("ignore", message=NOT_NODES)
 IMAGE_VAR = "image"
+#: ``(band, y, x)`` uint8 beside a normalised image: 1 where the source held data (see normalize.valid_mask)
+VALID_VAR = "valid"
 
 
 @dataclass(frozen=True)
