@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -72,10 +73,13 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def scale_args(doc: str, work: Path) -> argparse.Namespace:
+def scale_args(doc: str, work: Path, extra: Any = None) -> argparse.Namespace:
     """The two-scale benchmarks' arguments: ``--small``/``--large`` (``HxW``), ``--work``, and the
-    hidden ``--child KIND ARGS…`` a measured subprocess is started with. Adds ``args.sizes``."""
+    hidden ``--child KIND ARGS…`` a measured subprocess is started with; ``extra(parser)`` adds a
+    benchmark's own. Adds ``args.sizes``."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if extra is not None:
+        extra(p)
     p.add_argument("--small", default="4096x4096")
     p.add_argument("--large", default="29400x24400")
     p.add_argument("--work", type=Path, default=work)
