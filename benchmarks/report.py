@@ -37,6 +37,18 @@ def ingest_rows(r: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def ingest_note(r: dict) -> str | None:
+    st = r.get("stages")
+    if not st:
+        return None
+    ms, codecs = st["ms_per_tile"], st.get("codecs_on_the_last_tile", {})
+    parts = ", ".join(f"{k.replace('_', ' ')} {ms[k]:.0f} ms ({st['share'][k]:.0%})"
+                      for k in ("gdal_decode", "normalise", "valid_mask", "codec", "file_write", "zarr_overhead"))
+    alt = "; ".join(f"{k} {v['ms']:.0f} ms at ratio {v['ratio']:.2f}" for k, v in codecs.items())
+    return (f"Where one {st['tile']}² two-band tile's time goes (`--stages-only`, median of {st['tiles']} tiles, "
+            f"each stage alone in one process; blosc may use its own threads): {parts}. The same tile with each codec (+ crc32c): {alt}.")
+
+
 def shard_rows(r: dict) -> list[tuple[str, str, str]]:
     t, m, mb, runs = r["targets"], r["meets"], r["mb_s"], r["runs"]
     return [
@@ -213,7 +225,7 @@ def custom_source_rows(r: dict) -> list[tuple[str, str, str]]:
 
 
 SECTIONS = [
-    ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, None),
+    ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, ingest_note),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
     ("model_memory", "Model memory, forward + backward (`benchmarks/model_memory.py`, plot `benchmarks/results/model_memory.png`)", model_rows, None),
     ("encoder_throughput", "Region-encoder stage and model path (`benchmarks/encoder_throughput.py`)", encoder_rows, None),
