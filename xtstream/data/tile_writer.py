@@ -13,40 +13,37 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from xtstream._runtime.atomic import replacing
-from xtstream.data.chunk_codecs import chunk_layout
+from xtstream.data.chunk_codecs import ChunkLayout, chunk_layout
 
 
 @dataclass(frozen=True)
 class TileWriter:
-    """Writes whole chunks of the array at ``root`` (``.../var``): ``write((i, j), block)``."""
+    """Writes whole chunks of one array (its :class:`ChunkLayout`): ``write((i, j), block)``."""
 
-    root: Path
-    dtype: np.dtype
-    chunk_shape: tuple[int, ...]
-    fill_value: Any
-    separator: str
+    layout: ChunkLayout
     encode: Callable[[bytes], bytes]
 
     def key_path(self, coords: Sequence[int]) -> Path:
         """The chunk file of chunk ``coords`` (``var/c/i/j`` with the default key encoding)."""
-        return self.root / ("c" + "".join(f"{self.separator}{int(c)}" for c in coords))
+        return self.layout.key_path(coords)
 
     def write(self, coords: Sequence[int], block: np.ndarray) -> None:
         """Write chunk ``coords``; ``block`` may be smaller than a chunk at the array's edges (the rest
         is the fill value, as zarr stores edge chunks)."""
+        lay = self.layout
         block = np.asarray(block)
-        if block.shape != self.chunk_shape:
-            if len(block.shape) != len(self.chunk_shape) or any(b > c for b, c in zip(block.shape, self.chunk_shape)):
-                raise ValueError(f"{self.root}: block {block.shape} does not fit chunks of {self.chunk_shape}")
-            full = np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+        if block.shape != lay.chunk_shape:
+            if len(block.shape) != len(lay.chunk_shape) or any(b > c for b, c in zip(block.shape, lay.chunk_shape)):
+                raise ValueError(f"{lay.root}: block {block.shape} does not fit chunks of {lay.chunk_shape}")
+            full = np.full(lay.chunk_shape, lay.fill_value, dtype=lay.dtype)
             full[tuple(slice(0, n) for n in block.shape)] = block
             block = full
-        data = self.encode(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        data = self.encode(np.ascontiguousarray(block, dtype=lay.dtype).tobytes())
         path = self.key_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
         # a reader sees the old chunk or the new one; a full disk keeps no half-written chunk
@@ -61,4 +58,4 @@ def tile_writer(array_dir: str | Path) -> TileWriter | None:
     encode = layout.encoder() if layout is not None else None
     if encode is None:
         return None
-    return TileWriter(layout.root, layout.dtype, layout.chunk_shape, layout.fill_value, layout.separator, encode)
+    return TileWriter(layout, encode)

@@ -193,17 +193,6 @@ class BlockCache:
         self._seen: set[tuple[int, ...]] = set()
         self.recomputed = 0
 
-    def block(self, coords: tuple[int, ...]) -> np.ndarray:
-        """Chunk ``coords``, computed (once, while it stays within the budget)."""
-        data = self._kept.get(coords)
-        if data is not None:
-            self._kept.move_to_end(coords)
-            return data
-        self._compute([coords])
-        data = self._kept[coords]
-        self._evict()
-        return data
-
     def _compute(self, wanted: list[tuple[int, ...]]) -> None:
         """Compute the chunks ``wanted`` in one dask call (they run in parallel, and a call's own
         cost — ~8 ms of graph work — is paid once) and keep them."""
