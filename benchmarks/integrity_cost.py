@@ -81,7 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="integrity_cost_"))
     checked = ing.ingest(ArraySource(data, scene_id="c"), work / "c.zarr", tile=TILE, progress=False)
     real = ing.make_codec
-    ing.make_codec = lambda codec="blosc-zstd", level=1, **kw: real(codec, level, checksum=False)
+    ing.make_codec = lambda codec=ing.DEFAULT_CODEC, level=None, **kw: real(codec, level, checksum=False)
     plain = ing.ingest(ArraySource(data, scene_id="p"), work / "p.zarr", tile=TILE, progress=False)
     ing.make_codec = real
     windows = [Window(y, x, min(y + TILE, n), min(x + TILE, n)) for y in range(0, n, TILE) for x in range(0, n, TILE)]

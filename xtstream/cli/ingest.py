@@ -26,8 +26,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=positive_int, dest="tile", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--scheduler", help="threads (default) | sync | local[:N] | tcp://host:port")
     p.add_argument("--scene-id", help="scene id (default: the source's name)")
-    p.add_argument("--codec", choices=CODECS, default="blosc-zstd")
-    p.add_argument("--level", type=int, default=1, help="compression level (default 1)")
+    p.add_argument("--codec", choices=CODECS,
+                   help="tile compressor (default: a resumed store's own, else blosc-lz4)")
+    p.add_argument("--level", type=int, help="compression level (default: the codec's, blosc-lz4 5, zstd 1)")
     p.add_argument("--scenes-in-flight", type=positive_int, default=2, help="archives: scenes per graph (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
     p.add_argument("--verify", action="store_true",
