@@ -47,6 +47,12 @@ class ProbeLayout:
     objects: tuple[int, ...] | None
 
 
+def scene_chunks(probe: str, chunk: int = 4) -> int:
+    """Chunks in one scene of ``probe`` (``in_chunk`` 1, ``across_chunks`` 3, ``vertical`` 4)."""
+    lay = probe_layout(probe, chunk)
+    return -(-lay.rows * lay.cols // chunk)
+
+
 def probe_layout(probe: str, chunk: int = 4) -> ProbeLayout:
     """The layout of ``probe`` with chunks of ``chunk`` regions (one region row, or half of one)."""
     if probe == "in_chunk":
@@ -161,20 +167,35 @@ class ProbeResult:
     probe: str
     context: str
     seed: int
-    steps: int
+    steps: int  # chunk forwards trained
     auc: float
     seconds: float
     final_loss: float
 
 
-def run_probe(probe: str, context: str, *, steps: int = 1000, seed: int = 0, lr: float = 3e-4,
-              chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
-              progress: bool = False, bptt_chunks: int = 1, **model_kw: Any) -> ProbeResult:
-    """Train a fresh probe model on ``probe``'s scenes for ``steps`` chunk forwards (one optimiser
-    step per chunk, or per ``bptt_chunks`` chunks back-propagated together through the carried
-    state: the same compute either way), then score it on held-out scenes."""
+#: training scenes per model by default: what the slowest-learning encoder (Mamba) needed on each
+#: probe, within the ten CPU minutes per model the probes allow
+DEFAULT_SCENES = {"in_chunk": 1500, "across_chunks": 4000, "vertical": 4000}
+
+
+def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int | None = None, seed: int = 0,
+              lr: float = 3e-4, chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
+              progress: bool = False, bptt_chunks: int | None = None, **model_kw: Any) -> ProbeResult:
+    """Train a fresh probe model on ``probe``'s scenes, then score it on held-out scenes.
+
+    Budget: ``scenes`` training scenes (``None``: :data:`DEFAULT_SCENES`; ``steps``, when given,
+    counts chunk forwards instead).
+    ``bptt_chunks``: chunks back-propagated together through the carried context state, one
+    optimiser step per window (``None``: one whole probe scene per window — what lets a chunk learn
+    to *write* into the memory what a later chunk needs; ``1``: stop-gradient memory, a step per
+    chunk). The compute per chunk is the same either way.
+    """
     from xtstream.engine import train_chunks
 
+    per_scene = scene_chunks(probe, chunk)
+    bptt_chunks = per_scene if bptt_chunks is None else bptt_chunks
+    scenes = DEFAULT_SCENES[probe] if scenes is None else scenes
+    total = steps if steps is not None else scenes * per_scene
     model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **model_kw)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     start = time.perf_counter()
@@ -185,44 +206,54 @@ def run_probe(probe: str, context: str, *, steps: int = 1000, seed: int = 0, lr:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc=f"{probe}/{context}/seed {seed}", unit="chunk")
+        bar = tqdm(total=total, desc=f"{probe}/{context}/seed {seed}", unit="chunk")
     done = 0
     for record in records:
         losses.append(record["loss"])
-        n = bptt_chunks if context != "full" else 1
+        # a whole-scene encoder steps once per scene; the streaming ones once per window
+        n = per_scene if context == "full" else bptt_chunks
         done += n
         if bar is not None:
             bar.update(n)
-        if done >= steps:
+        if done >= total:
             break
     if bar is not None:
         bar.close()
     score = object_auc(model, probe, scenes=eval_scenes, region=region, chunk=chunk)
-    tail = losses[-max(1, steps // 10):]
-    return ProbeResult(probe, context, seed, steps, score, time.perf_counter() - start,
+    tail = losses[-max(1, len(losses) // 10):]
+    return ProbeResult(probe, context, seed, done, score, time.perf_counter() - start,
                        float(np.mean(tail)))
 
 
-#: what ``xtstream bench probe`` runs by default: every probe for the streaming encoders and the
-#: region-only baseline, in_chunk for the whole-scene encoder too
+#: what ``xtstream bench probe`` runs by default: the in-chunk and across-chunk probes for the
+#: streaming encoders and the region-only baseline, in_chunk for the whole-scene encoder too
 DEFAULT_RUNS = (("in_chunk", "none"), ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"),
-                ("across_chunks", "none"), ("across_chunks", "xl"), ("across_chunks", "mamba"),
-                ("vertical", "none"), ("vertical", "xl"), ("vertical", "mamba"))
+                ("across_chunks", "none"), ("across_chunks", "xl"), ("across_chunks", "mamba"))
+#: the vertical probe (the region above, two chunks back in row-major order): region orders'
+#: business (``--runs vertical:xl,...``)
+VERTICAL_RUNS = (("vertical", "none"), ("vertical", "xl"), ("vertical", "mamba"))
 
 
-def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, steps: int = 1000,
-          progress: bool = True, **kw: Any) -> dict[str, Any]:
-    """Every ``(probe, context)`` of ``runs`` trained from ``seeds`` seeds; returns the results
-    document: per run mean/std/per-seed AUC and seconds, plus the summary keys
+def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, steps: int | None = None,
+          scenes: int | None = None, progress: bool = True, **kw: Any) -> dict[str, Any]:
+    """Every ``(probe, context)`` of ``runs`` trained from ``seeds`` seeds (``scenes`` training
+    scenes each — ``None``: :data:`DEFAULT_SCENES` — or ``steps`` chunk forwards; other keywords
+    go to :func:`run_probe`); returns the
+    results document: per run mean/std/per-seed AUC and seconds, plus the summary keys
     ``auc_<context>_<probe>`` (means), ``auc_region_only`` (the worst region-only mean, i.e. the
     one closest to solving a probe) and ``seeds``."""
-    results: dict[str, Any] = {"seeds": seeds, "steps": steps, "bptt_chunks": kw.get("bptt_chunks", 1), "runs": {}}
+    bptt = kw.get("bptt_chunks")
+    budget = None if steps is not None else (DEFAULT_SCENES if scenes is None else scenes)
+    results: dict[str, Any] = {"seeds": seeds, "scenes": budget, "steps": steps,
+                               "bptt_chunks": "scene" if bptt is None else bptt, "runs": {}}
     for probe, context in runs:
-        per_seed = [run_probe(probe, context, steps=steps, seed=s, progress=progress, **kw) for s in range(seeds)]
+        per_seed = [run_probe(probe, context, steps=steps, scenes=scenes, seed=s, progress=progress, **kw)
+                    for s in range(seeds)]
         aucs = [r.auc for r in per_seed]
         results["runs"][f"{context}_{probe}"] = {
             "probe": probe, "context": context, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
             "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
+            "scenes": per_seed[0].steps // scene_chunks(probe), "chunk_forwards": per_seed[0].steps,
             "final_loss": float(np.mean([r.final_loss for r in per_seed]))}
     for key, run in results["runs"].items():
         name = "region_only" if run["context"] == "none" else run["context"]

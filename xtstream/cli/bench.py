@@ -1,4 +1,4 @@
-"""``xtstream bench probe [--seeds N] [--steps N] [--out results.json]``: measurements that train
+"""``xtstream bench probe [--seeds N] [--scenes N | --steps N] [--bptt-chunks K] [--out results.json]``: measurements that train
 models (see :mod:`xtstream.bench`)."""
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                            description="Train region-only and xT models on tasks only context can solve "
                                        "and report each one's object AUC (mean ± std over seeds).")
     probe.add_argument("--seeds", type=positive_int, default=3, help="models per probe and context (default 3)")
-    probe.add_argument("--steps", type=positive_int, default=1000, help="chunk forwards per model (default 1000)")
-    probe.add_argument("--bptt-chunks", type=positive_int, default=1,
+    probe.add_argument("--scenes", type=positive_int,
+                       help="training scenes per model (default: 1500 for in_chunk, 4000 for the others)")
+    probe.add_argument("--steps", type=positive_int,
+                       help="chunk forwards per model instead of --scenes")
+    probe.add_argument("--bptt-chunks", type=positive_int,
                        help="back-propagate through the context state over windows of this many chunks "
-                            "(default 1: stop-gradient memory)")
-    probe.add_argument("--runs", help="comma-separated probe:context pairs (default: every probe, "
-                                      "none/xl/mamba, and in_chunk:full)")
+                            "(default: one whole probe scene; 1: stop-gradient memory)")
+    probe.add_argument("--runs", help="comma-separated probe:context pairs (default: in_chunk and "
+                                      "across_chunks for none/xl/mamba, and in_chunk:full; the vertical "
+                                      "probe only when named, e.g. vertical:xl)")
     probe.add_argument("--out", type=Path, help="write the results JSON here")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
         if bad:
             raise SystemExit(f"xtstream bench probe: --runs wants probe:context pairs with probes {PROBES}, got {bad}")
-    results = sweep(runs, seeds=args.seeds, steps=args.steps, progress=not args.quiet,
+    results = sweep(runs, seeds=args.seeds, steps=args.steps, scenes=args.scenes, progress=not args.quiet,
                     bptt_chunks=args.bptt_chunks)
     print(table(results))
     if args.out is not None:

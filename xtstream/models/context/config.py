@@ -33,7 +33,12 @@ class ContextConfig:
     ``expand * dim``), ``dt_rank`` (``None``: ``ceil(dim / 16)``), ``backend`` (``"auto"``: the
     mamba-ssm CUDA kernels when importable and the tensors are on CUDA, else the torch scan;
     ``"torch"``; ``"cuda"``: the kernels or an error) and ``scan_block`` (time steps per piece of
-    the torch scan; bounds its temporaries, not its result).
+    the torch scan; bounds its temporaries, not its result). Its initialisation: ``Δ`` log-uniform
+    in ``[dt_min, dt_max]``, ``A_n = -a_max · n / N`` (``n = 1..N``), the ``B``/``C`` rows of
+    ``x_proj`` scaled by ``bc_scale``. The defaults (0.1, 1, 1, 4) keep what a token writes into the
+    state alive across a chunk of region tokens; Mamba's language-model init (0.001, 0.1, ``N``, 1)
+    carries ~1e-6 of a token 16 tokens on, and the across-chunk context probe was not learnt with
+    it (see :mod:`xtstream.models.context.mamba`).
 
     >>> ContextConfig(kind="xl", dim=64, heads=4, mem_len=128).head_dim
     16
@@ -58,6 +63,10 @@ class ContextConfig:
     dt_rank: int | None = None
     backend: str = "auto"
     scan_block: int = 256
+    dt_min: float = 0.1
+    dt_max: float = 1.0
+    a_max: float = 1.0
+    bc_scale: float = 4.0
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +90,12 @@ class ContextConfig:
             _positive_int("mem_len", self.mem_len, allow_zero=True)
         if self.dt_rank is not None:
             _positive_int("dt_rank", self.dt_rank)
+        for name in ("dt_min", "dt_max", "a_max", "bc_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ModelConfigError(f"ContextConfig: {name} must be a positive number, got {value!r}")
+        if self.dt_min > self.dt_max:
+            raise ModelConfigError(f"ContextConfig: dt_min={self.dt_min} is above dt_max={self.dt_max}")
         if self.hyper_bits > 16:
             raise ModelConfigError(f"ContextConfig: hyper_bits must be <= 16 (2**bits buckets), got {self.hyper_bits}")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):

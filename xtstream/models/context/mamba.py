@@ -4,6 +4,16 @@ The sequence is causal in row-major order (a token sees the tokens before it in 
 through the carried state, in every earlier chunk of the scene), so a scene streams chunk by chunk
 and chunked processing equals one pass over the whole scene. The state per layer is the SSM state
 ``h (B, E, N)`` and the conv's last ``d_conv - 1`` inputs ``(B, E, d_conv - 1)``.
+
+Why not Mamba's own initialisation (``Δ`` in ``[0.001, 0.1]``, ``A_n = -n``): it is made for
+language models, whose useful context is spread over thousands of tokens. What a token writes
+into the state is ``Δ · B · x`` and what is left of it ``L`` tokens on is ``exp(-Δ n L)``; with
+that init, a marker region changed the context output of the regions one chunk (16 tokens) later
+by ~1e-6 of its size, and the across-chunk context probe (:mod:`xtstream.bench.probe`) stayed at
+AUC 0.53 after 4,000 training scenes. With ``Δ`` in ``[0.1, 1]`` (writes ~30x larger),
+``A_n = -n / N`` (slow decays for those larger steps) and ``B``, ``C`` 4x larger, the same change
+is ~3e-4 (XL's attention gives ~2e-3) and the probe reached AUC 1.0 in the same 4,000 scenes.
+The knobs are :class:`ContextConfig`'s ``dt_min``, ``dt_max``, ``a_max``, ``bc_scale``.
 """
 
 from __future__ import annotations
@@ -52,14 +62,18 @@ class MambaMixer(nn.Module):
         self.conv1d = nn.Conv1d(e, e, kernel_size=c.d_conv, groups=e, bias=True)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, e, bias=True)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        # A_n = -a_max * n / N (Mamba's own: a_max = N); see the module docstring for why
+        a = torch.arange(1, n + 1, dtype=torch.float32) * (c.a_max / n)
+        self.A_log = nn.Parameter(torch.log(a).repeat(e, 1))
         self.D = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, c.dim, bias=False)
-        self._init_dt(r)
+        self._init_dt(r, c.dt_min, c.dt_max)
+        with torch.no_grad():
+            self.x_proj.weight[r:] *= c.bc_scale
 
     @torch.no_grad()
-    def _init_dt(self, rank: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
-        # Mamba's init: delta = softplus(bias) starts log-uniform in [dt_min, dt_max]
+    def _init_dt(self, rank: int, dt_min: float, dt_max: float) -> None:
+        # delta = softplus(bias) starts log-uniform in [dt_min, dt_max], as in Mamba
         std = rank**-0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
         dt = torch.exp(torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min))
