@@ -13,9 +13,6 @@ from typing import Any, Iterator, Sequence
 
 import dask
 
-#: buffers up to this size that a local worker frees stay in its heap for reuse (see dask_client)
-KEPT_BUFFER_BYTES = 256 << 20
-
 from xtstream import errors
 
 #: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
@@ -42,16 +39,8 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
 
     if scheduler == "local" or scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
-        # dask starts workers with MALLOC_TRIM_THRESHOLD_=64 KiB (memory handed back at once) and
-        # glibc maps buffers of 32 MiB and more afresh each time: our tasks allocate and free tens
-        # of MiB per tile, so every tile page-faulted its buffers again (ingest of a 29,400 x 24,400
-        # scene on local:2: 24.2 s, 17 s of system time; with freed buffers kept for reuse, 21.5 s).
-        # A worker's heap then stays at its peak, which the tiles in flight bound.
-        keep = {f"distributed.nanny.pre-spawn-environ.{k}": str(KEPT_BUFFER_BYTES)
-                for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}
-        with dask.config.set(keep), \
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                             silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
         return
     with Client(scheduler) as client:
