@@ -10,7 +10,8 @@ Runs on the large scene: ours on threads / ``local:1`` / ``local:2``; the naive 
 (as users run it) and with our codec and normalisation (the same work); the raw floor — read,
 encode, write, nothing else — serially and on two threads (the physical limit here); and an archive
 of ``--archive`` scenes (``--archive-size``) on threads vs ``local:2``. Each measured run is a fresh
-process; peak RSS sums the process and its dask workers. Writes
+process, repeated ``--repeats`` times in rounds (medians of seconds, the largest peak); peak RSS
+sums the process and its dask workers. Writes
 ``benchmarks/results/ingest_memory.json``. Scenes are generated once under ``benchmarks/work/``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -131,7 +133,6 @@ def child_stages(scene: str, n: str = "6") -> dict:
     its own in this process, one thread — GDAL decode of both bands, normalisation, the valid
     mask, the codec (the default, + crc32c), the file write, and zarr's own write of the same
     tile (its async machinery = zarr write − codec − file write). Medians in ms per tile."""
-    import statistics
     import tempfile
 
     import numpy as np
@@ -201,6 +202,7 @@ def _options(p) -> None:
     p.add_argument("--stages-only", action="store_true", help="time one tile's stages alone, keeping the other results")
     p.add_argument("--archive", type=int, default=4, help="scenes in the archive run (default 4)")
     p.add_argument("--archive-size", default="8192x8192", help="each archive scene's HxW (default 8192x8192)")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of every run; medians are reported (default 2)")
 
 
 def main() -> None:
@@ -227,19 +229,29 @@ def main() -> None:
     archive = ensure_archive(args.work, args.archive, ah, aw)
     out = str(args.work / "bench.zarr")
     large = str(scenes["large"])
-    runs = {}
+    plan = {
+        "small_local2": ["ingest", str(scenes["small"]), out, "local:2"],
+        "large_local2": ["ingest", large, out, "local:2"],
+        "large_local1": ["ingest", large, out, "local:1"],
+        "large_threads": ["ingest", large, out, "threads"],
+        "large_floor": ["floor", large, out, "1"],
+        "large_floor_parallel": ["floor", large, out, "2"],
+        "large_naive_rioxarray": ["naive", large, out, "defaults"],
+        "large_naive_same_work": ["naive", large, out, "same"],
+        "archive_threads": ["archive", str(archive), out, "threads"],
+        "archive_local2": ["archive", str(archive), out, "local:2"],
+    }
     # the page cache holds the scene for every run alike: read it once before the first timed run
     run_measured([me, "--child", "floor", large, out, "2"], interval=0.5)
-    for name in ("small", "large"):
-        runs[f"{name}_local2"] = run_measured([me, "--child", "ingest", str(scenes[name]), out, "local:2"])
-    runs["large_local1"] = run_measured([me, "--child", "ingest", large, out, "local:1"])
-    runs["large_threads"] = run_measured([me, "--child", "ingest", large, out, "threads"])
-    runs["large_floor"] = run_measured([me, "--child", "floor", large, out, "1"])
-    runs["large_floor_parallel"] = run_measured([me, "--child", "floor", large, out, "2"])
-    runs["large_naive_rioxarray"] = run_measured([me, "--child", "naive", large, out, "defaults"])
-    runs["large_naive_same_work"] = run_measured([me, "--child", "naive", large, out, "same"])
-    runs["archive_threads"] = run_measured([me, "--child", "archive", str(archive), out, "threads"])
-    runs["archive_local2"] = run_measured([me, "--child", "archive", str(archive), out, "local:2"])
+    # this machine's speed drifts by 15-20 % within minutes: every run is repeated in rounds
+    # (each round runs them all once) and its median taken, so all see the same drift
+    trials: dict[str, list[dict]] = {k: [] for k in plan}
+    for _ in range(args.repeats):
+        for name, child in plan.items():
+            trials[name].append(run_measured([me, "--child", *child]))
+    runs = {name: {"seconds": statistics.median(t["seconds"] for t in ts),
+                   "peak_rss_mib": max(t["peak_rss_mib"] for t in ts),
+                   "seconds_each": [round(t["seconds"], 2) for t in ts]} for name, ts in trials.items()}
     stages = run_measured([me, "--child", "stages", large], interval=0.5)
     shutil.rmtree(out, ignore_errors=True)
 
@@ -278,7 +290,9 @@ def main() -> None:
         "peak_rss_naive_rioxarray_mib": round(runs["large_naive_rioxarray"]["peak_rss_mib"], 1),
         "rss_vs_naive": round(runs["large_threads"]["peak_rss_mib"] / runs["large_naive_rioxarray"]["peak_rss_mib"], 3),
         "naive_seconds_vs_ours": round(sec["large_naive_rioxarray"] / sec["large_local2"], 3),
-        "runs": {k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in runs.items()},
+        "repeats": args.repeats,
+        "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                 for k, v in runs.items()},
         "stages": stages,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))

@@ -12,7 +12,7 @@ that init, a marker region changed the context output of the regions one chunk (
 by ~1e-6 of its size, and the across-chunk context probe (:mod:`xtstream.bench.probe`) stayed at
 AUC 0.53 after 4,000 training scenes. With ``Δ`` in ``[0.1, 1]`` (writes ~30x larger),
 ``A_n = -n / N`` (slow decays for those larger steps) and ``B``, ``C`` 4x larger, the same change
-is ~3e-4 (XL's attention gives ~2e-3) and the probe reached AUC 1.0 in the same 4,000 scenes.
+is 2-4e-4 (XL's attention gives ~2e-3) and the probe reached AUC 1.0 in the same 4,000 scenes.
 The knobs are :class:`ContextConfig`'s ``dt_min``, ``dt_max``, ``a_max``, ``bc_scale``.
 """
 
