@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -220,16 +221,19 @@ def test_real_landsat_scene_round_trip(tmp_path, shared_data):
         assert ds["image"].rio.crs == src.crs
 
 
-def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path):
+def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path, capfd):
     from distributed import LocalCluster
 
     root = tmp_path / "archive"
     for k in range(3):
         synth_scene(root / f"s{k}", 300, 260, seed=k, progress=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         stores = ingest_archive(root, tmp_path / "stores", spec="xview3", tile=128, allow_small=True,
                                 scenes_in_flight=2, scheduler=cluster.scheduler_address, progress=False)
+        link = cluster.dashboard_link
     assert [s.name for s in stores] == ["s0.zarr", "s1.zarr", "s2.zarr"]
+    # the user is told where to watch the run
+    assert f"dask dashboard ({cluster.scheduler_address}): {link}" in capfd.readouterr().err
     local = ingest(root / "s1", tmp_path / "threads.zarr", spec="xview3", tile=128, allow_small=True,
                    progress=False)
     assert np.array_equal(open_store(stores[1])["image"].values, open_store(local)["image"].values)
@@ -266,3 +270,11 @@ def test_the_old_name_chunk_still_sets_the_tile_with_a_warning(tmp_path):
     assert open_store(out)["image"].data.chunksize == (2, 32, 32)
     with pytest.raises(StoreError, match="tile=16 and chunk=32 disagree"), pytest.warns(DeprecationWarning):
         ingest(src, tmp_path / "both.zarr", tile=16, chunk=32, progress=False)
+
+
+def test_a_local_cluster_prints_its_dashboard_address(tmp_path, capfd):
+    synth_scene(tmp_path / "s", 200, 200, seed=0, progress=False)
+    ingest(tmp_path / "s", tmp_path / "s.zarr", spec="xview3", tile=128, allow_small=True, scheduler="local:1",
+           progress=False)
+    err = capfd.readouterr().err
+    assert re.search(r"dask dashboard \(local:1\): http://[\w.]+:\d+/status", err), err

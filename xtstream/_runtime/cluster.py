@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
@@ -27,6 +28,8 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
     for debugging; ``"local"`` or ``"local:N"`` — a ``LocalCluster`` of N single-threaded worker
     processes (default: one per core); ``"tcp://host:port"`` (or any address) — an existing
     ``dask.distributed`` scheduler. Workers of a remote cluster must see the same file paths.
+    With a distributed scheduler, its dashboard's address is printed to stderr (a local
+    cluster's dashboard runs on a free port when ``bokeh`` is installed).
     """
     if scheduler in (None, "", "threads"):
         yield None
@@ -39,12 +42,42 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
 
     if scheduler == "local" or scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=":0" if _has_bokeh() else None,
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            announce_dashboard(client, scheduler)
             yield client
         return
     with Client(scheduler) as client:
+        announce_dashboard(client, scheduler)
         yield client
+
+
+def announce_dashboard(client: Any, scheduler: str) -> str | None:
+    """Print ``client``'s dashboard address to stderr (or why there is none); return it."""
+    link = dashboard_link(client)
+    if link:
+        print(f"dask dashboard ({scheduler}): {link}", file=sys.stderr, flush=True)
+    elif not _has_bokeh():
+        print(f"dask scheduler {scheduler}: no dashboard (install bokeh for one)", file=sys.stderr, flush=True)
+    return link
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard URL of ``client``'s scheduler, or ``None`` when it serves none."""
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 - a scheduler that cannot say has no link to give
+        return None
+    if "dashboard" not in services:
+        return None
+    return client.dashboard_link
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress: bool = True,
