@@ -238,8 +238,8 @@ def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, step
           scenes: int | None = None, progress: bool = True, **kw: Any) -> dict[str, Any]:
     """Every ``(probe, context)`` of ``runs`` trained from ``seeds`` seeds (``scenes`` training
     scenes each — ``None``: :data:`DEFAULT_SCENES` — or ``steps`` chunk forwards; other keywords
-    go to :func:`run_probe`); returns the
-    results document: per run mean/std/per-seed AUC and seconds, plus the summary keys
+    go to :func:`run_probe`); returns the results document: per run mean/std/per-seed AUC and
+    seconds, plus the summary keys
     ``auc_<context>_<probe>`` (means), ``auc_region_only`` (the worst region-only mean, i.e. the
     one closest to solving a probe) and ``seeds``."""
     bptt = kw.get("bptt_chunks")
@@ -253,7 +253,7 @@ def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, step
         results["runs"][f"{context}_{probe}"] = {
             "probe": probe, "context": context, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
             "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
-            "scenes": per_seed[0].steps // scene_chunks(probe), "chunk_forwards": per_seed[0].steps,
+            "scenes": per_seed[0].steps // scene_chunks(probe, kw.get("chunk", 4)), "chunk_forwards": per_seed[0].steps,
             "final_loss": float(np.mean([r.final_loss for r in per_seed]))}
     for key, run in results["runs"].items():
         name = "region_only" if run["context"] == "none" else run["context"]
