@@ -53,6 +53,7 @@ def test_an_unknown_key_names_the_file_the_place_and_the_closest_key(tmp_path, d
     ({**MINIMAL, "model": "xt_test_convnext_xl"}, r"model: expected a mapping, got str"),
     ({"out": "x", "data": {"shards": "s"}}, r"config: missing required key 'model'"),
     (with_("optimiser", lr=-1.0), r"optimiser\.lr: must be > 0"),
+    (with_("optimiser", context_lr_scale=0), r"optimiser\.context_lr_scale: must be > 0"),
     (with_("step", scenes_per_step=0), r"step\.scenes_per_step: must be >= 1"),
     (with_("data", stores=["a.zarr"]), r"data: give exactly one of 'shards'"),
     (with_("validation", every=10), r"validation: every=10 but no held-out 'scenes'"),

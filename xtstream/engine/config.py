@@ -60,13 +60,16 @@ class DataSection:
 @dataclass
 class OptimiserSection:
     """AdamW; weight decay applies to weight matrices and kernels only (not to biases, norms,
-    positions). ``clip_grad_norm``: the largest total gradient norm (``null``: no clipping)."""
+    positions). ``clip_grad_norm``: the largest total gradient norm (``null``: no clipping).
+    ``context_lr_scale``: the context encoder's learning rate over ``lr`` (why:
+    :func:`xtstream.engine.optim.context_param_groups`)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     clip_grad_norm: float | None = 1.0
+    context_lr_scale: float = 1.0
 
 
 @dataclass
@@ -321,6 +324,8 @@ def _check_values(obj: Any, source: str, where: str) -> None:
             raise bad("lr", "must be > 0")
         if obj.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0")
+        if obj.context_lr_scale <= 0:
+            raise bad("context_lr_scale", "must be > 0")
         if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
             raise bad("betas", "expected [beta1, beta2], each in [0, 1)")
         if obj.eps <= 0:
