@@ -2,6 +2,10 @@
 
     python benchmarks/context_probe.py                 # 3 seeds x the probe/context runs (about an hour)
     python benchmarks/context_probe.py --seeds 1 --scenes 300    # a quick look
+    python benchmarks/context_probe.py --runs in_chunk:mamba,across_chunks:mamba --merge   # rerun two
+
+``--merge`` reruns only ``--runs`` and keeps the other runs of the existing results file (each run
+records its date; the summary keys are recomputed over all of them).
 
 The same sweep as ``xtstream bench probe`` (see :mod:`xtstream.bench.probe` for the probes), with
 the machine recorded; writes ``benchmarks/results/context_probe.json`` (``auc_region_only``,
@@ -20,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine  # noqa: E402
 
-from xtstream.bench.probe import DEFAULT_RUNS, sweep, table  # noqa: E402
+from xtstream.bench.probe import DEFAULT_RUNS, DEFAULT_SCENES, PROBES, summarise, sweep, table  # noqa: E402
 
 
 def main() -> None:
@@ -28,13 +32,33 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--scenes", type=int, help="training scenes per model (default: per probe, DEFAULT_SCENES)")
     p.add_argument("--bptt-chunks", type=int, help="default: one whole probe scene per window")
+    p.add_argument("--runs", help="comma-separated probe:context pairs (default: all of DEFAULT_RUNS)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the existing results file's other runs (same seeds and budgets required)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args()
-    results = {**machine(), **sweep(DEFAULT_RUNS, seeds=args.seeds, scenes=args.scenes,
-                                      bptt_chunks=args.bptt_chunks)}
+    runs = DEFAULT_RUNS
+    if args.runs:
+        runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))
+        bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
+        if bad:
+            p.error(f"--runs wants probe:context pairs with probes {PROBES}, got {bad}")
+    path = args.out / "context_probe.json"
+    old = json.loads(path.read_text()) if args.merge and path.exists() else None
+    if old is not None:  # checked before an hour of training, not after
+        budget = DEFAULT_SCENES if args.scenes is None else args.scenes
+        bptt = "scene" if args.bptt_chunks is None else args.bptt_chunks
+        for key, value in (("seeds", args.seeds), ("scenes", budget), ("bptt_chunks", bptt)):
+            if old.get(key) != value:
+                p.error(f"--merge: {path} was run with {key}={old.get(key)!r}, this run would use "
+                        f"{value!r}; rerun everything instead")
+    results = {**machine(), **sweep(runs, seeds=args.seeds, scenes=args.scenes, bptt_chunks=args.bptt_chunks)}
+    if old is not None:
+        results["runs"] = {**old["runs"], **results["runs"]}
+        results = summarise(results)
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "context_probe.json").write_text(json.dumps(results, indent=1) + "\n")
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Probes (regions of ``R`` px, chunks of ``C`` = one region row unless said):
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from dataclasses import dataclass, field
@@ -110,14 +111,20 @@ def _crop(image: np.ndarray, grid: RegionGrid, index: int) -> np.ndarray:
     return image[:, y0:y1, x0:x1]
 
 
-def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4) -> Iterator[RegionChunk]:
-    """An endless stream of fresh probe scenes, half marked, chunk by chunk."""
+def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4,
+                    scenes_per_step: int = 1) -> Iterator[RegionChunk]:
+    """An endless stream of fresh probe scenes, half marked, chunk by chunk — ``scenes_per_step``
+    scenes at a time, interleaved (chunk 0 of each, then chunk 1 of each, ...), so that the
+    training engine batches their chunks at the same grid positions into one step."""
     rng = np.random.default_rng(seed)
     k = 0
     while True:
-        scene = make_scene(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk, scene_id=f"train{k}")
-        yield from scene.chunks
-        k += 1
+        scenes = [make_scene(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk,
+                             scene_id=f"train{k + j}") for j in range(scenes_per_step)]
+        k += scenes_per_step
+        for i in range(len(scenes[0].chunks)):
+            for scene in scenes:
+                yield scene.chunks[i]
 
 
 def object_auc(model: Any, probe: str, *, scenes: int = 32, seed: int = 10_000, region: int = 64,
@@ -173,14 +180,26 @@ class ProbeResult:
     final_loss: float
 
 
-#: training scenes per model by default: what the slowest-learning encoder (Mamba) needed on each
-#: probe, within the ten CPU minutes per model the probes allow
-DEFAULT_SCENES = {"in_chunk": 1500, "across_chunks": 4000, "vertical": 4000}
+#: the context encoder's learning rate over the rest's in the probes (a knob to try; 5x did not
+#: make the across-chunk probe learnt more reliably, 2026-12-04)
+CONTEXT_LR_SCALE = 1.0
+
+#: scenes per optimiser step, per probe: with one scene a step (each step marked or not) xT-Mamba
+#: had not learnt the across-chunk probe after 4,000 scenes in any of 3 seeds, and xT-XL learnt it
+#: after ~1,200 scenes in one run and not in 4,000 in another of the same seed; ``in_chunk`` is
+#: learnt within 1,500 one-scene steps by every encoder
+SCENES_PER_STEP = {"in_chunk": 1, "across_chunks": 4, "vertical": 4}
+
+#: training scenes per model by default: as many as fit the ten CPU minutes (one core) per model
+#: the probes allow, at the probe's scenes per step
+DEFAULT_SCENES = {"in_chunk": 1500, "across_chunks": 6000, "vertical": 6000}
 
 
 def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int | None = None, seed: int = 0,
               lr: float = 3e-4, chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
-              progress: bool = False, bptt_chunks: int | None = None, **model_kw: Any) -> ProbeResult:
+              progress: bool = False, bptt_chunks: int | None = None, context_lr_scale: float = CONTEXT_LR_SCALE,
+              scenes_per_step: int | None = None,
+              **model_kw: Any) -> ProbeResult:
     """Train a fresh probe model on ``probe``'s scenes, then score it on held-out scenes.
 
     Budget: ``scenes`` training scenes (``None``: :data:`DEFAULT_SCENES`; ``steps``, when given,
@@ -189,19 +208,30 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     optimiser step per window (``None``: one whole probe scene per window — what lets a chunk learn
     to *write* into the memory what a later chunk needs; ``1``: stop-gradient memory, a step per
     chunk). The compute per chunk is the same either way.
+    ``context_lr_scale``: the context encoder's learning rate over ``lr`` (see
+    :func:`xtstream.engine.optim.context_param_groups`).
+    ``scenes_per_step``: scenes per optimiser step, their chunks batched. One probe scene is
+    either marked or not, so a step on one scene pushes its squares towards vessel or not-vessel
+    as a whole; only a step over several carries the *difference* the marker makes (``None``:
+    :data:`SCENES_PER_STEP`).
     """
     from xtstream.engine import train_chunks
+    from xtstream.engine.optim import context_param_groups
 
     per_scene = scene_chunks(probe, chunk)
     bptt_chunks = per_scene if bptt_chunks is None else bptt_chunks
     scenes = DEFAULT_SCENES[probe] if scenes is None else scenes
+    scenes_per_step = SCENES_PER_STEP[probe] if scenes_per_step is None else scenes_per_step
     total = steps if steps is not None else scenes * per_scene
     model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **model_kw)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(context_param_groups(model, lr, context_lr_scale), lr=lr, weight_decay=0.01)
     start = time.perf_counter()
-    stream = training_stream(probe, seed, region=region, chunk=chunk)
+    stream = training_stream(probe, seed, region=region, chunk=chunk, scenes_per_step=scenes_per_step)
     losses = []
-    records = train_chunks(model, stream, opt, clip_grad_norm=1.0, bptt_chunks=bptt_chunks)
+    # per_scene: one step per scenes_per_step scenes for every kind (a whole-scene encoder
+    # yields each scene alone, so per_chunk would step it once per scene)
+    records = train_chunks(model, stream, opt, clip_grad_norm=1.0, bptt_chunks=bptt_chunks,
+                           policy="per_scene", scenes_per_step=scenes_per_step)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -210,8 +240,7 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     done = 0
     for record in records:
         losses.append(record["loss"])
-        # a whole-scene encoder steps once per scene; the streaming ones once per window
-        n = per_scene if context == "full" else bptt_chunks
+        n = per_scene * len(record["scenes"])
         done += n
         if bar is not None:
             bar.update(n)
@@ -254,8 +283,21 @@ def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, step
             "probe": probe, "context": context, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
             "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
             "scenes": per_seed[0].steps // scene_chunks(probe, kw.get("chunk", 4)), "chunk_forwards": per_seed[0].steps,
-            "final_loss": float(np.mean([r.final_loss for r in per_seed]))}
-    for key, run in results["runs"].items():
+            "final_loss": float(np.mean([r.final_loss for r in per_seed])),
+            "scenes_per_step": kw.get("scenes_per_step") or SCENES_PER_STEP[probe],
+            "context_lr_scale": kw.get("context_lr_scale", CONTEXT_LR_SCALE) if context != "none" else None,
+            "date": datetime.date.today().isoformat()}
+    return summarise(results)
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """(Re)compute the summary keys of a results document from its ``runs`` — after :func:`sweep`,
+    or after some runs were rerun and merged in: ``auc_<context>_<probe>`` (and ``_std``), with
+    ``region_only`` for ``none``, and ``auc_region_only`` (the worst region-only mean, i.e. the one
+    closest to solving a probe)."""
+    for key in [k for k in results if k.startswith("auc_")]:
+        del results[key]
+    for run in results["runs"].values():
         name = "region_only" if run["context"] == "none" else run["context"]
         results[f"auc_{name}_{run['probe']}"] = round(run["auc_mean"], 3)
         results[f"auc_{name}_{run['probe']}_std"] = round(run["auc_std"], 3)

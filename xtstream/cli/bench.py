@@ -17,12 +17,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                        "and report each one's object AUC (mean ± std over seeds).")
     probe.add_argument("--seeds", type=positive_int, default=3, help="models per probe and context (default 3)")
     probe.add_argument("--scenes", type=positive_int,
-                       help="training scenes per model (default: 1500 for in_chunk, 4000 for the others)")
+                       help="training scenes per model (default: 1500 for in_chunk, 6000 for the others)")
     probe.add_argument("--steps", type=positive_int,
                        help="chunk forwards per model instead of --scenes")
     probe.add_argument("--bptt-chunks", type=positive_int,
                        help="back-propagate through the context state over windows of this many chunks "
                             "(default: one whole probe scene; 1: stop-gradient memory)")
+    probe.add_argument("--context-lr-scale", type=float,
+                       help="the context encoder's learning rate over the rest's (default 1)")
+    probe.add_argument("--scenes-per-step", type=positive_int,
+                       help="scenes per optimiser step, batched (default: 1 for in_chunk, 4 for the others)")
     probe.add_argument("--runs", help="comma-separated probe:context pairs (default: in_chunk and "
                                       "across_chunks for none/xl/mamba, and in_chunk:full; the vertical "
                                       "probe only when named, e.g. vertical:xl)")
@@ -39,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
         bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
         if bad:
             raise SystemExit(f"xtstream bench probe: --runs wants probe:context pairs with probes {PROBES}, got {bad}")
+    extra = {k: v for k, v in (("context_lr_scale", args.context_lr_scale),
+                                ("scenes_per_step", args.scenes_per_step)) if v is not None}
     results = sweep(runs, seeds=args.seeds, steps=args.steps, scenes=args.scenes, progress=not args.quiet,
-                    bptt_chunks=args.bptt_chunks)
+                    bptt_chunks=args.bptt_chunks, **extra)
     print(table(results))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,10 @@ class ContextConfig:
     ``"torch"``; ``"cuda"``: the kernels or an error) and ``scan_block`` (time steps per piece of
     the torch scan; bounds its temporaries, not its result). Its initialisation: ``Δ`` log-uniform
     in ``[dt_min, dt_max]``, ``A_n = -a_max · n / N`` (``n = 1..N``), the ``B``/``C`` rows of
-    ``x_proj`` scaled by ``bc_scale``. The defaults (0.1, 1, 1, 4) keep what a token writes into the
-    state alive across a chunk of region tokens; Mamba's language-model init (0.001, 0.1, ``N``, 1)
-    carries ~1e-6 of a token 16 tokens on, and the across-chunk context probe was not learnt with
-    it (see :mod:`xtstream.models.context.mamba`).
+    ``x_proj`` scaled by ``bc_scale``. The defaults (0.1, 1, 0.1, 4) keep what a token writes into
+    the state alive across chunks of region tokens; Mamba's language-model init (0.001, 0.1,
+    ``N``, 1) carries ~1e-6 of a token 16 tokens on, and the across-chunk context probe was not
+    learnt with it (see :mod:`xtstream.models.context.mamba`).
 
     >>> ContextConfig(kind="xl", dim=64, heads=4, mem_len=128).head_dim
     16
@@ -65,7 +65,7 @@ class ContextConfig:
     scan_block: int = 256
     dt_min: float = 0.1
     dt_max: float = 1.0
-    a_max: float = 1.0
+    a_max: float = 0.1
     bc_scale: float = 4.0
     options: dict[str, Any] = field(default_factory=dict)
 
