@@ -10,8 +10,8 @@ The same procedural field (``sin(y / 100) * cos(x / 77)``, one float32 band) as
   ``--chunk``² chunks), read through :class:`~xtstream.data.windows.BlockCache`;
 
 each streamed region by region (``iter_regions``, row-major, ``--region`` px) in one process,
-alternating, median of ``--repeats``. ``raster_vs_windowed`` = raster / windowed regions/s (issue
-13's target: ≥ 0.9); ``raster_chunk_computes`` counts how often each chunk was computed (1: read
+alternating, median of ``--repeats``. ``raster_vs_windowed`` (also ``dask_vs_windowed``, issue
+13's name) = raster / windowed regions/s (target: ≥ 0.9); ``raster_chunk_computes`` counts how often each chunk was computed (1: read
 once). Writes ``benchmarks/results/custom_source.json``.
 """
 
@@ -98,7 +98,9 @@ def main() -> None:
     result = {**machine(), "size": args.size, "region": args.region, "chunk": args.chunk, "regions": len(grid),
               "windowed_regions_per_s": round(med["windowed"], 1), "raster_regions_per_s": round(med["raster"], 1),
               "raster_vs_windowed": round(med["raster"] / med["windowed"], 3),
-              "raster_chunk_computes": max(computes), "runs": rates, "targets": {"raster_vs_windowed": 0.9}}
+              # issue 13's name for the same ratio (the RasterSource path is the dask one)
+              "dask_vs_windowed": round(med["raster"] / med["windowed"], 3),
+              "raster_chunk_computes": max(computes), "runs": rates, "targets": {"raster_vs_windowed": 0.9, "dask_vs_windowed": 0.9}}
     print(json.dumps({k: result[k] for k in ("raster_vs_windowed", "raster_chunk_computes")}))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")

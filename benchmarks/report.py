@@ -154,8 +154,14 @@ def probe_rows(r: dict) -> list[tuple[str, str, str]]:
             target = "for scale"
         else:
             target = f"≥ 0.95 {_mark(run['auc_mean'] >= 0.95)}"
-        rows.append((f"{probe}: {name}", f"{run['auc_mean']:.3f} ± {run['auc_std']:.3f} "
-                     f"({run['seconds_per_model']:.0f} s per model)", target))
+        seeds = " / ".join(f"{a:.2f}" for a in run.get("auc_per_seed", []))
+        how = [f"seeds {seeds}"] if seeds else []
+        if "scenes" in run:
+            how.append(f"{run['scenes']:,} scenes" + (f", {run['scenes_per_step']} a step" if run.get("scenes_per_step") else ""))
+        how.append(f"{run['seconds_per_model']:.0f} s per model")
+        if run.get("date") and run.get("date") != r.get("date"):
+            how.append(f"run {run['date']}")
+        rows.append((f"{probe}: {name}", f"{run['auc_mean']:.3f} ± {run['auc_std']:.3f} ({'; '.join(how)})", target))
     return rows
 
 
