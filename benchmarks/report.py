@@ -159,6 +159,11 @@ def probe_rows(r: dict) -> list[tuple[str, str, str]]:
         if "scenes" in run:
             how.append(f"{run['scenes']:,} scenes" + (f", {run['scenes_per_step']} a step" if run.get("scenes_per_step") else ""))
         how.append(f"{run['seconds_per_model']:.0f} s per model")
+        if run.get("context_lr_scale") not in (None, 1, 1.0):
+            how.append(f"context at {run['context_lr_scale']:g}× the rate")
+        if run.get("auc_more_seeds"):
+            more = " / ".join(f"{a:.2f}" for a in run["auc_more_seeds"].values())
+            how.append(f"seeds {', '.join(run['auc_more_seeds'])} (not used to choose it): {more}")
         if run.get("date") and run.get("date") != r.get("date"):
             how.append(f"run {run['date']}")
         rows.append((f"{probe}: {name}", f"{run['auc_mean']:.3f} ± {run['auc_std']:.3f} ({'; '.join(how)})", target))

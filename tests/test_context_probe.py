@@ -77,18 +77,13 @@ def test_in_chunk_probe_fast(context):
         assert result.auc >= 0.9, result
 
 
-NOT_YET = pytest.mark.xfail(reason="issue 15: Mamba does not learn the across-chunk cue in the budget: "
-                                   "at initialisation its state carries ~1e-6 of the marker to the next "
-                                   "chunk (AUC ~0.5 after 1,500 scenes)", strict=False)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("probe, context", [
     ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"), ("in_chunk", "none"),
-    ("across_chunks", "xl"), pytest.param("across_chunks", "mamba", marks=NOT_YET),
-    ("across_chunks", "none")])
+    ("across_chunks", "xl"), ("across_chunks", "mamba"), ("across_chunks", "none")])
 def test_probes_full(probe, context):
-    # 1,500 scenes, back-propagated a whole probe scene at a time (the probes' default)
+    # the probes' defaults (seed 0): 1,500 in_chunk scenes one a step, 6,000 across_chunks scenes
+    # four a step, each back-propagated a whole probe scene at a time; up to ~7 minutes a model
     result = run_probe(probe, context)
     if context == "none":
         assert result.auc <= 0.6, result
@@ -97,8 +92,9 @@ def test_probes_full(probe, context):
 
 
 def test_mamba_state_carries_a_marker_into_the_next_chunk_at_initialisation():
-    # with Mamba's language-model init (dt 0.001-0.1, A_n = -n) a marker changed the next chunk's
-    # context output by ~1e-6 of its size, and the across-chunk probe was never learnt
+    # with Mamba's language-model init (dt 0.001-0.1, A_n = -n) a marker changed the next chunks'
+    # context output by ~1e-6 of its size, with A_n = -n/N by ~1.5e-4 (XL: ~2e-3); neither had
+    # learnt the across-chunk probe in 3 seeds of 4,000 scenes
     model = probe_model("mamba").eval()
     marked = make_scene("across_chunks", True, np.random.default_rng(1))
     unmarked = make_scene("across_chunks", False, np.random.default_rng(1))
@@ -111,5 +107,5 @@ def test_mamba_state_carries_a_marker_into_the_next_chunk_at_initialisation():
             _, context, _ = model.contextualise(model.encoder(pixels)[-1], positions, 1, None)
             contributions.append(context.flatten(1))
     change = (contributions[0] - contributions[1]).norm(dim=1) / contributions[1].norm(dim=1)
-    next_chunk = change[lay.chunk: 2 * lay.chunk]
-    assert float(next_chunk.min()) > 1e-4, change
+    later_chunks = change[lay.chunk:]
+    assert float(later_chunks.min()) > 1e-3, change

@@ -24,7 +24,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                        help="back-propagate through the context state over windows of this many chunks "
                             "(default: one whole probe scene; 1: stop-gradient memory)")
     probe.add_argument("--context-lr-scale", type=float,
-                       help="the context encoder's learning rate over the rest's (default 1)")
+                       help="the context encoder's learning rate over the rest's (default: 3 for mamba, 1 for the others)")
     probe.add_argument("--scenes-per-step", type=positive_int,
                        help="scenes per optimiser step, batched (default: 1 for in_chunk, 4 for the others)")
     probe.add_argument("--runs", help="comma-separated probe:context pairs (default: in_chunk and "

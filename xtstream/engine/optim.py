@@ -30,12 +30,14 @@ def context_param_groups(model: nn.Module, lr: float, context_lr_scale: float = 
     """The trainable parameters as optimiser groups: the context encoder's (``model.context``) at
     ``lr * context_lr_scale``, the rest at ``lr``; empty groups left out.
 
-    A knob for training the context to carry what a later chunk needs, which only the context
-    encoder's few parameters can learn while the encoder and head fit the local part of the loss.
-    Measured on the across-chunk context probe (:mod:`xtstream.bench.probe`, 2026-12-04): 5x was
-    no reliable gain (xT-Mamba learnt the probe within 500 scenes in one seed of three, not within
-    1,500 in the others; xT-XL learnt later than at 1x), so the default is 1. Adam normalises each
-    parameter's step, so the scale sets the context's step size whatever its gradients' size."""
+    What the context must carry to a later chunk is learnt only by the context encoder's few
+    parameters, while the encoder and head fit the local part of the loss first. Measured on the
+    across-chunk context probe (:mod:`xtstream.bench.probe`, 2026-12-04, 6,000 scenes, 4 a step):
+    xT-Mamba at 1x learnt it in two seeds of three (the third stayed at AUC 0.48); at 3x in all
+    three, and in two more seeds not used to choose it. At 5x (one scene a step) neither Mamba nor
+    XL learnt it more reliably. The train config's default is 1 (no evidence yet beyond the
+    probes). Adam normalises each parameter's step, so the scale is the context's step size
+    relative to the rest's, whatever its gradients' size."""
     context = getattr(model, "context", None)
     ids = {id(p) for p in context.parameters()} if isinstance(context, nn.Module) else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
