@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine  # noqa: E402
 
-from xtstream.bench.probe import DEFAULT_RUNS, DEFAULT_SCENES, PROBES, summarise, sweep, table  # noqa: E402
+from xtstream.bench.probe import DEFAULT_RUNS, DEFAULT_SCENES, parse_runs, summarise, sweep, table  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +39,10 @@ def main() -> None:
     args = p.parse_args()
     runs = DEFAULT_RUNS
     if args.runs:
-        runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))
-        bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
-        if bad:
-            p.error(f"--runs wants probe:context pairs with probes {PROBES}, got {bad}")
+        try:
+            runs = parse_runs(args.runs)
+        except ValueError as e:
+            p.error(str(e))
     path = args.out / "context_probe.json"
     old = json.loads(path.read_text()) if args.merge and path.exists() else None
     if old is not None:  # checked before an hour of training, not after

@@ -178,6 +178,8 @@ class ProbeResult:
     auc: float
     seconds: float
     final_loss: float
+    scenes_per_step: int = 1
+    context_lr_scale: float = 1.0
 
 
 #: the context encoder's learning rate over the rest's in the probes, per context kind (others: 1).
@@ -254,7 +256,7 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     score = object_auc(model, probe, scenes=eval_scenes, region=region, chunk=chunk)
     tail = losses[-max(1, len(losses) // 10):]
     return ProbeResult(probe, context, seed, done, score, time.perf_counter() - start,
-                       float(np.mean(tail)))
+                       float(np.mean(tail)), scenes_per_step, context_lr_scale)
 
 
 #: what ``xtstream bench probe`` runs by default: the in-chunk and across-chunk probes for the
@@ -287,9 +289,8 @@ def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, step
             "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
             "scenes": per_seed[0].steps // scene_chunks(probe, kw.get("chunk", 4)), "chunk_forwards": per_seed[0].steps,
             "final_loss": float(np.mean([r.final_loss for r in per_seed])),
-            "scenes_per_step": kw.get("scenes_per_step") or SCENES_PER_STEP[probe],
-            "context_lr_scale": (kw.get("context_lr_scale") or CONTEXT_LR_SCALE.get(context, 1.0))
-                                if context != "none" else None,
+            "scenes_per_step": per_seed[0].scenes_per_step,
+            "context_lr_scale": per_seed[0].context_lr_scale if context != "none" else None,
             "date": datetime.date.today().isoformat()}
     return summarise(results)
 
@@ -309,6 +310,16 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     if only:
         results["auc_region_only"] = round(max(only), 3)
     return results
+
+
+def parse_runs(text: str) -> tuple[tuple[str, str], ...]:
+    """``"in_chunk:xl,across_chunks:none"`` -> ``(("in_chunk", "xl"), ("across_chunks", "none"))``;
+    ``ValueError`` naming the bad pairs."""
+    runs = tuple(tuple(r.split(":", 1)) for r in text.split(","))
+    bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
+    if bad:
+        raise ValueError(f"--runs wants probe:context pairs with probes {PROBES}, got {bad}")
+    return runs  # type: ignore[return-value]
 
 
 def table(results: dict[str, Any]) -> str:

@@ -35,14 +35,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtstream.bench.probe import DEFAULT_RUNS, PROBES, sweep, table
+    from xtstream.bench.probe import DEFAULT_RUNS, parse_runs, sweep, table
 
     runs = DEFAULT_RUNS
     if args.runs:
-        runs = tuple(tuple(r.split(":", 1)) for r in args.runs.split(","))
-        bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
-        if bad:
-            raise SystemExit(f"xtstream bench probe: --runs wants probe:context pairs with probes {PROBES}, got {bad}")
+        try:
+            runs = parse_runs(args.runs)
+        except ValueError as e:
+            raise SystemExit(f"xtstream bench probe: {e}") from None
     extra = {k: v for k, v in (("context_lr_scale", args.context_lr_scale),
                                 ("scenes_per_step", args.scenes_per_step)) if v is not None}
     results = sweep(runs, seeds=args.seeds, steps=args.steps, scenes=args.scenes, progress=not args.quiet,

@@ -264,17 +264,12 @@ class BlockCache:
 
     def _row_of(self, coords: tuple[int, ...]) -> list[tuple[int, ...]]:
         """``coords`` and the chunks after it along the last axis, as many as fit the budget."""
-        itemsize = np.dtype(self.array.dtype).itemsize
-        sizes = [int(e[i + 1] - e[i]) for e, i in zip(self.edges[:-1], coords[:-1])]
-        row = [coords]
-        budget = self.max_bytes
-        for j in range(coords[-1], len(self.edges[-1]) - 1):
-            budget -= int(np.prod(sizes)) * int(self.edges[-1][j + 1] - self.edges[-1][j]) * itemsize
-            if budget < 0:
-                break
-            if j > coords[-1]:
-                row.append((*coords[:-1], j))
-        return row
+        # bytes of one column of the row: every axis but the last at this chunk's size
+        column = np.dtype(self.array.dtype).itemsize * int(np.prod(
+            [e[i + 1] - e[i] for e, i in zip(self.edges[:-1], coords[:-1])]))
+        widths = np.diff(self.edges[-1])[coords[-1]:]
+        fits = max(1, int(np.searchsorted(np.cumsum(widths) * column, self.max_bytes, side="right")))
+        return [(*coords[:-1], j) for j in range(coords[-1], coords[-1] + fits)]
 
 
 class SourceWindows:
