@@ -129,3 +129,19 @@ def test_bptt_windows_cut_the_state_and_step_per_window():
                                          loss_fn=loss_fn, bptt_chunks=4)] == [4, 1]
     with pytest.raises(ModelConfigError, match="bptt_chunks"):
         next(accumulate(model, [], bptt_chunks=0))
+
+
+@pytest.mark.parametrize("policy", ["per_scene", "per_chunk"])
+def test_whole_scene_encoder_trains_several_scenes_a_step(policy):
+    # found by the classification probes: with scenes_per_step > 1 the chunks of several scenes
+    # shared one backbone batch, each scene was back-propagated alone, and the second backward
+    # re-entered the freed batch graph ("Trying to backward through the graph a second time")
+    torch.manual_seed(0)
+    model = tiny_model(context="full", head="classification")
+    loss_fn = task_for_head("classification").loss
+    scenes = [labelled(scene_chunks(s, 1, 2, seed=k), k % 2) for k, s in enumerate("abcd")]  # one chunk each
+    interleaved = [c for group in zip(*scenes) for c in group]
+    steps = list(accumulate(model, interleaved, policy=policy, scenes_per_step=2, loss_fn=loss_fn))
+    assert sum(s.chunks for s in steps) == 4
+    assert [s.scenes for s in steps] == ([["a", "b"], ["c", "d"]] if policy == "per_scene"
+                                         else [["a"], ["b"], ["c"], ["d"]])

@@ -50,7 +50,7 @@ def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | st
     grad_ratio, generator : the share of regions encoded with gradient (training), and its
         random source.
     scenes_per_group : most scenes per context batch; default unlimited in inference, 1 in
-        training.
+        training (always 1 when training a whole-scene encoder, which runs scene by scene).
     states : the per-scene states to use (default: a fresh :class:`SceneStates`); pass one to
         resume streams across calls.
 
@@ -65,6 +65,10 @@ def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | st
     states = states if states is not None else SceneStates()
     training = torch.is_grad_enabled()
     max_b = scenes_per_group if scenes_per_group is not None else (1 if training else None)
+    if training and model.whole_scene:
+        # its scenes are back-propagated one by one as each completes; chunks of several scenes in
+        # one backbone batch would share a graph that the first scene's backward frees
+        max_b = 1
     chunks = _checked_sizes(chunked(items, cfg.chunk), cfg.chunk)
     if training:
         encoded = _encode_groups(model, _groups(chunks, max_b, states), device, ratio, generator)
