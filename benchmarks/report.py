@@ -148,6 +148,8 @@ def probe_rows(r: dict) -> list[tuple[str, str, str]]:
     for run in r["runs"].values():
         c, probe = run["context"], run["probe"]
         name = "region-only" if c == "none" else f"xT-{c}"
+        if run.get("head", "xview3") != "xview3":
+            name += f", {run['head']} head (scene AUC)"
         if c == "none":
             target = f"≤ 0.6 {_mark(run['auc_mean'] <= 0.6)}" if probe != "vertical" else "for scale"
         elif probe == "vertical" or (c == "full" and probe != "in_chunk"):
@@ -272,7 +274,7 @@ SECTIONS = [
     ("head_stride", "xView3 head output stride (`benchmarks/head_stride.py`)", head_rows, None),
     ("predict_scene", "Whole-scene prediction (`benchmarks/predict_scene.py`)", predict_rows, predict_note),
     ("custom_source", "Custom sources (`benchmarks/custom_source.py`)", custom_source_rows, None),
-    ("context_probe", "Context probes, object AUC, mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
+    ("context_probe", "Context probes, object AUC (xView3 head) or scene AUC (classification head), mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from xtstream.bench.probe import SQUARE, auc, make_scene, probe_layout, probe_model, run_probe
+from xtstream.bench.probe import (SQUARE, auc, make_order_scene, make_scene, parse_runs, probe_layout,
+                                  probe_model, run_name, run_probe, summarise)
+from xtstream.data.chunk import RegionChunk
 from xtstream.engine import train_chunks
 
 
@@ -78,13 +80,15 @@ def test_in_chunk_probe_fast(context):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("head", ["xview3", "classification"])
 @pytest.mark.parametrize("probe, context", [
     ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"), ("in_chunk", "none"),
     ("across_chunks", "xl"), ("across_chunks", "mamba"), ("across_chunks", "none")])
-def test_probes_full(probe, context):
-    # the probes' defaults (seed 0): 1,500 in_chunk scenes one a step, 6,000 across_chunks scenes
-    # four a step, each back-propagated a whole probe scene at a time; up to ~7 minutes a model
-    result = run_probe(probe, context)
+def test_probes_full(probe, context, head):
+    # the probes' defaults (seed 0): xview3 1,500 in_chunk scenes one a step, 6,000 across_chunks
+    # scenes four a step, each back-propagated a whole probe scene at a time, up to ~7 minutes a
+    # model; classification 6,000 and 16,000 scenes eight a step, up to ~5 minutes
+    result = run_probe(probe, context, head=head)
     if context == "none":
         assert result.auc <= 0.6, result
     else:
@@ -109,3 +113,101 @@ def test_mamba_state_carries_a_marker_into_the_next_chunk_at_initialisation():
     change = (contributions[0] - contributions[1]).norm(dim=1) / contributions[1].norm(dim=1)
     later_chunks = change[lay.chunk:]
     assert float(later_chunks.min()) > 1e-3, change
+
+
+# -- the classification head: the order probes ----------------------------------------------------
+
+def swapped(scene, a: int, b: int, scene_id: str):
+    """``scene`` with the pixels of regions ``a`` and ``b`` exchanged, and its class flipped."""
+    pixels = np.concatenate([c.pixels for c in scene.chunks])
+    pixels[[a, b]] = pixels[[b, a]]
+    chunks = []
+    for c in scene.chunks:
+        label = np.full(len(c), 1 - int(scene.marked), np.int64)
+        chunks.append(RegionChunk(scene_id, c.grid, c.indices, pixels[c.indices], {"label": label}))
+    return type(scene)(chunks, not scene.marked, scene.squares)
+
+
+def disc_and_square(scene) -> tuple[int, int]:
+    pixels = np.concatenate([c.pixels for c in scene.chunks])[:, 0]
+    peaks = pixels.max(axis=(1, 2))
+    disc = int(np.argmax(peaks))
+    square = scene.squares[0][0]
+    assert peaks[disc] > 2.5 and 1.2 < peaks[square] < 2.5, peaks
+    return disc, square
+
+
+@pytest.mark.parametrize("probe", ["in_chunk", "across_chunks", "vertical"])
+def test_order_scenes_put_a_disc_and_a_square_where_the_probe_says(probe):
+    lay = probe_layout(probe)
+    rows = {True: set(), False: set()}
+    for k in range(40):
+        scene = make_order_scene(probe, k % 2 == 0, np.random.default_rng(k))
+        disc, square = disc_and_square(scene)
+        assert (disc < square) == scene.marked
+        assert all((c.targets["label"] == int(scene.marked)).all() for c in scene.chunks)
+        if probe == "in_chunk":
+            assert lay.rows == 1
+        elif probe == "across_chunks":
+            assert disc // lay.cols != square // lay.cols  # different rows, i.e. different chunks
+        else:
+            assert abs(disc - square) == lay.cols  # one above the other, two chunks apart
+        rows[scene.marked].add((min(disc, square), max(disc, square)))
+    assert rows[True] & rows[False]  # the same placements occur in both classes
+
+
+@pytest.mark.parametrize("probe", ["in_chunk", "across_chunks"])
+def test_region_only_classification_is_blind_to_the_order_context_is_not(probe):
+    # a region-only model pools its regions' features: the scene and the one with the disc and the
+    # square exchanged (the other class) score the same; an xT model's context sees the order
+    scene = make_order_scene(probe, True, np.random.default_rng(5), scene_id="a")
+    other = swapped(scene, *disc_and_square(scene), scene_id="b")
+
+    def logits(model, s):
+        with torch.no_grad():
+            return list(model.eval().stream(s.chunks))[-1].outputs
+
+    for context in ("none", "xl", "mamba"):
+        model = probe_model(context, head="classification")
+        gap = float((logits(model, scene) - logits(model, other)).abs().max())
+        if context == "none":
+            assert gap < 1e-5, gap
+        else:
+            assert gap > 1e-4, (context, gap)
+
+
+def test_xl_classification_learns_the_order_of_two_scenes():
+    # one scene of each class, the same regions in another order: xT-XL tells them apart,
+    # a region-only model cannot (their logits are equal, above)
+    first = make_order_scene("in_chunk", True, np.random.default_rng(2), scene_id="first")
+    second = swapped(first, *disc_and_square(first), scene_id="second")
+    model = probe_model("xl", head="classification")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def stream():
+        while True:
+            yield from first.chunks
+            yield from second.chunks
+
+    for k, _ in enumerate(train_chunks(model, stream(), opt, clip_grad_norm=1.0, policy="per_scene",
+                                       scenes_per_step=2)):
+        if k + 1 >= 60:
+            break
+    with torch.no_grad():
+        p = [float(torch.softmax(list(model.eval().stream(s.chunks))[-1].outputs, -1)[0, 1]) for s in (first, second)]
+    assert p[0] > 0.8 and p[1] < 0.2, p
+
+
+def test_probe_runs_name_their_head():
+    assert parse_runs("in_chunk:xl,across_chunks:none:classification") == (
+        ("in_chunk", "xl", "xview3"), ("across_chunks", "none", "classification"))
+    with pytest.raises(ValueError, match=r"probe:context\[:head\].*'segmentation'"):
+        parse_runs("in_chunk:xl:segmentation")
+    runs = {run_name(p, c, h): {"probe": p, "context": c, "head": h, "auc_mean": a, "auc_std": 0.0}
+            for p, c, h, a in [("in_chunk", "xl", "xview3", 1.0), ("in_chunk", "none", "xview3", 0.42),
+                               ("in_chunk", "xl", "classification", 0.98),
+                               ("in_chunk", "none", "classification", 0.55)]}
+    doc = summarise({"runs": runs})
+    assert doc["auc_xl_in_chunk"] == 1.0 and doc["auc_xl_in_chunk_classification"] == 0.98
+    assert doc["auc_region_only_in_chunk_classification"] == 0.55
+    assert doc["auc_region_only"] == 0.55  # the region-only run closest to solving a probe, any head

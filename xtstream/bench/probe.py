@@ -15,6 +15,12 @@ Probes (regions of ``R`` px, chunks of ``C`` = one region row unless said):
   Mamba through its carried state.
 * ``vertical`` — two rows of ``2 C`` regions: the marker in row 0, squares in the region directly
   below it, which is two chunks later in row-major order.
+
+The same probes for the **classification head** (``head="classification"``): every scene holds a
+disc and a square in two regions placed as above (one chunk; two chunks; one above the other), and
+its class is whether the disc comes first (:func:`make_order_scene`). The two classes hold the same
+regions, so a region-only model's mean pool — a function of the regions' set — is blind by
+construction; the score is the scene AUC of the class-1 probability after the scene's last chunk.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from xtstream.data.chunk import RegionChunk
 from xtstream.data.grid import RegionGrid
 
 PROBES = ("in_chunk", "across_chunks", "vertical")
+HEADS = ("xview3", "classification")
 SQUARE = 16
 MARKER_RADIUS = 8
 
@@ -106,21 +113,67 @@ def make_scene(probe: str, marked: bool, rng: np.random.Generator, *, region: in
     return ProbeScene(chunks, marked, squares)
 
 
+def make_order_scene(probe: str, disc_first: bool, rng: np.random.Generator, *, region: int = 64,
+                     chunk: int = 4, scene_id: str = "probe") -> ProbeScene:
+    """A probe scene for the classification head: noise (std 0.1), a disc (+3) in one region and a
+    square (+1.5) in another; the scene's class (target ``label``, every region) is 1 when the
+    disc comes first in row-major order. Every scene holds the same two things, so any function of
+    the regions' *set* — a region-only model's mean pool — is blind to the class; only context,
+    which sees where each is relative to the other, can tell.
+
+    Where they go: ``in_chunk`` two of the row's ``C`` regions; ``across_chunks`` two different
+    rows (chunks), any column each; ``vertical`` the same column, one in each row (two chunks
+    apart). ``squares`` holds the square's ``(region, y, x)``."""
+    lay = probe_layout(probe, chunk)
+    grid = RegionGrid(lay.rows * region, lay.cols * region, region)
+    image = rng.normal(0.0, 0.1, (1, grid.height, grid.width)).astype(np.float32)
+    if probe == "in_chunk":
+        first, second = sorted(int(c) for c in rng.choice(lay.cols, 2, replace=False))
+    elif probe == "across_chunks":
+        rows = sorted(int(r) for r in rng.choice(lay.rows, 2, replace=False))
+        first, second = (r * lay.cols + int(rng.integers(lay.cols)) for r in rows)
+    else:
+        col = int(rng.integers(lay.cols))
+        first, second = col, col + lay.cols
+    disc, square = (first, second) if disc_first else (second, first)
+    y0, x0, _, _ = grid.window(disc)
+    yy, xx = np.mgrid[:region, :region]
+    image[0, y0:y0 + region, x0:x0 + region][(yy - region / 2) ** 2 + (xx - region / 2) ** 2 <= MARKER_RADIUS**2] += 3.0
+    y0, x0, _, _ = grid.window(square)
+    dy, dx = (int(v) for v in rng.integers(4, region - SQUARE - 4, size=2))
+    image[0, y0 + dy:y0 + dy + SQUARE, x0 + dx:x0 + dx + SQUARE] += 1.5
+    chunks = []
+    for start in range(0, len(grid), chunk):
+        idx = list(range(start, min(start + chunk, len(grid))))
+        pixels = np.stack([_crop(image, grid, i) for i in idx])
+        chunks.append(RegionChunk(scene_id, grid, idx, pixels, {"label": np.full(len(idx), int(disc_first), np.int64)}))
+    return ProbeScene(chunks, disc_first, [(square, dy, dx)])
+
+
 def _crop(image: np.ndarray, grid: RegionGrid, index: int) -> np.ndarray:
     y0, x0, y1, x1 = grid.window(index)
     return image[:, y0:y1, x0:x1]
 
 
+def scene_maker(head: str):
+    """The scene generator of ``head``'s probes: :func:`make_scene` (``xview3``) or
+    :func:`make_order_scene` (``classification``)."""
+    if head not in HEADS:
+        raise ValueError(f"unknown probe head {head!r}; known: {HEADS}")
+    return make_scene if head == "xview3" else make_order_scene
+
+
 def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4,
-                    scenes_per_step: int = 1) -> Iterator[RegionChunk]:
-    """An endless stream of fresh probe scenes, half marked, chunk by chunk — ``scenes_per_step``
-    scenes at a time, interleaved (chunk 0 of each, then chunk 1 of each, ...), so that the
-    training engine batches their chunks at the same grid positions into one step."""
+                    scenes_per_step: int = 1, head: str = "xview3") -> Iterator[RegionChunk]:
+    """An endless stream of fresh probe scenes, half marked (half of each class), chunk by chunk —
+    ``scenes_per_step`` scenes at a time, interleaved (chunk 0 of each, then chunk 1 of each, ...),
+    so that the training engine batches their chunks at the same grid positions into one step."""
+    make = scene_maker(head)
     rng = np.random.default_rng(seed)
     k = 0
     while True:
-        scenes = [make_scene(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk,
-                             scene_id=f"train{k + j}") for j in range(scenes_per_step)]
+        scenes = [make(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk,
+                       scene_id=f"train{k + j}") for j in range(scenes_per_step)]
         k += scenes_per_step
         for i in range(len(scenes[0].chunks)):
             for scene in scenes:
@@ -145,6 +198,21 @@ def object_auc(model: Any, probe: str, *, scenes: int = 32, seed: int = 10_000, 
     return auc(np.asarray(scores[True]), np.asarray(scores[False]))
 
 
+def scene_auc(model: Any, probe: str, *, scenes: int = 128, seed: int = 10_000, region: int = 64,
+              chunk: int = 4) -> float:
+    """Scene AUC of a classification ``model`` on ``scenes`` held-out order scenes (half of each
+    class): the class-1 probability after each scene's last chunk."""
+    rng = np.random.default_rng(seed)
+    scores = {True: [], False: []}
+    model.eval()
+    with torch.no_grad():
+        for k in range(scenes):
+            scene = make_order_scene(probe, k % 2 == 0, rng, region=region, chunk=chunk, scene_id=f"eval{k}")
+            *_, last = model.stream(scene.chunks)
+            scores[scene.marked].append(float(torch.softmax(last.outputs.float(), -1)[0, 1]))
+    return auc(np.asarray(scores[True]), np.asarray(scores[False]))
+
+
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Probability that a positive scores above a negative (ties count half): Mann-Whitney U."""
     if not len(positive) or not len(negative):
@@ -154,17 +222,21 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 2, seed: int = 0,
-                **kw: Any):
+                head: str = "xview3", **kw: Any):
     """The probes' model: a small ConvNeXt (4 stages, widths 16-128) over one band, ``context``
-    of width 64, ``depth`` layers, the xView3 head."""
+    of width 64, ``depth`` layers, the xView3 head or a two-class classification head."""
     import xtstream
 
+    scene_maker(head)  # a clear error for an unknown head
     torch.manual_seed(seed)
-    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head="xview3",
-                in_chans=1, depths=(1, 1, 2, 1), dims=(16, 32, 64, 128),
-                # stride 1: the probes score the vessel map per pixel, and keep their numbers
-                # comparable with the runs before the head had a stride
-                head_kwargs={"decoder_channels": [64, 32, 16], "stride": 1})
+    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head=head,
+                in_chans=1, depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
+    if head == "xview3":
+        # stride 1: the probes score the vessel map per pixel, and keep their numbers comparable
+        # with the runs before the head had a stride
+        opts["head_kwargs"] = {"decoder_channels": [64, 32, 16], "stride": 1}
+    else:
+        opts["num_classes"] = 2
     opts.update(kw)
     return xtstream.create_model("convnext_atto", **opts)
 
@@ -180,33 +252,46 @@ class ProbeResult:
     final_loss: float
     scenes_per_step: int = 1
     context_lr_scale: float = 1.0
+    head: str = "xview3"
 
 
-#: the context encoder's learning rate over the rest's in the probes, per context kind (others: 1).
-#: Mamba: at 1x one seed of three had not learnt the across-chunk probe after 6,000 scenes (4 a
-#: step); at 3x it had, and so had the other two (2026-12-04; see the README's probe section)
-CONTEXT_LR_SCALE = {"mamba": 3.0}
+#: the context encoder's learning rate over the rest's in the probes, per head and context kind
+#: (others: 1). xView3, Mamba: at 1x one seed of three had not learnt the across-chunk probe after
+#: 6,000 scenes (4 a step); at 3x it had, and so had the other two (2026-12-04; see the README's
+#: probe section)
+CONTEXT_LR_SCALE = {"xview3": {"mamba": 3.0}, "classification": {}}
 
-#: scenes per optimiser step, per probe: with one scene a step (each step marked or not) xT-Mamba
-#: had not learnt the across-chunk probe after 4,000 scenes in any of 3 seeds, and xT-XL learnt it
-#: after ~1,200 scenes in one run and not in 4,000 in another of the same seed; ``in_chunk`` is
-#: learnt within 1,500 one-scene steps by every encoder
-SCENES_PER_STEP = {"in_chunk": 1, "across_chunks": 4, "vertical": 4}
+#: scenes per optimiser step, per head and probe. xView3: with one scene a step (each step marked or
+#: not) xT-Mamba had not learnt the across-chunk probe after 4,000 scenes in any of 3 seeds, and
+#: xT-XL learnt it after ~1,200 scenes in one run and not in 4,000 in another of the same seed;
+#: ``in_chunk`` is learnt within 1,500 one-scene steps by every encoder. Classification: a step of
+#: one scene is one class, and with one a step no encoder left AUC 0.5 in 1,600 scenes (the loss
+#: above ln 2: each step swings the output); with 8 a step xT-XL and xT-Mamba reach 1.0 by 4,000
+SCENES_PER_STEP = {"xview3": {"in_chunk": 1, "across_chunks": 4, "vertical": 4},
+                   "classification": {"in_chunk": 8, "across_chunks": 8, "vertical": 8}}
 
 #: training scenes per model by default: as many as fit the ten CPU minutes (one core) per model
-#: the probes allow, at the probe's scenes per step
-DEFAULT_SCENES = {"in_chunk": 1500, "across_chunks": 6000, "vertical": 6000}
+#: the probes allow, at the probe's scenes per step (a classification scene trains ~3x faster: no
+#: decoder)
+DEFAULT_SCENES = {"xview3": {"in_chunk": 1500, "across_chunks": 6000, "vertical": 6000},
+                  "classification": {"in_chunk": 6000, "across_chunks": 16000, "vertical": 16000}}
+
+#: held-out scenes scored per model: an xView3 scene gives several squares, a classification
+#: scene one score (128 scenes: a blind model's AUC within about ±0.05 of 0.5)
+EVAL_SCENES = {"xview3": 32, "classification": 128}
 
 
 def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int | None = None, seed: int = 0,
-              lr: float = 3e-4, chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int = 32,
+              lr: float = 3e-4, chunk: int = 4, region: int = 64, depth: int = 2, eval_scenes: int | None = None,
               progress: bool = False, bptt_chunks: int | None = None, context_lr_scale: float | None = None,
-              scenes_per_step: int | None = None,
+              scenes_per_step: int | None = None, head: str = "xview3",
               **model_kw: Any) -> ProbeResult:
     """Train a fresh probe model on ``probe``'s scenes, then score it on held-out scenes.
 
-    Budget: ``scenes`` training scenes (``None``: :data:`DEFAULT_SCENES`; ``steps``, when given,
-    counts chunk forwards instead).
+    ``head``: ``"xview3"`` (the vessel probes, object AUC) or ``"classification"`` (the order
+    probes, scene AUC). Budget: ``scenes`` training scenes (``None``: :data:`DEFAULT_SCENES`;
+    ``steps``, when given, counts chunk forwards instead); ``eval_scenes`` held-out scenes
+    (``None``: :data:`EVAL_SCENES`).
     ``bptt_chunks``: chunks back-propagated together through the carried context state, one
     optimiser step per window (``None``: one whole probe scene per window — what lets a chunk learn
     to *write* into the memory what a later chunk needs; ``1``: stop-gradient memory, a step per
@@ -221,17 +306,19 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     from xtstream.engine import train_chunks
     from xtstream.engine.optim import context_param_groups
 
+    scene_maker(head)  # a clear error for an unknown head, before any training
     per_scene = scene_chunks(probe, chunk)
     bptt_chunks = per_scene if bptt_chunks is None else bptt_chunks
-    scenes = DEFAULT_SCENES[probe] if scenes is None else scenes
-    scenes_per_step = SCENES_PER_STEP[probe] if scenes_per_step is None else scenes_per_step
+    scenes = DEFAULT_SCENES[head][probe] if scenes is None else scenes
+    scenes_per_step = SCENES_PER_STEP[head][probe] if scenes_per_step is None else scenes_per_step
+    eval_scenes = EVAL_SCENES[head] if eval_scenes is None else eval_scenes
     total = steps if steps is not None else scenes * per_scene
-    model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **model_kw)
+    model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, head=head, **model_kw)
     if context_lr_scale is None:
-        context_lr_scale = CONTEXT_LR_SCALE.get(context, 1.0)
+        context_lr_scale = CONTEXT_LR_SCALE[head].get(context, 1.0)
     opt = torch.optim.AdamW(context_param_groups(model, lr, context_lr_scale), lr=lr, weight_decay=0.01)
     start = time.perf_counter()
-    stream = training_stream(probe, seed, region=region, chunk=chunk, scenes_per_step=scenes_per_step)
+    stream = training_stream(probe, seed, region=region, chunk=chunk, scenes_per_step=scenes_per_step, head=head)
     losses = []
     # per_scene: one step per scenes_per_step scenes for every kind (a whole-scene encoder
     # yields each scene alone, so per_chunk would step it once per scene)
@@ -241,7 +328,7 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"{probe}/{context}/seed {seed}", unit="chunk")
+        bar = tqdm(total=total, desc=f"{probe}/{context}/{head}/seed {seed}", unit="chunk")
     done = 0
     for record in records:
         losses.append(record["loss"])
@@ -253,44 +340,55 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
             break
     if bar is not None:
         bar.close()
-    score = object_auc(model, probe, scenes=eval_scenes, region=region, chunk=chunk)
+    score = (object_auc if head == "xview3" else scene_auc)(model, probe, scenes=eval_scenes, region=region,
+                                                          chunk=chunk)
     tail = losses[-max(1, len(losses) // 10):]
     return ProbeResult(probe, context, seed, done, score, time.perf_counter() - start,
-                       float(np.mean(tail)), scenes_per_step, context_lr_scale)
+                       float(np.mean(tail)), scenes_per_step, context_lr_scale, head)
 
 
-#: what ``xtstream bench probe`` runs by default: the in-chunk and across-chunk probes for the
-#: streaming encoders and the region-only baseline, in_chunk for the whole-scene encoder too
-DEFAULT_RUNS = (("in_chunk", "none"), ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"),
-                ("across_chunks", "none"), ("across_chunks", "xl"), ("across_chunks", "mamba"))
+_STREAMING_RUNS = (("in_chunk", "none"), ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"),
+                   ("across_chunks", "none"), ("across_chunks", "xl"), ("across_chunks", "mamba"))
+#: what ``xtstream bench probe`` runs by default, ``(probe, context, head)``: the in-chunk and
+#: across-chunk probes for the streaming encoders and the region-only baseline, in_chunk for the
+#: whole-scene encoder too; for the xView3 head and the classification head
+DEFAULT_RUNS = tuple((p, c, h) for h in HEADS for p, c in _STREAMING_RUNS)
 #: the vertical probe (the region above, two chunks back in row-major order): region orders'
 #: business (``--runs vertical:xl,...``)
-VERTICAL_RUNS = (("vertical", "none"), ("vertical", "xl"), ("vertical", "mamba"))
+VERTICAL_RUNS = (("vertical", "none", "xview3"), ("vertical", "xl", "xview3"), ("vertical", "mamba", "xview3"))
 
 
-def sweep(runs: tuple[tuple[str, str], ...] = DEFAULT_RUNS, seeds: int = 3, steps: int | None = None,
+def run_name(probe: str, context: str, head: str = "xview3") -> str:
+    """A run's key in the results: ``<context>_<probe>``, ``_classification`` appended for that
+    head (the summary keys are ``auc_`` + it, ``region_only`` for ``none``)."""
+    return f"{context}_{probe}" + ("" if head == "xview3" else f"_{head}")
+
+
+def sweep(runs: tuple[tuple[str, ...], ...] = DEFAULT_RUNS, seeds: int = 3, steps: int | None = None,
           scenes: int | None = None, progress: bool = True, **kw: Any) -> dict[str, Any]:
-    """Every ``(probe, context)`` of ``runs`` trained from ``seeds`` seeds (``scenes`` training
-    scenes each — ``None``: :data:`DEFAULT_SCENES` — or ``steps`` chunk forwards; other keywords
-    go to :func:`run_probe`); returns the results document: per run mean/std/per-seed AUC and
-    seconds, plus the summary keys
-    ``auc_<context>_<probe>`` (means), ``auc_region_only`` (the worst region-only mean, i.e. the
-    one closest to solving a probe) and ``seeds``."""
+    """Every ``(probe, context[, head])`` of ``runs`` trained from ``seeds`` seeds (``scenes``
+    training scenes each — ``None``: :data:`DEFAULT_SCENES` — or ``steps`` chunk forwards; other
+    keywords go to :func:`run_probe`); returns the results document: per run mean/std/per-seed AUC
+    and seconds, plus the summary keys ``auc_<context>_<probe>[_classification]`` (means),
+    ``auc_region_only`` (the worst region-only mean, i.e. the one closest to solving a probe) and
+    ``seeds``. Each run records its own budget (``scenes``, ``scenes_per_step``)."""
     bptt = kw.get("bptt_chunks")
     budget = None if steps is not None else (DEFAULT_SCENES if scenes is None else scenes)
     results: dict[str, Any] = {"seeds": seeds, "scenes": budget, "steps": steps,
                                "bptt_chunks": "scene" if bptt is None else bptt, "runs": {}}
-    for probe, context in runs:
-        per_seed = [run_probe(probe, context, steps=steps, scenes=scenes, seed=s, progress=progress, **kw)
-                    for s in range(seeds)]
+    for probe, context, *rest in runs:
+        head = rest[0] if rest else "xview3"
+        per_seed = [run_probe(probe, context, steps=steps, scenes=scenes, seed=s, progress=progress, head=head,
+                              **kw) for s in range(seeds)]
         aucs = [r.auc for r in per_seed]
-        results["runs"][f"{context}_{probe}"] = {
-            "probe": probe, "context": context, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
+        results["runs"][run_name(probe, context, head)] = {
+            "probe": probe, "context": context, "head": head, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
             "auc_per_seed": aucs, "seconds_per_model": float(np.mean([r.seconds for r in per_seed])),
             "scenes": per_seed[0].steps // scene_chunks(probe, kw.get("chunk", 4)), "chunk_forwards": per_seed[0].steps,
             "final_loss": float(np.mean([r.final_loss for r in per_seed])),
             "scenes_per_step": per_seed[0].scenes_per_step,
             "context_lr_scale": per_seed[0].context_lr_scale if context != "none" else None,
+            "threads": torch.get_num_threads(),
             "date": datetime.date.today().isoformat()}
     return summarise(results)
 
@@ -303,34 +401,36 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for key in [k for k in results if k.startswith("auc_")]:
         del results[key]
     for run in results["runs"].values():
-        name = "region_only" if run["context"] == "none" else run["context"]
-        results[f"auc_{name}_{run['probe']}"] = round(run["auc_mean"], 3)
-        results[f"auc_{name}_{run['probe']}_std"] = round(run["auc_std"], 3)
+        name = run_name(run["probe"], "region_only" if run["context"] == "none" else run["context"],
+                        run.get("head", "xview3"))
+        results[f"auc_{name}"] = round(run["auc_mean"], 3)
+        results[f"auc_{name}_std"] = round(run["auc_std"], 3)
     only = [r["auc_mean"] for r in results["runs"].values() if r["context"] == "none"]
     if only:
         results["auc_region_only"] = round(max(only), 3)
     return results
 
 
-def parse_runs(text: str) -> tuple[tuple[str, str], ...]:
-    """``"in_chunk:xl,across_chunks:none"`` -> ``(("in_chunk", "xl"), ("across_chunks", "none"))``;
-    ``ValueError`` naming the bad pairs."""
-    runs = tuple(tuple(r.split(":", 1)) for r in text.split(","))
-    bad = [r for r in runs if len(r) != 2 or r[0] not in PROBES]
+def parse_runs(text: str) -> tuple[tuple[str, str, str], ...]:
+    """``"in_chunk:xl,across_chunks:none:classification"`` -> ``(("in_chunk", "xl", "xview3"),
+    ("across_chunks", "none", "classification"))`` (the head defaults to ``xview3``);
+    ``ValueError`` naming the bad ones."""
+    runs = [tuple(r.split(":")) for r in text.split(",")]
+    bad = [r for r in runs if len(r) not in (2, 3) or r[0] not in PROBES or (len(r) == 3 and r[2] not in HEADS)]
     if bad:
-        raise ValueError(f"--runs wants probe:context pairs with probes {PROBES}, got {bad}")
-    return runs  # type: ignore[return-value]
+        raise ValueError(f"--runs wants probe:context[:head] with probes {PROBES} and heads {HEADS}, got {bad}")
+    return tuple((r[0], r[1], r[2] if len(r) == 3 else "xview3") for r in runs)
 
 
 def table(results: dict[str, Any]) -> str:
-    """The sweep as a text table: probe x context, mean ± std over seeds."""
-    probes = list(dict.fromkeys(r["probe"] for r in results["runs"].values()))
+    """The sweep as a text table: (probe, head) x context, mean ± std over seeds."""
+    rows = list(dict.fromkeys((r["probe"], r.get("head", "xview3")) for r in results["runs"].values()))
     contexts = list(dict.fromkeys(r["context"] for r in results["runs"].values()))
-    lines = ["probe".ljust(15) + "".join(c.rjust(16) for c in contexts)]
-    for p in probes:
+    lines = ["probe".ljust(30) + "".join(c.rjust(16) for c in contexts)]
+    for p, h in rows:
         cells = []
         for c in contexts:
-            r = results["runs"].get(f"{c}_{p}")
+            r = results["runs"].get(run_name(p, c, h))
             cells.append(("-" if r is None else f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}").rjust(16))
-        lines.append(p.ljust(15) + "".join(cells))
+        lines.append(f"{p} ({h})".ljust(30) + "".join(cells))
     return "\n".join(lines)

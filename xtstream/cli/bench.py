@@ -12,12 +12,14 @@ from xtstream.cli import positive_int
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    probe = sub.add_parser("probe", help="context probes: does a trained xT use its context? (object AUC)",
+    probe = sub.add_parser("probe", help="context probes: does a trained xT use its context? (AUC)",
                            description="Train region-only and xT models on tasks only context can solve "
-                                       "and report each one's object AUC (mean ± std over seeds).")
+                                       "and report each one's AUC (mean ± std over seeds): object AUC "
+                                       "for the xView3 head, scene AUC for the classification head.")
     probe.add_argument("--seeds", type=positive_int, default=3, help="models per probe and context (default 3)")
     probe.add_argument("--scenes", type=positive_int,
-                       help="training scenes per model (default: 1500 for in_chunk, 6000 for the others)")
+                       help="training scenes per model (default per head and probe: xview3 1500 for "
+                            "in_chunk, 6000 for the others; classification 6000 and 16000)")
     probe.add_argument("--steps", type=positive_int,
                        help="chunk forwards per model instead of --scenes")
     probe.add_argument("--bptt-chunks", type=positive_int,
@@ -26,10 +28,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     probe.add_argument("--context-lr-scale", type=float,
                        help="the context encoder's learning rate over the rest's (default: 3 for mamba, 1 for the others)")
     probe.add_argument("--scenes-per-step", type=positive_int,
-                       help="scenes per optimiser step, batched (default: 1 for in_chunk, 4 for the others)")
-    probe.add_argument("--runs", help="comma-separated probe:context pairs (default: in_chunk and "
-                                      "across_chunks for none/xl/mamba, and in_chunk:full; the vertical "
-                                      "probe only when named, e.g. vertical:xl)")
+                       help="scenes per optimiser step, batched (default: xview3 1 for in_chunk, 4 for "
+                            "the others; classification 8)")
+    probe.add_argument("--runs", help="comma-separated probe:context[:head] (head xview3 unless named; "
+                                      "default: in_chunk and across_chunks for none/xl/mamba, and "
+                                      "in_chunk:full, for both heads; the vertical probe only when named, "
+                                      "e.g. vertical:xl or vertical:xl:classification)")
     probe.add_argument("--out", type=Path, help="write the results JSON here")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
 

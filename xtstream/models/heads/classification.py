@@ -4,6 +4,14 @@ A scene arrives one chunk at a time, so the pooled feature is a running sum and 
 chunk the head gives the logits of the scene *so far*; after the last chunk, of the whole scene.
 The carried sum is detached, so a per-chunk loss on these logits back-propagates into the current
 chunk only (each chunk's gradient is its share of the scene mean) and memory stays bounded.
+
+Why context reaches the logits: the pool is over the *contextualised* deepest map (each token plus
+the context encoder's output at it), and nothing between the pool and the logits works per region
+— the LayerNorm normalises the scene's pooled vector, so it cannot cancel what the context adds to
+a region the way a per-region decoder's normalisation did (see the xView3 head). A region-only
+model's pool is a function of the *set* of its regions; the classification context probes
+(:func:`xtstream.bench.probe.make_order_scene`: the class is which of two regions comes first)
+have the same set in both classes, and trained xT models separate them (README, context probes).
 """
 
 from __future__ import annotations
