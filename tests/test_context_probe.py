@@ -211,3 +211,20 @@ def test_probe_runs_name_their_head():
     assert doc["auc_xl_in_chunk"] == 1.0 and doc["auc_xl_in_chunk_classification"] == 0.98
     assert doc["auc_region_only_in_chunk_classification"] == 0.55
     assert doc["auc_region_only"] == 0.55  # the region-only run closest to solving a probe, any head
+
+
+def test_bench_probe_command_runs_a_classification_probe(tmp_path, capsys):
+    import json
+
+    from xtstream.cli import main
+
+    out = tmp_path / "probe.json"
+    assert main(["bench", "probe", "--runs", "in_chunk:none:classification", "--seeds", "1", "--steps", "16",
+                 "--quiet", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    run = doc["runs"]["none_in_chunk_classification"]
+    assert run["head"] == "classification" and run["chunk_forwards"] == 16 and run["scenes_per_step"] == 8
+    assert doc["auc_region_only_in_chunk_classification"] == round(run["auc_mean"], 3)
+    assert "in_chunk (classification)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"probe:context\[:head\]"):
+        main(["bench", "probe", "--runs", "in_chunk:xl:segmentation"])
