@@ -1,5 +1,6 @@
 """``xtstream bench probe [--seeds N] [--scenes N | --steps N] [--bptt-chunks K] [--out results.json]``: measurements that train
-models (see :mod:`xtstream.bench`)."""
+models (see :mod:`xtstream.bench`). ``xtstream bench erf [--rows R --cols C ...] [--out DIR]``: the
+effective receptive field of region-only and xT models (:mod:`xtstream.bench.erf`)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     probe.add_argument("--out", type=Path, help="write the results JSON here")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    erf = sub.add_parser("erf", help="effective receptive field: how far back does each model's output see?",
+                         description="Back-propagate one output (the vessel logit at the centre of a "
+                                     "noise scene's last region) to the input pixels through the carried "
+                                     "context state, for region-only, xT-XL, xT-Mamba and full-attention "
+                                     "models at random initialisation (seed 0: which pixels can reach "
+                                     "an output is the architecture's, not learnt), and report how many "
+                                     "regions back each one reaches and its gradient share outside the "
+                                     "target region; for XL, the reach its memory allows next to it.")
+    erf.add_argument("--backbone", help="a timm backbone (default: the probes' tiny ConvNeXt, widths 16-128)")
+    erf.add_argument("--rows", type=positive_int, default=3, help="scene rows in regions (default 3)")
+    erf.add_argument("--cols", type=positive_int, default=4, help="scene columns in regions (default 4)")
+    erf.add_argument("--region", type=positive_int, default=64, help="region side in px (default 64)")
+    erf.add_argument("--chunk", type=positive_int, default=4, help="regions per chunk (default 4)")
+    erf.add_argument("--depth", type=positive_int, default=2, help="context layers (default 2)")
+    erf.add_argument("--out", type=Path, help="write erf.json and erf.png into this folder")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "erf":
+        return run_erf(args)
     from xtstream.bench.probe import DEFAULT_RUNS, parse_runs, sweep, table
 
     runs = DEFAULT_RUNS
@@ -56,4 +75,18 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.out}")
+    return 0
+
+
+def run_erf(args: argparse.Namespace) -> int:
+    from xtstream.bench.erf import compare, compare_figure, table
+
+    results, maps = compare(rows=args.rows, cols=args.cols, region=args.region, chunk=args.chunk,
+                            depth=args.depth, backbone=args.backbone)
+    print(table(results))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "erf.json").write_text(json.dumps(results, indent=1) + "\n")
+        compare_figure(results, maps, args.out / "erf.png")
+        print(f"wrote {args.out / 'erf.json'}, {args.out / 'erf.png'}")
     return 0

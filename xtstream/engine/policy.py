@@ -40,6 +40,7 @@ from torch import Tensor
 from xtstream.data.chunk import RegionChunk
 from xtstream.engine.state import SceneStates
 from xtstream.errors import ModelConfigError, TrainingError
+from xtstream.models.xt import carried_state
 from xtstream.tasks.base import task_for_head
 
 POLICIES = ("per_chunk", "per_scene")
@@ -98,7 +99,7 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
     per_scene = policy == "per_scene"
     states = states if states is not None else SceneStates()
     model.train()
-    with torch.enable_grad(), _state_gradient(model, bptt_chunks > 1):
+    with torch.enable_grad(), carried_state(model) if bptt_chunks > 1 else contextlib.nullcontext():
         groups = iter(model.stream_groups(items, device=device, grad_ratio=grad_ratio, generator=generator,
                                           scenes_per_group=scenes_per_step, states=states))
         step = _Step()
@@ -148,22 +149,6 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
             if not per_scene and len(step.loss_parts) > 1:
                 step.loss = sum(step.loss_parts) / len(step.loss_parts)
             yield step.done()
-
-
-@contextlib.contextmanager
-def _state_gradient(model: Any, carried: bool) -> Iterator[None]:
-    """While ``carried``, the context encoder hands its state on *with* its gradient (truncated
-    BPTT: the engine cuts it at each window's end); restored afterwards."""
-    config = getattr(model.context, "config", None)
-    if not carried or config is None or not hasattr(config, "detach_state"):
-        yield
-        return
-    saved = config.detach_state
-    config.detach_state = False
-    try:
-        yield
-    finally:
-        config.detach_state = saved
 
 
 class _Step:

@@ -17,6 +17,7 @@ which must see a scene's tokens at once: the non-streaming reference).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -39,6 +40,23 @@ class ChunkState:
 
     context: Any = None
     head: Any = None
+
+
+@contextlib.contextmanager
+def carried_state(model: Any) -> Iterator[None]:
+    """While open, ``model``'s context encoder hands its state on *with* its gradient
+    (``config.detach_state = False``: truncated BPTT windows, receptive-field maps); the old value
+    is restored on exit, also on error. A model without such an encoder is left as it is."""
+    config = getattr(model.context, "config", None)
+    if config is None or not hasattr(config, "detach_state"):
+        yield
+        return
+    saved = config.detach_state
+    config.detach_state = False
+    try:
+        yield
+    finally:
+        config.detach_state = saved
 
 
 def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
