@@ -263,6 +263,22 @@ def custom_source_rows(r: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def erf_rows(r: dict) -> list[tuple[str, str, str]]:
+    s = r["scene"]
+    rows = []
+    for label, m in r["models"].items():
+        expect = {"region_only": "0 (its own region)", "xl": f"{m.get('reach_formula')} (depth x memory x chunk + position)",
+                  "mamba": f"{s['target']} (the first region)", "full": f"{s['target']} (the whole scene)"}.get(label, "")
+        rows.append((f"{label}: regions back from the last of {s['rows']} x {s['cols']} (chunk {s['chunk']}, depth {s['depth']})",
+                     f"{m['reach_regions']}; {m['share_outside']:.0%} of the gradient outside the region", expect))
+    sweep = r.get("reach", [])
+    if sweep:
+        pairs = ", ".join(f"d{x['depth']}/C{x['chunk']}: {x['measured']}" for x in sweep)
+        ok = all(x["measured"] == x["formula"] for x in sweep)
+        rows.append(("XL reach sweep, measured (depth/chunk: regions)", pairs, f"= formula {_mark(ok)}"))
+    return rows
+
+
 SECTIONS = [
     ("ingest_memory", "Ingest (`benchmarks/ingest_memory.py`)", ingest_rows, ingest_note),
     ("shard_throughput", "Shards (`benchmarks/shard_throughput.py`)", shard_rows, shard_note),
@@ -274,6 +290,7 @@ SECTIONS = [
     ("head_stride", "xView3 head output stride (`benchmarks/head_stride.py`)", head_rows, None),
     ("predict_scene", "Whole-scene prediction (`benchmarks/predict_scene.py`)", predict_rows, predict_note),
     ("custom_source", "Custom sources (`benchmarks/custom_source.py`)", custom_source_rows, None),
+    ("erf", "Effective receptive field at initialisation (`xtstream bench erf`, `benchmarks/erf.py`, maps `benchmarks/results/erf.png`)", erf_rows, None),
     ("context_probe", "Context probes, object AUC (xView3 head) or scene AUC (classification head), mean ± std over seeds (`xtstream bench probe`, `benchmarks/context_probe.py`)", probe_rows, None),
 ]
 
