@@ -155,3 +155,13 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
     assert models["mamba"]["reach_regions"] == 5
     assert (out / "erf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "reach (regions)" in capsys.readouterr().out
+
+
+def test_reach_command_measures_xl_against_its_formula(tmp_path, capsys):
+    from xtstream.cli import main
+
+    out = tmp_path / "reach.json"
+    assert main(["bench", "reach", "--depths", "1", "2", "--chunks", "2", "--cols", "8", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["reach"]
+    assert [(r["depth"], r["chunk"], r["measured"], r["formula"]) for r in rows] == [(1, 2, 3, 3), (2, 2, 5, 5)]
+    assert "measured" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """``xtstream bench probe [--seeds N] [--scenes N | --steps N] [--bptt-chunks K] [--out results.json]``: measurements that train
 models (see :mod:`xtstream.bench`). ``xtstream bench erf [--rows R --cols C ...] [--out DIR]``: the
-effective receptive field of region-only and xT models (:mod:`xtstream.bench.erf`)."""
+effective receptive field of region-only and xT models; ``xtstream bench reach [--depths ...]
+[--chunks ...]``: Transformer-XL's measured reach against its formula (:mod:`xtstream.bench.erf`)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,21 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     erf.add_argument("--depth", type=positive_int, default=2, help="context layers (default 2)")
     erf.add_argument("--out", type=Path, help="write erf.json and erf.png into this folder")
 
+    reach = sub.add_parser("reach", help="how many regions back Transformer-XL reaches, measured vs its formula",
+                           description="Measure xT-XL's reach (regions back from the last region of a one-row "
+                                       "noise scene with non-zero gradient) for every depth and chunk size "
+                                       "asked, next to depth x memory chunks x chunk + position.")
+    reach.add_argument("--depths", type=positive_int, nargs="+", default=[1, 2, 3], help="context layers (default 1 2 3)")
+    reach.add_argument("--chunks", type=positive_int, nargs="+", default=[2, 4], help="chunk sizes (default 2 4)")
+    reach.add_argument("--cols", type=positive_int, default=24, help="regions in the scene's row (default 24)")
+    reach.add_argument("--out", type=Path, help="write the results JSON here")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.bench == "erf":
         return run_erf(args)
+    if args.bench == "reach":
+        return run_reach(args)
     from xtstream.bench.probe import DEFAULT_RUNS, parse_runs, sweep, table
 
     runs = DEFAULT_RUNS
@@ -89,4 +101,19 @@ def run_erf(args: argparse.Namespace) -> int:
         (args.out / "erf.json").write_text(json.dumps(results, indent=1) + "\n")
         compare_figure(results, maps, args.out / "erf.png")
         print(f"wrote {args.out / 'erf.json'}, {args.out / 'erf.png'}")
+    return 0
+
+
+def run_reach(args: argparse.Namespace) -> int:
+    from xtstream.bench.erf import reach_sweep
+
+    rows = reach_sweep(args.depths, args.chunks, cols=args.cols)
+    print("depth  chunk  measured  formula")
+    for r in rows:
+        print(f"{r['depth']:>5}  {r['chunk']:>5}  {r['measured']:>8}  {r['formula']:>7}"
+              + ("" if r["measured"] < args.cols - 1 else "  (capped: the scene's first region)"))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"cols": args.cols, "reach": rows}, indent=1) + "\n")
+        print(f"wrote {args.out}")
     return 0
