@@ -79,6 +79,22 @@ def test_xl_reach_is_the_formula_and_nothing_beyond_it(depth, chunk, cols, targe
     assert np.all(mass[chunk_end:] == 0)  # later chunks are never run
 
 
+def test_xl_memory_of_one_region_row_reaches_the_region_above():
+    # row-major order puts the region above a whole row back: out of reach of one chunk of memory,
+    # in reach when each layer remembers a row of regions (memory grows with the width, not the area)
+    rows, cols, chunk = 3, 6, 2
+    image, grid = scene(cols, rows)
+    target = grid.index(2, 3)
+    above = grid.index(1, 3)
+    h, w = tiny_model().token_grid
+    default = tiny_model(context="xl", chunk=chunk)
+    row_memory = tiny_model(context="xl", chunk=chunk, context_kwargs={"mem_len": cols * h * w})
+    assert region_mass(effective_receptive_field(default, image, target=target), grid)[above] == 0
+    erf = effective_receptive_field(row_memory, image, target=target)
+    assert region_mass(erf, grid)[above] > 0
+    assert reach_in_regions(erf, grid, target) == xl_reach_formula(1, chunk, cols // chunk, target=target)
+
+
 def test_xl_reach_formula_caps_at_the_first_region():
     assert xl_reach_formula(2, 4) == 11
     assert xl_reach_formula(2, 4, target=5) == 5
