@@ -29,7 +29,7 @@ import datetime
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -104,12 +104,8 @@ def make_scene(probe: str, marked: bool, rng: np.random.Generator, *, region: in
         if marked:
             vessel[y0 + dy:y0 + dy + SQUARE, x0 + dx:x0 + dx + SQUARE] = 1.0
         squares.append((index, dy, dx))
-    chunks = []
-    for start in range(0, len(grid), chunk):
-        idx = list(range(start, min(start + chunk, len(grid))))
-        pixels = np.stack([_crop(image, grid, i) for i in idx])
-        target = np.stack([_crop(vessel[None], grid, i)[0] for i in idx])
-        chunks.append(RegionChunk(scene_id, grid, idx, pixels, {"vessel": target}))
+    chunks = _chunks(image, grid, chunk, scene_id, lambda idx: {"vessel": np.stack([_crop(vessel[None], grid, i)[0]
+                                                                                     for i in idx])})
     return ProbeScene(chunks, marked, squares)
 
 
@@ -142,12 +138,18 @@ def make_order_scene(probe: str, disc_first: bool, rng: np.random.Generator, *, 
     y0, x0, _, _ = grid.window(square)
     dy, dx = (int(v) for v in rng.integers(4, region - SQUARE - 4, size=2))
     image[0, y0 + dy:y0 + dy + SQUARE, x0 + dx:x0 + dx + SQUARE] += 1.5
-    chunks = []
+    chunks = _chunks(image, grid, chunk, scene_id, lambda idx: {"label": np.full(len(idx), int(disc_first), np.int64)})
+    return ProbeScene(chunks, disc_first, [(square, dy, dx)])
+
+
+def _chunks(image: np.ndarray, grid: RegionGrid, chunk: int, scene_id: str,
+            targets: Callable[[list[int]], dict[str, np.ndarray]]) -> list[RegionChunk]:
+    """``image (1, H, W)`` as chunks of ``chunk`` regions, each with ``targets(indices)``."""
+    out = []
     for start in range(0, len(grid), chunk):
         idx = list(range(start, min(start + chunk, len(grid))))
-        pixels = np.stack([_crop(image, grid, i) for i in idx])
-        chunks.append(RegionChunk(scene_id, grid, idx, pixels, {"label": np.full(len(idx), int(disc_first), np.int64)}))
-    return ProbeScene(chunks, disc_first, [(square, dy, dx)])
+        out.append(RegionChunk(scene_id, grid, idx, np.stack([_crop(image, grid, i) for i in idx]), targets(idx)))
+    return out
 
 
 def _crop(image: np.ndarray, grid: RegionGrid, index: int) -> np.ndarray:
@@ -182,35 +184,43 @@ def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4,
 
 def object_auc(model: Any, probe: str, *, scenes: int = 32, seed: int = 10_000, region: int = 64,
                chunk: int = 4) -> float:
-    """Object AUC of ``model`` on ``scenes`` held-out probe scenes (half marked)."""
-    rng = np.random.default_rng(seed)
-    scores = {True: [], False: []}
-    model.eval()
-    with torch.no_grad():
-        for k in range(scenes):
-            scene = make_scene(probe, k % 2 == 0, rng, region=region, chunk=chunk, scene_id=f"eval{k}")
-            prob = {}
-            for c in model.stream(scene.chunks):
-                v = torch.sigmoid(c.outputs["vessel"][:, 0]).cpu().numpy()
-                prob.update({i: v[j] for j, i in enumerate(c.indices)})
-            for index, dy, dx in scene.squares:
-                scores[scene.marked].append(float(prob[index][dy:dy + SQUARE, dx:dx + SQUARE].mean()))
-    return auc(np.asarray(scores[True]), np.asarray(scores[False]))
+    """Object AUC of ``model`` on ``scenes`` held-out probe scenes (half marked): each square's
+    mean vessel probability."""
+    return held_out_auc(model, probe, "xview3", scenes=scenes, seed=seed, region=region, chunk=chunk)
 
 
 def scene_auc(model: Any, probe: str, *, scenes: int = 128, seed: int = 10_000, region: int = 64,
               chunk: int = 4) -> float:
     """Scene AUC of a classification ``model`` on ``scenes`` held-out order scenes (half of each
     class): the class-1 probability after each scene's last chunk."""
+    return held_out_auc(model, probe, "classification", scenes=scenes, seed=seed, region=region, chunk=chunk)
+
+
+def held_out_auc(model: Any, probe: str, head: str, *, scenes: int, seed: int = 10_000, region: int = 64,
+                 chunk: int = 4) -> float:
+    """AUC of ``model`` on ``scenes`` held-out scenes of ``head``'s probe (half of each kind)."""
+    make = scene_maker(head)
     rng = np.random.default_rng(seed)
-    scores = {True: [], False: []}
+    scores: dict[bool, list[float]] = {True: [], False: []}
     model.eval()
     with torch.no_grad():
         for k in range(scenes):
-            scene = make_order_scene(probe, k % 2 == 0, rng, region=region, chunk=chunk, scene_id=f"eval{k}")
-            *_, last = model.stream(scene.chunks)
-            scores[scene.marked].append(float(torch.softmax(last.outputs.float(), -1)[0, 1]))
+            scene = make(probe, k % 2 == 0, rng, region=region, chunk=chunk, scene_id=f"eval{k}")
+            out = list(model.stream(scene.chunks))
+            scores[scene.marked] += _square_scores(out, scene) if head == "xview3" else [_class_1(out[-1])]
     return auc(np.asarray(scores[True]), np.asarray(scores[False]))
+
+
+def _square_scores(chunks: list[RegionChunk], scene: ProbeScene) -> list[float]:
+    prob = {}
+    for c in chunks:
+        v = torch.sigmoid(c.outputs["vessel"][:, 0]).cpu().numpy()
+        prob.update({i: v[j] for j, i in enumerate(c.indices)})
+    return [float(prob[i][dy:dy + SQUARE, dx:dx + SQUARE].mean()) for i, dy, dx in scene.squares]
+
+
+def _class_1(last: RegionChunk) -> float:
+    return float(torch.softmax(last.outputs.float(), -1)[0, 1])
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
