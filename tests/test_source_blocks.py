@@ -65,7 +65,7 @@ def test_a_budget_below_one_chunk_row_recomputes_and_says_how_to_fix_it():
     src = CountingSource(256, 256, bands=1)
     reader = SourceWindows(src, tile=128, cache_bytes=128 * 128 * 4)  # one chunk of a row of two
     grid = RegionGrid(256, 256, 32)
-    with pytest.warns(UserWarning, match=r"counting: source chunks of 128x128 px are computed again.*chunks as high"):
+    with pytest.warns(UserWarning, match=r"counting: source chunks of 128x128 px are computed again.*chunks as high.*xtstream ingest"):
         regions = list(iter_regions(reader, grid, max_read_bytes=32 * 256 * 4))
     assert len(regions) == 64 and max(src.calls.values()) > 1
     for s in regions[::7]:

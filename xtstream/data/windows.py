@@ -217,7 +217,8 @@ class BlockCache:
                 warnings.warn(f"{self.name}: source chunks of {data.shape[-2]}x{data.shape[-1]} px are computed "
                               f"again for later region rows (a row of chunks is {row / 2**20:.0f} MiB, over the "
                               f"{self.max_bytes / 2**20:.0f} MiB kept): give the source chunks as high as a "
-                              "region (to_dataarray(chunks=…)), or read it by windows (WindowedSource)",
+                              "region (to_dataarray(chunks=…)), read it by windows (WindowedSource), or "
+                              "ingest it to a store first (xtstream ingest)",
                               stacklevel=4)
         self._seen.add(coords)
         self._kept[coords] = data
