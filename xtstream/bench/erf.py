@@ -168,20 +168,11 @@ def xl_reach_formula(depth: int, chunk: int, mem_chunks: int = 1, *, target: int
 # -- the comparison behind ``xtstream bench erf`` and benchmarks/erf.py ---------------------------
 def erf_model(context: str, *, backbone: str | None = None, chunk: int = 4, region: int = 64, depth: int = 2,
               seed: int = 0, **kw: Any) -> Any:
-    """A random-init model to measure: the probes' tiny ConvNeXt (``backbone=None``,
-    :func:`xtstream.bench.probe.probe_model`) or ``backbone`` (a timm name) with the same context
-    (width 64, 4 heads) and xView3 head at stride 1, over one band."""
+    """A random-init model to measure: :func:`xtstream.bench.probe.probe_model` with the xView3 head
+    (the probes' tiny ConvNeXt, or ``backbone``, a timm name)."""
     from xtstream.bench.probe import probe_model
 
-    if backbone is None:
-        return probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **kw)
-    import xtstream
-
-    torch.manual_seed(seed)
-    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head="xview3",
-                in_chans=1, head_kwargs={"decoder_channels": [64, 32, 16], "stride": 1})
-    opts.update(kw)
-    return xtstream.create_model(backbone, **opts)
+    return probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, backbone=backbone, **kw)
 
 
 def noise_scene(rows: int, cols: int, region: int, seed: int = 0) -> np.ndarray:

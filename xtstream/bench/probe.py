@@ -232,15 +232,17 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 2, seed: int = 0,
-                head: str = "xview3", **kw: Any):
-    """The probes' model: a small ConvNeXt (4 stages, widths 16-128) over one band, ``context``
-    of width 64, ``depth`` layers, the xView3 head or a two-class classification head."""
+                head: str = "xview3", backbone: str | None = None, **kw: Any):
+    """The probes' model: a small ConvNeXt (4 stages, widths 16-128; or ``backbone``, a timm name,
+    at its own size) over one band, ``context`` of width 64, ``depth`` layers, the xView3 head or a
+    two-class classification head."""
     import xtstream
 
     scene_maker(head)  # a clear error for an unknown head
     torch.manual_seed(seed)
-    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head=head,
-                in_chans=1, depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
+    opts = dict(region=region, chunk=chunk, context=context, dim=64, depth=depth, heads=4, head=head, in_chans=1)
+    if backbone is None:
+        opts.update(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
     if head == "xview3":
         # stride 1: the probes score the vessel map per pixel, and keep their numbers comparable
         # with the runs before the head had a stride
@@ -248,7 +250,7 @@ def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 
     else:
         opts["num_classes"] = 2
     opts.update(kw)
-    return xtstream.create_model("convnext_atto", **opts)
+    return xtstream.create_model(backbone or "convnext_atto", **opts)
 
 
 @dataclass

@@ -28,7 +28,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                        help="back-propagate through the context state over windows of this many chunks "
                             "(default: one whole probe scene; 1: stop-gradient memory)")
     probe.add_argument("--context-lr-scale", type=float,
-                       help="the context encoder's learning rate over the rest's (default: 3 for mamba, 1 for the others)")
+                       help="the context encoder's learning rate over the rest's (default: 3 for mamba with "
+                            "the xview3 head, 1 otherwise)")
     probe.add_argument("--scenes-per-step", type=positive_int,
                        help="scenes per optimiser step, batched (default: xview3 1 for in_chunk, 4 for "
                             "the others; classification 8)")
@@ -66,10 +67,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bench == "erf":
-        return run_erf(args)
-    if args.bench == "reach":
-        return run_reach(args)
+    return {"probe": run_probe, "erf": run_erf, "reach": run_reach}[args.bench](args)
+
+
+def run_probe(args: argparse.Namespace) -> int:
     from xtstream.bench.probe import DEFAULT_RUNS, parse_runs, sweep, table
 
     runs = DEFAULT_RUNS
