@@ -65,3 +65,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
+
+
+# ``.xt`` on xarray objects (xtstream.accessor): registered on import, as xarray accessors must be
+from xtstream import accessor as _accessor  # noqa: E402,F401

@@ -16,7 +16,8 @@ import xarray as xr
 
 from xtstream.errors import SourceError
 from xtstream.data.specs import DatasetSpec, load_spec
-from xtstream.data.sources.base import DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray, source_fingerprint
+from xtstream.data.sources.base import (DEFAULT_CHUNK, RasterSource, WindowedSource, build_dataarray, chunk_sides,
+                                        source_fingerprint)
 from xtstream.data.sources.geotiff import TIFF_SUFFIXES, GeoTIFFSource, path_name, is_remote
 from xtstream.data.sources.images import (IMAGE_SUFFIXES, ImageRef, ImageSource, expand_sources,
                                           is_image_dir, is_image_list, list_images)
@@ -24,7 +25,7 @@ from xtstream.data.sources.memory import ArraySource
 from xtstream.data.sources.zarr_store import ZarrSource
 
 __all__ = ["RasterSource", "WindowedSource", "GeoTIFFSource", "ImageSource", "ImageRef", "ZarrSource",
-           "ArraySource", "open_source", "expand_sources", "list_images", "scene_files", "build_dataarray",
+           "ArraySource", "open_source", "expand_sources", "list_images", "scene_files", "build_dataarray", "chunk_sides",
            "DEFAULT_CHUNK", "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "is_image_dir", "is_image_list", "source_fingerprint",
            "is_remote"]
 

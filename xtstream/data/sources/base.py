@@ -3,7 +3,10 @@
 Two ways to plug a source in:
 
 * implement :class:`RasterSource` directly — ``name`` and ``to_dataarray(chunks)`` returning a
-  dask-backed :class:`xarray.DataArray` with dims ``(band, y, x)``; or
+  dask-backed :class:`xarray.DataArray` with dims ``(band, y, x)``, chunked as asked (``chunks``
+  is one side or ``(y, x)`` sides, :func:`chunk_sides`: streaming regions asks for chunks one
+  region high when a row of square chunks would not fit its cache, so a source that honours
+  the request streams every pixel once in flat memory); or
 * subclass :class:`WindowedSource` and implement ``read_window`` (plus the metadata attributes);
   the base class turns window reads into a dask array, one task per chunk, so any reader that can
   cut a window out of the raster streams with bounded memory.
@@ -47,9 +50,17 @@ class RasterSource(Protocol):
 
     name: str
 
-    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
-        """A dask-backed array with dims ``(band, y, x)``, chunked ``(bands, chunks, chunks)``."""
+    def to_dataarray(self, chunks: int | tuple[int, int] = DEFAULT_CHUNK) -> xr.DataArray:
+        """A dask-backed array with dims ``(band, y, x)``, chunked ``(bands, *chunk_sides(chunks))``."""
         ...
+
+
+def chunk_sides(chunks: int | tuple[int, int]) -> tuple[int, int]:
+    """``(y, x)`` chunk sides of a ``to_dataarray(chunks)`` request: one side for both, or two."""
+    if isinstance(chunks, (int, np.integer)):
+        return int(chunks), int(chunks)
+    ys, xs = chunks
+    return int(ys), int(xs)
 
 
 class WindowedSource:
@@ -101,12 +112,12 @@ class WindowedSource:
                 stamps.append([str(p), None, None])
         return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()[:16]
 
-    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
+    def to_dataarray(self, chunks: int | tuple[int, int] = DEFAULT_CHUNK) -> xr.DataArray:
         bands, height, width = self.shape
         data = da.from_array(
-            _WindowReader(self), chunks=(bands, chunks, chunks), lock=False, asarray=True,
+            _WindowReader(self), chunks=(bands, *chunk_sides(chunks)), lock=False, asarray=True,
             fancy=False, meta=np.empty((0, 0, 0), dtype=self.dtype),
-            name=f"read-{dask.base.tokenize(self.name, self.shape, str(self.dtype), chunks, _identity(self))}",
+            name=f"read-{dask.base.tokenize(self.name, self.shape, str(self.dtype), chunk_sides(chunks), _identity(self))}",
         )
         return build_dataarray(data, self.band_names, name=self.name, nodata=self.nodata,
                                crs=self.crs, transform=self.transform, paths=self.paths)

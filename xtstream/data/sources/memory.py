@@ -8,7 +8,7 @@ import dask.array as da
 import xarray as xr
 
 from xtstream.errors import SourceError
-from xtstream.data.sources.base import DEFAULT_CHUNK, build_dataarray
+from xtstream.data.sources.base import DEFAULT_CHUNK, build_dataarray, chunk_sides
 
 
 class ArraySource:
@@ -33,7 +33,8 @@ class ArraySource:
             raise SourceError(f"{scene_id}: expected a 2-D or 3-D array, got {type(array).__name__} "
                               f"of shape {getattr(array, 'shape', '?')}")
 
-    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
+    def to_dataarray(self, chunks: int | tuple[int, int] = DEFAULT_CHUNK) -> xr.DataArray:
+        ys, xs = chunk_sides(chunks)
         array = self._array
         if isinstance(array, xr.DataArray):
             if array.dims == ("y", "x"):
@@ -42,13 +43,13 @@ class ArraySource:
                 array = array.assign_coords(band=list(self._band_names))
             elif "band" not in array.coords:
                 array = array.assign_coords(band=[f"band_{i + 1}" for i in range(array.sizes["band"])])
-            array = array.chunk({"band": -1, "y": chunks, "x": chunks}).rename("image")
+            array = array.chunk({"band": -1, "y": ys, "x": xs}).rename("image")
             array.attrs.setdefault("source", self.name)
             return array
         data = da.asarray(array)
         if data.ndim == 2:
             data = data[None]
-        data = data.rechunk((data.shape[0], chunks, chunks))
+        data = data.rechunk((data.shape[0], ys, xs))
         names = self._band_names or [f"band_{i + 1}" for i in range(data.shape[0])]
         return build_dataarray(data, names, name=self.name, nodata=self._nodata)
 

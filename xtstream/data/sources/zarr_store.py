@@ -9,7 +9,7 @@ import zarr
 
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.store import IMAGE_VAR, open_store, read_status
-from xtstream.data.sources.base import DEFAULT_CHUNK
+from xtstream.data.sources.base import DEFAULT_CHUNK, chunk_sides
 
 
 class ZarrSource:
@@ -27,7 +27,7 @@ class ZarrSource:
                 and not (self.path / ".zgroup").is_file():
             raise SourceError(f"{self.path}: not a Zarr store (no zarr.json)")
 
-    def to_dataarray(self, chunks: int = DEFAULT_CHUNK) -> xr.DataArray:
+    def to_dataarray(self, chunks: int | tuple[int, int] = DEFAULT_CHUNK) -> xr.DataArray:
         if read_status(self.path).ours:
             try:
                 arr = open_store(self.path)[IMAGE_VAR]
@@ -52,7 +52,8 @@ class ZarrSource:
             arr = arr.rename(dict(zip(arr.dims, ("band", "y", "x"))))
             if "band" not in arr.coords:
                 arr = arr.assign_coords(band=[f"band_{i + 1}" for i in range(arr.sizes["band"])])
-        arr = arr.chunk({"band": -1, "y": chunks, "x": chunks}).rename("image")
+        ys, xs = chunk_sides(chunks)
+        arr = arr.chunk({"band": -1, "y": ys, "x": xs}).rename("image")
         arr.attrs["source"] = self.name
         arr.attrs["source_paths"] = [self.name]
         return arr
