@@ -315,12 +315,8 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     as a whole; only a step over several carries the *difference* the marker makes (``None``:
     :data:`SCENES_PER_STEP`).
     """
-    from xtstream.engine import train_chunks
-    from xtstream.engine.optim import context_param_groups
-
     scene_maker(head)  # a clear error for an unknown head, before any training
     per_scene = scene_chunks(probe, chunk)
-    bptt_chunks = per_scene if bptt_chunks is None else bptt_chunks
     scenes = DEFAULT_SCENES[head][probe] if scenes is None else scenes
     scenes_per_step = SCENES_PER_STEP[head][probe] if scenes_per_step is None else scenes_per_step
     eval_scenes = EVAL_SCENES[head] if eval_scenes is None else eval_scenes
@@ -328,20 +324,40 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
     model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, head=head, **model_kw)
     if context_lr_scale is None:
         context_lr_scale = CONTEXT_LR_SCALE[head].get(context, 1.0)
-    opt = torch.optim.AdamW(context_param_groups(model, lr, context_lr_scale), lr=lr, weight_decay=0.01)
     start = time.perf_counter()
     stream = training_stream(probe, seed, region=region, chunk=chunk, scenes_per_step=scenes_per_step, head=head)
-    losses = []
+    done, final_loss = train_scenes(model, stream, total=total, per_scene=per_scene, scenes_per_step=scenes_per_step,
+                                    lr=lr, context_lr_scale=context_lr_scale, bptt_chunks=bptt_chunks,
+                                    desc=f"{probe}/{context}/{head}/seed {seed}" if progress else None)
+    score = (object_auc if head == "xview3" else scene_auc)(model, probe, scenes=eval_scenes, region=region,
+                                                          chunk=chunk)
+    return ProbeResult(probe, context, seed, done, score, time.perf_counter() - start,
+                       final_loss, scenes_per_step, context_lr_scale, head)
+
+
+def train_scenes(model: Any, stream: Iterator[RegionChunk], *, total: int, per_scene: int, scenes_per_step: int,
+                 lr: float, context_lr_scale: float = 1.0, bptt_chunks: int | None = None,
+                 desc: str | None = None) -> tuple[int, float]:
+    """Train ``model`` on ``stream`` (scenes of ``per_scene`` chunks, ``scenes_per_step`` at a time
+    interleaved) for ``total`` chunk forwards: AdamW (weight decay 0.01; the context at
+    ``context_lr_scale`` x ``lr``), gradients clipped at 1, one ``per_scene`` step per group of
+    scenes. Returns (chunk forwards done, mean loss of the last tenth of the steps); ``desc``:
+    show a progress bar so named."""
+    from xtstream.engine import train_chunks
+    from xtstream.engine.optim import context_param_groups
+
+    opt = torch.optim.AdamW(context_param_groups(model, lr, context_lr_scale), lr=lr, weight_decay=0.01)
     # per_scene: one step per scenes_per_step scenes for every kind (a whole-scene encoder
     # yields each scene alone, so per_chunk would step it once per scene)
-    records = train_chunks(model, stream, opt, clip_grad_norm=1.0, bptt_chunks=bptt_chunks,
+    records = train_chunks(model, stream, opt, clip_grad_norm=1.0,
+                           bptt_chunks=per_scene if bptt_chunks is None else bptt_chunks,
                            policy="per_scene", scenes_per_step=scenes_per_step)
     bar = None
-    if progress:
+    if desc is not None:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"{probe}/{context}/{head}/seed {seed}", unit="chunk")
-    done = 0
+        bar = tqdm(total=total, desc=desc, unit="chunk")
+    done, losses = 0, []
     for record in records:
         losses.append(record["loss"])
         n = per_scene * len(record["scenes"])
@@ -352,11 +368,7 @@ def run_probe(probe: str, context: str, *, steps: int | None = None, scenes: int
             break
     if bar is not None:
         bar.close()
-    score = (object_auc if head == "xview3" else scene_auc)(model, probe, scenes=eval_scenes, region=region,
-                                                          chunk=chunk)
-    tail = losses[-max(1, len(losses) // 10):]
-    return ProbeResult(probe, context, seed, done, score, time.perf_counter() - start,
-                       float(np.mean(tail)), scenes_per_step, context_lr_scale, head)
+    return done, float(np.mean(losses[-max(1, len(losses) // 10):]))
 
 
 _STREAMING_RUNS = (("in_chunk", "none"), ("in_chunk", "xl"), ("in_chunk", "mamba"), ("in_chunk", "full"),

@@ -1,5 +1,6 @@
 """``xtstream bench probe [--seeds N] [--scenes N | --steps N] [--bptt-chunks K] [--out results.json]``: measurements that train
-models (see :mod:`xtstream.bench`). ``xtstream bench erf [--rows R --cols C ...] [--out DIR]``: the
+models (see :mod:`xtstream.bench`). ``xtstream bench context [--models …] [--seeds N] [--scenes N]``:
+the context-dependent task (:mod:`xtstream.bench.context_task`). ``xtstream bench erf [--rows R --cols C ...] [--out DIR]``: the
 effective receptive field of region-only and xT models; ``xtstream bench reach [--depths ...]
 [--chunks ...]``: Transformer-XL's measured reach against its formula (:mod:`xtstream.bench.erf`)."""
 
@@ -40,6 +41,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     probe.add_argument("--out", type=Path, help="write the results JSON here")
     probe.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    ctx = sub.add_parser("context", help="the context-dependent task: near-shore vessels, region-only vs xT "
+                                         "(F1, shore F1)",
+                         description="Train region-only, xT-XL, xT-Mamba and full-attention models on a task only "
+                                     "context solves (vessels near a shore in another region) and score detection "
+                                     "F1 and the near-shore class's F1 (xtstream.bench.context_task).")
+    ctx.add_argument("--models", default="region_only,xt_xl,xt_mamba,xt_full",
+                     help="comma-separated, of region_only, xt_xl, xt_mamba, xt_full (default: all)")
+    ctx.add_argument("--seeds", type=positive_int, default=3, help="models per kind (default 3)")
+    ctx.add_argument("--scenes", type=positive_int, help="training scenes per model (default 3000)")
+    ctx.add_argument("--eval-scenes", type=positive_int, help="held-out scenes per model (default 64)")
+    ctx.add_argument("--out", type=Path, help="write the results JSON here")
+    ctx.add_argument("--quiet", action="store_true", help="no progress bars")
+
     erf = sub.add_parser("erf", help="effective receptive field: how far back does each model's output see?",
                          description="Back-propagate one output (the vessel logit at the centre of a "
                                      "noise scene's last region) to the input pixels through the carried "
@@ -67,7 +81,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"probe": run_probe, "erf": run_erf, "reach": run_reach}[args.bench](args)
+    return {"probe": run_probe, "context": run_context, "erf": run_erf, "reach": run_reach}[args.bench](args)
+
+
+def run_context(args: argparse.Namespace) -> int:
+    from xtstream.bench.context_task import MODELS, sweep, table
+
+    models = tuple(m for m in args.models.split(",") if m)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"xtstream bench context: unknown model(s) {unknown}; known: {list(MODELS)}")
+    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
+    results = sweep(models, seeds=args.seeds, progress=not args.quiet, **kw)
+    print(table(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
 
 
 def run_probe(args: argparse.Namespace) -> int:
