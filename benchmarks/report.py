@@ -324,6 +324,13 @@ def context_task_rows(r: dict) -> list[tuple[str, str, str]]:
                      f"{secs:.0f} s a model)",
                      f"{r[f'f1_{name}']:.3f} ± {r[f'f1_{name}_std']:.3f} / "
                      f"{r[f'shore_f1_{name}']:.3f} ± {r[f'shore_f1_{name}_std']:.3f}", ""))
+    for name in ("region_only", "xt_xl", "xt_mamba", "xt_full"):
+        sights = r["runs"].get(name, {}).get("by_sight")
+        if sights:
+            rows.append((f"{name}: near/far calls right, by where the land is (rows before / column before / "
+                         "column after in the chunk / rows after)",
+                         " / ".join(f"{sights.get(k, float('nan')):.2f}" for k in
+                                    ("row_before", "column_before", "column_after", "row_after")), ""))
     if "shore_gain" in r:
         rows.append(("best xT's near-shore F1 over region-only's", f"+{r['shore_gain']:.1f} points",
                      f"≥ +10 {_mark(r['shore_gain'] >= 10)}"))

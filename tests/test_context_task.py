@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xtstream.bench.context_task import (LAND, SQUARE, ShoreScene, evaluate, make_shore_scene, predict_scene,
-                                         summarise, truth_rows)
+                                         sight, summarise, truth_rows)
 from xtstream.data.chunk import RegionChunk
 from xtstream.tasks.xview3.metric import score
 
@@ -32,6 +32,8 @@ def test_near_shore_is_set_by_a_land_strip_in_another_region(seed):
         assert index not in land
         row, col = divmod(index, cols)
         assert near == (abs((row if axis == "row" else col) - strip) == 1)
+        line = row if axis == "row" else col
+        assert sight(scene, (r, c, near)) == f"{'row' if axis == 'row' else 'column'}_{'before' if strip < line else 'after'}"
         # what the region itself shows is noise and one square, near shore or not
         region = pixels[index][0]
         assert region.max() < 2.5 and (region > 0.75).sum() == SQUARE * SQUARE
@@ -66,7 +68,9 @@ def test_an_oracle_scores_one_and_a_shore_blind_model_does_not():
     assert 0 < near < len(truth)
     assert score(blind, truth)["F1_fishing"] == pytest.approx(2 * near / (near + len(truth)))
     assert math.isnan(truth[0]["vessel_length_m"])  # unknown lengths: no length score, no division by 0
-    assert evaluate(Oracle(), scenes=4)["shore_f1"] == 1.0
+    oracle = evaluate(Oracle(), scenes=8)
+    assert oracle["shore_f1"] == 1.0 and all(v["right"] in (1.0, None) for v in oracle["by_sight"].values())
+    assert sum(v["vessels"] for v in oracle["by_sight"].values()) == oracle["vessels"]
 
 
 def test_summary_keys_and_the_cli(tmp_path):
@@ -81,6 +85,7 @@ def test_summary_keys_and_the_cli(tmp_path):
         per = [r["shore_f1"] for r in doc["runs"][name]["per_seed"]]
         assert doc[f"shore_f1_{name}"] == round(float(np.mean(per)), 3)
         assert {f"f1_{name}", f"f1_{name}_std", f"shore_f1_{name}_std"} <= set(doc)
+        assert set(doc["runs"][name]["by_sight"]) <= {"row_before", "column_before", "column_after", "row_after"}
     assert doc["shore_gain"] == round(100 * (doc["shore_f1_xt_xl"] - doc["shore_f1_region_only"]), 1)
     assert summarise(doc)["shore_gain"] == doc["shore_gain"]
     with pytest.raises(SystemExit, match="unknown model"):

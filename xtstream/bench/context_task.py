@@ -112,12 +112,22 @@ def training_stream(seed: int, *, scenes_per_step: int, **scene_kw: Any) -> Iter
                 yield scene.chunks[i]
 
 
-def predict_scene(model: Any, scene: ShoreScene, *, threshold: float = PEAK_THRESHOLD,
-                  min_distance: int = 3) -> list[dict[str, Any]]:
-    """The model's detections on ``scene`` as xView3 prediction rows: peaks of the centre map,
-    ``is_fishing`` = its probability at the peak ≥ 0.5."""
-    from xtstream.tasks.xview3.decode import find_peaks
+#: where the land strip is, seen from a vessel, in row-major order with chunks of one region row
+SIGHTS = ("row_before", "column_before", "column_after", "row_after")
 
+
+def sight(scene: ShoreScene, vessel: tuple[float, float, bool]) -> str:
+    """Where ``scene``'s land lies from ``vessel`` in reading order: a land ``row_before`` /
+    ``row_after`` (an earlier / later chunk), or a land column ``column_before`` / ``column_after``
+    (earlier / later in the vessel's own chunk)."""
+    grid = scene.chunks[0].grid
+    row, col = divmod(grid.region_of_pixel(int(vessel[0]), int(vessel[1])), grid.cols)
+    axis, strip = scene.land
+    return f"{axis.replace('col', 'column')}_{'before' if strip < (row if axis == 'row' else col) else 'after'}"
+
+
+def scene_maps(model: Any, scene: ShoreScene) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's centre and ``is_fishing`` probability maps ``(H, W)`` over ``scene``, streamed."""
     grid = scene.chunks[0].grid
     centre = torch.zeros(grid.height, grid.width)
     fishing = torch.zeros(grid.height, grid.width)
@@ -127,6 +137,17 @@ def predict_scene(model: Any, scene: ShoreScene, *, threshold: float = PEAK_THRE
                 y0, x0, y1, x1 = grid.window(i)
                 centre[y0:y1, x0:x1] = torch.sigmoid(c.outputs["centre"][j, 0].float())
                 fishing[y0:y1, x0:x1] = torch.sigmoid(c.outputs["is_fishing"][j, 0].float())
+    return centre, fishing
+
+
+def predict_scene(model: Any, scene: ShoreScene, *, threshold: float = PEAK_THRESHOLD,
+                  min_distance: int = 3, maps: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> list[dict[str, Any]]:
+    """The model's detections on ``scene`` as xView3 prediction rows: peaks of the centre map,
+    ``is_fishing`` = its probability at the peak ≥ 0.5 (``maps``: :func:`scene_maps`, if made)."""
+    from xtstream.tasks.xview3.decode import find_peaks
+
+    centre, fishing = scene_maps(model, scene) if maps is None else maps
     positions, _ = find_peaks(centre, threshold=threshold, min_distance=min_distance)[0]
     return [{"scene_id": scene.chunks[0].scene_id, "detect_scene_row": float(r), "detect_scene_column": float(c),
              "is_vessel": 1.0, "is_fishing": float(fishing[r, c] >= 0.5), "vessel_length_m": 0.0}
@@ -142,19 +163,26 @@ def truth_rows(scene: ShoreScene) -> list[dict[str, Any]]:
 
 def evaluate(model: Any, *, scenes: int = EVAL_SCENES, seed: int = 10_000, **scene_kw: Any) -> dict[str, float]:
     """``f1`` (F1_loc) and ``shore_f1`` (F1_fishing: the near-shore class) of ``model`` on
-    ``scenes`` held-out scenes, plus the xView3 metric's counts."""
+    ``scenes`` held-out scenes, plus the xView3 metric's counts and ``by_sight``: per :data:`SIGHTS`
+    case, the vessels and the share whose near/far call (``is_fishing`` at the true centre) is right."""
     from xtstream.tasks.xview3.metric import score
 
     rng = np.random.default_rng(seed)
     preds, truth = [], []
+    calls: dict[str, list[bool]] = {k: [] for k in SIGHTS}
     model.eval()
     for k in range(scenes):
         scene = make_shore_scene(rng, scene_id=f"eval{k}", **scene_kw)
-        preds += predict_scene(model, scene)
+        maps = scene_maps(model, scene)
+        preds += predict_scene(model, scene, maps=maps)
         truth += truth_rows(scene)
+        for v in scene.vessels:
+            calls[sight(scene, v)].append(bool(maps[1][int(v[0]), int(v[1])] >= 0.5) == v[2])
     s = score(preds, truth)
     return {"f1": float(s["F1_loc"]), "shore_f1": float(s["F1_fishing"]), "tp": int(s["tp"]), "fp": int(s["fp"]),
-            "fn": int(s["fn"]), "vessels": len(truth)}
+            "fn": int(s["fn"]), "vessels": len(truth),
+            "by_sight": {k: {"vessels": len(v), "right": round(float(np.mean(v)), 3) if v else None}
+                         for k, v in calls.items()}}
 
 
 def run_model(name: str, *, seed: int = 0, scenes: int = SCENES, scenes_per_step: int = SCENES_PER_STEP,
@@ -192,9 +220,13 @@ def sweep(models: tuple[str, ...] = tuple(MODELS), *, seeds: int = 3, progress: 
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """(Re)compute ``f1_<name>``, ``shore_f1_<name>`` and their ``_std`` from ``results["runs"]``,
-    and ``shore_gain``: the best xT's ``shore_f1`` minus region-only's (points of F1 x 100)."""
+    """(Re)compute ``f1_<name>``, ``shore_f1_<name>`` and their ``_std`` from ``results["runs"]``
+    (and each run's ``by_sight``, means over seeds), and ``shore_gain``: the best xT's ``shore_f1`` minus region-only's (points of F1 x 100)."""
     for name, run in results["runs"].items():
+        seen = [r["by_sight"] for r in run["per_seed"] if "by_sight" in r]
+        if seen:  # the near/far calls right, per case of where the land is, mean over seeds
+            run["by_sight"] = {k: round(float(np.mean([b[k]["right"] for b in seen if b[k]["right"] is not None])), 3)
+                               for k in SIGHTS if any(b[k]["right"] is not None for b in seen)}
         for key in ("f1", "shore_f1"):
             values = [r[key] for r in run["per_seed"]]
             results[f"{key}_{name}"] = round(float(np.mean(values)), 3)
