@@ -11,7 +11,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -113,3 +113,14 @@ def ensure_store(work: Path, h: int, w: int, *, prefix: str, tile: int, bands: l
         print(f"ingesting {scene} → {store} …", flush=True)
         ingest(scene, store, spec="xview3", bands=bands, tile=tile, progress=False)
     return store
+
+
+def merge_runs(path: Path, results: dict, summarise: Callable[[dict], dict], summary: tuple[str, ...]) -> dict:
+    """``results`` with the runs of the results file at ``path`` it does not hold, re-summarised.
+
+    The file is read now, just before the caller writes: another ``--merge`` process (one per
+    core) may have landed its runs meanwhile. Keys starting with ``summary`` are recomputed by
+    ``summarise``; the file's other keys (e.g. a note on its runs) are kept."""
+    old = json.loads(path.read_text())
+    kept = {k: v for k, v in old.items() if not k.startswith(summary)}
+    return summarise({**kept, **results, "runs": {**old["runs"], **results["runs"]}})

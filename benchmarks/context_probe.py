@@ -26,7 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import machine  # noqa: E402
+from _measure import machine, merge_runs  # noqa: E402
 
 from xtstream.bench.probe import DEFAULT_RUNS, parse_runs, summarise, sweep, table  # noqa: E402
 
@@ -62,10 +62,7 @@ def main() -> None:
                         f"{value!r}; rerun everything instead")
     results = {**machine(), **sweep(runs, seeds=args.seeds, scenes=args.scenes, bptt_chunks=args.bptt_chunks)}
     if old is not None:
-        # read again: another --merge process may have landed its runs meanwhile
-        old = json.loads(path.read_text())
-        kept = {k: v for k, v in old.items() if not k.startswith("auc_")}  # e.g. a note on its runs
-        results = summarise({**kept, **results, "runs": {**old["runs"], **results["runs"]}})
+        results = merge_runs(path, results, summarise, ("auc_",))
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")

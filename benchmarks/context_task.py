@@ -23,7 +23,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _measure import machine  # noqa: E402
+from _measure import machine, merge_runs  # noqa: E402
 
 from xtstream.bench.context_task import MODELS, summarise, sweep, table  # noqa: E402
 
@@ -49,9 +49,7 @@ def main() -> None:
     kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
     results = {**machine(), **sweep(models, seeds=args.seeds, **kw)}
     if args.merge and path.exists():
-        old = json.loads(path.read_text())  # read again: another --merge process may have landed
-        kept = {k: v for k, v in old.items() if not k.startswith(("f1_", "shore_f1_", "shore_gain"))}
-        results = summarise({**kept, **results, "runs": {**old["runs"], **results["runs"]}})
+        results = merge_runs(path, results, summarise, ("f1_", "shore_f1_", "shore_gain"))
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")

@@ -84,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     return {"probe": run_probe, "context": run_context, "erf": run_erf, "reach": run_reach}[args.bench](args)
 
 
+def _report(text: str, results: dict, out: Path | None) -> int:
+    """Print a sweep's table; write its results JSON to ``out`` when given."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def run_context(args: argparse.Namespace) -> int:
     from xtstream.bench.context_task import MODELS, sweep, table
 
@@ -93,12 +103,7 @@ def run_context(args: argparse.Namespace) -> int:
         raise SystemExit(f"xtstream bench context: unknown model(s) {unknown}; known: {list(MODELS)}")
     kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
     results = sweep(models, seeds=args.seeds, progress=not args.quiet, **kw)
-    print(table(results))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.out}")
-    return 0
+    return _report(table(results), results, args.out)
 
 
 def run_probe(args: argparse.Namespace) -> int:
@@ -114,12 +119,7 @@ def run_probe(args: argparse.Namespace) -> int:
                                 ("scenes_per_step", args.scenes_per_step)) if v is not None}
     results = sweep(runs, seeds=args.seeds, steps=args.steps, scenes=args.scenes, progress=not args.quiet,
                     bptt_chunks=args.bptt_chunks, **extra)
-    print(table(results))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.out}")
-    return 0
+    return _report(table(results), results, args.out)
 
 
 def run_erf(args: argparse.Namespace) -> int:
