@@ -194,19 +194,20 @@ def train_rows(r: dict) -> list[tuple[str, str, str]]:
 
 
 def train_note(r: dict) -> str:
-    return ("Memory is flat: the process tree peaks at the same RSS for 64 and 4,096 regions (the sum counts "
-            "pages the forked workers share with the trainer three times; the model is small so that a "
-            "16,384² epoch fits in the run). The loader comparison misses on this machine, and not for lack of "
-            "data: the two workers alone deliver ~370 regions/s from these stores, 40× what training consumes, "
-            "and a deeper prefetch (8 chunks per worker) changes nothing. The trainer waits because its two "
-            "workers, its own threads and the other jobs of this shared 2-core machine (load average 2–13 "
-            "during the runs) compete for two cores; with one trainer thread the ratio is the same 0.64. "
-            "With a spare core per worker the loader should not cost training time; not measured here. "
-            "Rerun 2026-12-04 (speed runs only): an epoch here is ~2.5 s, and its first step comes ~0.3 s "
-            "after the start through the loader (worker start-up and two first chunks) against ~0.05 s from "
-            "memory, ~12 % of the epoch; after it, the loader ran at 0.79–0.87× (three runs). Receiving a "
-            "pickled 2-MiB chunk cost the trainer ~4 ms of its step; workers now hand the pixels over as "
-            "tensors in shared memory (~1.3 ms), which did not move the ratio beyond the runs' spread.")
+    return ("Memory does not grow with the scene: the process tree's peak is no higher for 4,096 regions "
+            "than for 64 (the sum counts pages the forked workers share with the trainer up to three times, "
+            "so it moves by a few hundred MiB between runs; the model is small so that a 16,384² epoch fits "
+            "in the run). The loader comparison misses on this machine. Not for lack of data: the two "
+            "workers alone deliver ~370 regions/s from these stores, and reading in the trainer's own process "
+            "costs ~2 ms a chunk (0.13 s of a ~2.3-s epoch). Where the rest goes (2026-12-04, this machine "
+            "otherwise idle): the first step comes ~0.25 s later through the loader (forking the workers, "
+            "their first chunks) and the trainer waits ~0.2 s in all for chunks; the remainder is the "
+            "trainer computing more slowly while two worker processes share its two cores. With one trainer "
+            "thread (a core left for the workers) the loader ran at 0.89× the same one-thread steps from "
+            "memory. Tried without gain: niced workers (0.80 → 0.75), `forkserver` workers (first chunk "
+            "after 0.45 s instead of 0.3 s), a deeper prefetch (8 chunks a worker), and tensors in shared "
+            "memory instead of pickled arrays (the trainer receives a 2-MiB chunk in ~1.3 ms instead of "
+            "~4 ms; kept).")
 
 
 def head_rows(r: dict) -> list[tuple[str, str, str]]:
