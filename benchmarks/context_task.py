@@ -3,13 +3,14 @@
     python benchmarks/context_task.py                          # 4 models x 3 seeds (about an hour on 2 cores)
     python benchmarks/context_task.py --seeds 1 --scenes 500   # a quick look
     python benchmarks/context_task.py --models xt_mamba,xt_full --threads 1 --merge   # one core's share
+    python benchmarks/context_task.py --models xt_xl,xt_mamba --order two_pass --merge   # another order
 
 The same sweep as ``xtstream bench context`` (the task: :mod:`xtstream.bench.context_task`), with
 the machine recorded. ``--merge`` keeps the other models of the existing results file (read again
 just before writing, so two ``--merge`` processes, one per core, both land). Writes
 ``benchmarks/results/context_task.json``: ``seeds``, and for each of ``region_only``, ``xt_xl``,
 ``xt_mamba``, ``xt_full``: ``f1_<name>`` and ``shore_f1_<name>`` (means over seeds) with
-``_std``, ``shore_gain`` (the best xT's shore F1 over region-only's, in points), per-seed details.
+``_std`` (``<name>_<order>`` for another ``--order``), ``shore_gain`` (the best xT's shore F1 over region-only's, in points), per-seed details.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine, merge_runs  # noqa: E402
 
-from xtstream.bench.context_task import MODELS, summarise, sweep, table  # noqa: E402
+from xtstream.bench.context_task import MODELS, ORDERS, summarise, sweep, table  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--scenes", type=int, help="training scenes per model (default: xtstream.bench.context_task.SCENES)")
     p.add_argument("--eval-scenes", type=int, help="held-out scenes per model (default: EVAL_SCENES)")
+    p.add_argument("--order", choices=ORDERS, default="row_major", help="how scenes are read (default row_major)")
     p.add_argument("--merge", action="store_true", help="keep the existing results file's other models (same seeds)")
     p.add_argument("--threads", type=int, help="torch threads (1: one model per core in parallel --merge processes)")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -47,6 +49,7 @@ def main() -> None:
     if args.merge and path.exists() and json.loads(path.read_text()).get("seeds") != args.seeds:
         p.error(f"--merge: {path} was run with other seeds; rerun everything instead")
     kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
+    kw["order"] = args.order
     results = {**machine(), **sweep(models, seeds=args.seeds, **kw)}
     if args.merge and path.exists():
         results = merge_runs(path, results, summarise, ("f1_", "shore_f1_", "shore_gain"))

@@ -314,19 +314,22 @@ def erf_rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _context_task_keys(r: dict) -> list[str]:
+    first = [k for k in ("region_only", "xt_xl", "xt_mamba", "xt_full") if k in r["runs"]]
+    return first + sorted(k for k in r["runs"] if k not in first)
+
+
 def context_task_rows(r: dict) -> list[tuple[str, str, str]]:
     rows = []
-    for name in ("region_only", "xt_xl", "xt_mamba", "xt_full"):
-        run = r["runs"].get(name)
-        if run is None:
-            continue
+    for name in _context_task_keys(r):
+        run = r["runs"][name]
         secs = sum(x["seconds"] for x in run["per_seed"]) / len(run["per_seed"])
         rows.append((f"{name}: detection F1 / near-shore F1 ({r['seeds']} seeds, {run['scenes']:,} scenes, "
                      f"{secs:.0f} s a model)",
                      f"{r[f'f1_{name}']:.3f} ± {r[f'f1_{name}_std']:.3f} / "
                      f"{r[f'shore_f1_{name}']:.3f} ± {r[f'shore_f1_{name}_std']:.3f}", ""))
-    for name in ("region_only", "xt_xl", "xt_mamba", "xt_full"):
-        sights = r["runs"].get(name, {}).get("by_sight")
+    for name in _context_task_keys(r):
+        sights = r["runs"][name].get("by_sight")
         if sights:
             rows.append((f"{name}: near/far calls right, by where the land is (rows before / column before / "
                          "column after in the chunk / rows after)",

@@ -90,3 +90,21 @@ def test_summary_keys_and_the_cli(tmp_path):
     assert summarise(doc)["shore_gain"] == doc["shore_gain"]
     with pytest.raises(SystemExit, match="unknown model"):
         main(["bench", "context", "--models", "xt_hyper"])
+
+
+def test_two_pass_reading_hands_the_whole_scene_to_its_first_chunk():
+    """Read twice, the first pass only filling the state, a scene's first chunk already has the land
+    in a later row in its context (a carried-state model at initialisation), a region-only model
+    does not change; row-major reading of the first chunk cannot depend on later chunks."""
+    from xtstream.bench.context_task import read_twice
+    from xtstream.bench.probe import probe_model
+
+    scene = make_shore_scene(np.random.default_rng(1))
+    for context, differs in (("mamba", True), ("none", False)):
+        model = probe_model(context, seed=0).eval()
+        with torch.no_grad():
+            once = next(iter(model.stream(scene.chunks))).outputs["is_fishing"]
+            twice = read_twice(model, [scene])
+        assert len(twice) == len(scene.chunks)
+        gap = float((twice[0]["is_fishing"] - once).abs().max())
+        assert (gap > 1e-5) == differs, (context, gap)

@@ -126,18 +126,86 @@ def sight(scene: ShoreScene, vessel: tuple[float, float, bool]) -> str:
     return f"{axis.replace('col', 'column')}_{'before' if strip < (row if axis == 'row' else col) else 'after'}"
 
 
-def scene_maps(model: Any, scene: ShoreScene) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's centre and ``is_fishing`` probability maps ``(H, W)`` over ``scene``, streamed."""
+#: how a scene's chunks are read: ``row_major`` once (:meth:`XTModel.stream`), or ``two_pass``:
+#: once without outputs to fill the context state (no gradient), then again from that state — the
+#: reference code's two-pass order: every region's context then holds the whole scene as the
+#: state summarises it (Mamba: all of it; Transformer-XL: its last memory chunks)
+ORDERS = ("row_major", "two_pass")
+
+
+def read_twice(model: Any, scenes: list[ShoreScene]) -> list[dict[str, torch.Tensor]]:
+    """The ``two_pass`` outputs of ``scenes`` (same grid, read together: ``(B, C, ...)`` a chunk):
+    per chunk ``{name: (B * C, 1, R, R)}``, scene-major. The second pass keeps the graph when
+    gradients are enabled; the first never does."""
+    from xtstream.models.xt import ChunkState
+
+    def one_pass(state: Any) -> tuple[list[Any], Any]:
+        outs = []
+        for k in range(len(scenes[0].chunks)):
+            pixels = torch.from_numpy(np.stack([np.asarray(s.chunks[k].pixels) for s in scenes]))
+            out, state = model(pixels, torch.from_numpy(scenes[0].chunks[k].positions), state)
+            outs.append(out)
+        return outs, state
+
+    with torch.no_grad():
+        _, state = one_pass(None)
+    return one_pass(ChunkState(context=state.context))[0]
+
+
+def scene_maps(model: Any, scene: ShoreScene, order: str = "row_major") -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's centre and ``is_fishing`` probability maps ``(H, W)`` over ``scene``, read in ``order``."""
     grid = scene.chunks[0].grid
     centre = torch.zeros(grid.height, grid.width)
     fishing = torch.zeros(grid.height, grid.width)
     with torch.no_grad():
-        for c in model.stream(scene.chunks):
-            for j, i in enumerate(c.indices):
+        if order == "two_pass":
+            chunks = [(c.indices, out) for c, out in zip(scene.chunks, read_twice(model, [scene]))]
+        else:
+            chunks = [(c.indices, c.outputs) for c in model.stream(scene.chunks)]
+        for indices, outputs in chunks:
+            for j, i in enumerate(indices):
                 y0, x0, y1, x1 = grid.window(i)
-                centre[y0:y1, x0:x1] = torch.sigmoid(c.outputs["centre"][j, 0].float())
-                fishing[y0:y1, x0:x1] = torch.sigmoid(c.outputs["is_fishing"][j, 0].float())
+                centre[y0:y1, x0:x1] = torch.sigmoid(outputs["centre"][j, 0].float())
+                fishing[y0:y1, x0:x1] = torch.sigmoid(outputs["is_fishing"][j, 0].float())
     return centre, fishing
+
+
+def train_two_pass(model: Any, seed: int, *, scenes: int, scenes_per_step: int, lr: float,
+                   desc: str | None = None, **scene_kw: Any) -> tuple[int, float]:
+    """Train ``model`` read ``two_pass`` on ``scenes`` fresh scenes, ``scenes_per_step`` a step: the
+    same optimiser as :func:`~xtstream.bench.probe.train_scenes` (AdamW, weight decay 0.01,
+    gradients clipped at 1), the loss the mean of the second pass's chunk losses, back-propagated
+    through that pass's carried state. Returns (scenes done, mean loss of the last tenth)."""
+    from xtstream.tasks.xview3.loss import xview3_loss
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    steps, losses = max(1, scenes // scenes_per_step), []
+    bar = None
+    if desc is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps * scenes_per_step, desc=desc, unit="scene")
+    model.train()
+    for step in range(steps):
+        group = [make_shore_scene(rng, scene_id=f"train{step}_{j}", **scene_kw) for j in range(scenes_per_step)]
+        outs = read_twice(model, group)
+        loss = 0.0
+        for k, out in enumerate(outs):
+            targets = {name: torch.from_numpy(np.concatenate([s.chunks[k].targets[name] for s in group]))
+                       for name in group[0].chunks[k].targets}
+            loss = loss + xview3_loss(out, targets)[0]
+        loss = loss / len(outs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(scenes_per_step)
+    if bar is not None:
+        bar.close()
+    return steps * scenes_per_step, float(np.mean(losses[-max(1, len(losses) // 10):]))
 
 
 def predict_scene(model: Any, scene: ShoreScene, *, threshold: float = PEAK_THRESHOLD,
@@ -161,7 +229,8 @@ def truth_rows(scene: ShoreScene) -> list[dict[str, Any]]:
              "distance_from_shore_km": 1.0 if near else 9.0, "confidence": "HIGH"} for r, c, near in scene.vessels]
 
 
-def evaluate(model: Any, *, scenes: int = EVAL_SCENES, seed: int = 10_000, **scene_kw: Any) -> dict[str, float]:
+def evaluate(model: Any, *, scenes: int = EVAL_SCENES, seed: int = 10_000, order: str = "row_major",
+             **scene_kw: Any) -> dict[str, float]:
     """``f1`` (F1_loc) and ``shore_f1`` (F1_fishing: the near-shore class) of ``model`` on
     ``scenes`` held-out scenes, plus the xView3 metric's counts and ``by_sight``: per :data:`SIGHTS`
     case, the vessels and the share whose near/far call (``is_fishing`` at the true centre) is right."""
@@ -173,7 +242,7 @@ def evaluate(model: Any, *, scenes: int = EVAL_SCENES, seed: int = 10_000, **sce
     model.eval()
     for k in range(scenes):
         scene = make_shore_scene(rng, scene_id=f"eval{k}", **scene_kw)
-        maps = scene_maps(model, scene)
+        maps = scene_maps(model, scene, order)
         preds += predict_scene(model, scene, maps=maps)
         truth += truth_rows(scene)
         for v in scene.vessels:
@@ -187,36 +256,53 @@ def evaluate(model: Any, *, scenes: int = EVAL_SCENES, seed: int = 10_000, **sce
 
 def run_model(name: str, *, seed: int = 0, scenes: int = SCENES, scenes_per_step: int = SCENES_PER_STEP,
               eval_scenes: int = EVAL_SCENES, lr: float = LR, depth: int = 2, progress: bool = False,
-              **scene_kw: Any) -> dict[str, Any]:
-    """Train model ``name`` (:data:`MODELS`) from ``seed`` on ``scenes`` fresh scenes and score it."""
+              order: str = "row_major", **scene_kw: Any) -> dict[str, Any]:
+    """Train model ``name`` (:data:`MODELS`) from ``seed`` on ``scenes`` fresh scenes, its scenes
+    read in ``order`` (:data:`ORDERS`), and score it."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; known: {ORDERS}")
     context = MODELS[name]
     chunk = scene_kw.setdefault("chunk", 4)
     region = scene_kw.setdefault("region", 64)
     per_scene = -(-scene_kw.get("rows", 4) * scene_kw.get("cols", 4) // chunk)
     model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed)
     start = time.perf_counter()
-    done, final_loss = train_scenes(model, training_stream(seed, scenes_per_step=scenes_per_step, **scene_kw),
-                                    total=scenes * per_scene, per_scene=per_scene, scenes_per_step=scenes_per_step,
-                                    lr=lr, desc=f"context task {name} seed {seed}" if progress else None)
-    scores = evaluate(model, scenes=eval_scenes, **scene_kw)
-    return {**scores, "seconds": time.perf_counter() - start, "final_loss": final_loss, "scenes": done // per_scene}
+    desc = f"context task {name} {order} seed {seed}" if progress else None
+    if order == "two_pass":
+        done, final_loss = train_two_pass(model, seed, scenes=scenes, scenes_per_step=scenes_per_step, lr=lr,
+                                          desc=desc, **scene_kw)
+    else:
+        chunks, final_loss = train_scenes(model, training_stream(seed, scenes_per_step=scenes_per_step, **scene_kw),
+                                          total=scenes * per_scene, per_scene=per_scene,
+                                          scenes_per_step=scenes_per_step, lr=lr, desc=desc)
+        done = chunks // per_scene
+    scores = evaluate(model, scenes=eval_scenes, order=order, **scene_kw)
+    return {**scores, "seconds": time.perf_counter() - start, "final_loss": final_loss, "scenes": done}
 
 
 def sweep(models: tuple[str, ...] = tuple(MODELS), *, seeds: int = 3, progress: bool = True,
           **kw: Any) -> dict[str, Any]:
-    """Every model of ``models`` from ``seeds`` seeds (keywords go to :func:`run_model`); the
-    results document: per model the per-seed scores, and the summary keys ``f1_<name>``,
-    ``shore_f1_<name>`` (means over seeds) with ``_std``."""
-    results: dict[str, Any] = {"seeds": seeds, "order": "row_major", "runs": {}}
+    """Every model of ``models`` from ``seeds`` seeds (keywords go to :func:`run_model`, ``order``
+    among them); the results document: per run (:func:`run_key`) the per-seed scores, and the
+    summary keys ``f1_<key>``, ``shore_f1_<key>`` (means over seeds) with ``_std``."""
+    results: dict[str, Any] = {"seeds": seeds, "runs": {}}
+    order = kw.get("order", "row_major")
     for name in models:
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
         per_seed = [run_model(name, seed=s, progress=progress, **kw) for s in range(seeds)]
-        results["runs"][name] = {
+        results["runs"][run_key(name, order)] = {
+            "model": name, "order": order,
             "context": MODELS[name], "per_seed": per_seed, "threads": torch.get_num_threads(),
             "scenes": per_seed[0]["scenes"], "scenes_per_step": kw.get("scenes_per_step", SCENES_PER_STEP),
             "eval_scenes": kw.get("eval_scenes", EVAL_SCENES), "date": datetime.date.today().isoformat()}
     return summarise(results)
+
+
+def run_key(name: str, order: str = "row_major") -> str:
+    """A run's key in the results (and in its summary keys): the model's name, ``_<order>``
+    appended for orders other than row-major."""
+    return name if order == "row_major" else f"{name}_{order}"
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
@@ -239,9 +325,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     """Mean ± std over seeds per model."""
-    lines = [f"{'model':<14}{'f1':>16}{'shore_f1':>16}{'seconds':>10}"]
+    lines = [f"{'model':<20}{'f1':>16}{'shore_f1':>16}{'seconds':>10}"]
     for name, run in results["runs"].items():
         secs = np.mean([r["seconds"] for r in run["per_seed"]])
-        lines.append(f"{name:<14}{results[f'f1_{name}']:>9.3f} ± {results[f'f1_{name}_std']:.3f}"
+        lines.append(f"{name:<20}{results[f'f1_{name}']:>9.3f} ± {results[f'f1_{name}_std']:.3f}"
                      f"{results[f'shore_f1_{name}']:>9.3f} ± {results[f'shore_f1_{name}_std']:.3f}{secs:>10.0f}")
     return "\n".join(lines)

@@ -51,6 +51,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     ctx.add_argument("--seeds", type=positive_int, default=3, help="models per kind (default 3)")
     ctx.add_argument("--scenes", type=positive_int, help="training scenes per model (default 3000)")
     ctx.add_argument("--eval-scenes", type=positive_int, help="held-out scenes per model (default 64)")
+    ctx.add_argument("--order", choices=("row_major", "two_pass"), default="row_major",
+                     help="how scenes are read: once, or twice with the first pass filling the context state")
     ctx.add_argument("--out", type=Path, help="write the results JSON here")
     ctx.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -102,7 +104,7 @@ def run_context(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"xtstream bench context: unknown model(s) {unknown}; known: {list(MODELS)}")
     kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
-    results = sweep(models, seeds=args.seeds, progress=not args.quiet, **kw)
+    results = sweep(models, seeds=args.seeds, progress=not args.quiet, order=args.order, **kw)
     return _report(table(results), results, args.out)
 
 
