@@ -24,6 +24,7 @@ a vessel in the same row; ``full`` sees the whole scene. Those vessels are guess
 from __future__ import annotations
 
 import datetime
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from xtstream.bench.probe import _chunks, probe_model, train_scenes
+from xtstream.bench.probe import _chunks, interleaved, probe_model, train_scenes
 from xtstream.data.chunk import RegionChunk
 from xtstream.data.grid import RegionGrid
 
@@ -103,13 +104,9 @@ def training_stream(seed: int, *, scenes_per_step: int, **scene_kw: Any) -> Iter
     """Endless fresh scenes, ``scenes_per_step`` at a time, their chunks interleaved (chunk 0 of
     each, then chunk 1 of each, ...), as the training engine batches them."""
     rng = np.random.default_rng(seed)
-    k = 0
-    while True:
-        scenes = [make_shore_scene(rng, scene_id=f"train{k + j}", **scene_kw) for j in range(scenes_per_step)]
-        k += scenes_per_step
-        for i in range(len(scenes[0].chunks)):
-            for scene in scenes:
-                yield scene.chunks[i]
+    for k in itertools.count(0, scenes_per_step):
+        yield from interleaved([make_shore_scene(rng, scene_id=f"train{k + j}", **scene_kw)
+                                for j in range(scenes_per_step)])
 
 
 #: where the land strip is, seen from a vessel, in row-major order with chunks of one region row
@@ -139,16 +136,9 @@ def read_twice(model: Any, scenes: list[ShoreScene], *, through_first: bool = Fa
     both passes and the state between chunks (training: what a region needs from a later row is
     written into the state in the first pass, and only a gradient through it teaches that);
     otherwise the first pass runs without one."""
+    import contextlib
+
     from xtstream.models.xt import ChunkState, carried_state
-
-    if through_first:
-        with carried_state(model):
-            return _read_twice(model, scenes, ChunkState, grad_first=True)
-    return _read_twice(model, scenes, ChunkState, grad_first=False)
-
-
-def _read_twice(model: Any, scenes: list[ShoreScene], chunk_state: Any, *, grad_first: bool) -> list[Any]:
-    ChunkState = chunk_state
 
     def one_pass(state: Any) -> tuple[list[Any], Any]:
         outs = []
@@ -158,9 +148,10 @@ def _read_twice(model: Any, scenes: list[ShoreScene], chunk_state: Any, *, grad_
             outs.append(out)
         return outs, state
 
-    with torch.set_grad_enabled(grad_first and torch.is_grad_enabled()):
-        _, state = one_pass(None)
-    return one_pass(ChunkState(context=state.context))[0]
+    with carried_state(model) if through_first else contextlib.nullcontext():
+        with torch.set_grad_enabled(through_first and torch.is_grad_enabled()):
+            _, state = one_pass(None)
+        return one_pass(ChunkState(context=state.context))[0]
 
 
 def scene_maps(model: Any, scene: ShoreScene, order: str = "row_major") -> tuple[torch.Tensor, torch.Tensor]:

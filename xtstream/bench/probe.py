@@ -26,6 +26,7 @@ construction; the score is the scene AUC of the class-1 probability after the sc
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -172,14 +173,17 @@ def training_stream(probe: str, seed: int, *, region: int = 64, chunk: int = 4,
     so that the training engine batches their chunks at the same grid positions into one step."""
     make = scene_maker(head)
     rng = np.random.default_rng(seed)
-    k = 0
-    while True:
-        scenes = [make(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk,
-                       scene_id=f"train{k + j}") for j in range(scenes_per_step)]
-        k += scenes_per_step
-        for i in range(len(scenes[0].chunks)):
-            for scene in scenes:
-                yield scene.chunks[i]
+    for k in itertools.count(0, scenes_per_step):
+        yield from interleaved([make(probe, bool(rng.integers(2)), rng, region=region, chunk=chunk,
+                                     scene_id=f"train{k + j}") for j in range(scenes_per_step)])
+
+
+def interleaved(scenes: list[Any]) -> Iterator[RegionChunk]:
+    """The chunks of ``scenes`` (of one layout) chunk 0 of each, then chunk 1 of each, ...: how the
+    training engine batches chunks at the same grid positions into one step."""
+    for i in range(len(scenes[0].chunks)):
+        for scene in scenes:
+            yield scene.chunks[i]
 
 
 def object_auc(model: Any, probe: str, *, scenes: int = 32, seed: int = 10_000, region: int = 64,
