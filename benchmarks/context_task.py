@@ -26,16 +26,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _measure import machine, merge_runs  # noqa: E402
 
-from xtstream.bench.context_task import MODELS, ORDERS, summarise, sweep, table  # noqa: E402
+from xtstream.bench.context_task import DEFAULT_MODELS, MODELS, ORDERS, summarise, sweep, table  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--scenes", type=int, help="training scenes per model (default: xtstream.bench.context_task.SCENES)")
     p.add_argument("--eval-scenes", type=int, help="held-out scenes per model (default: EVAL_SCENES)")
     p.add_argument("--order", choices=ORDERS, default="row_major", help="how scenes are read (default row_major)")
+    p.add_argument("--cols", type=int, help="scene width in regions (default 4)")
+    p.add_argument("--chunk", type=int, help="regions per chunk (default 4)")
     p.add_argument("--merge", action="store_true", help="keep the existing results file's other models (same seeds)")
     p.add_argument("--threads", type=int, help="torch threads (1: one model per core in parallel --merge processes)")
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -48,7 +50,8 @@ def main() -> None:
     path = args.out / "context_task.json"
     if args.merge and path.exists() and json.loads(path.read_text()).get("seeds") != args.seeds:
         p.error(f"--merge: {path} was run with other seeds; rerun everything instead")
-    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
+    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("cols", args.cols),
+                             ("chunk", args.chunk)) if v is not None}
     kw["order"] = args.order
     results = {**machine(), **sweep(models, seeds=args.seeds, **kw)}
     if args.merge and path.exists():

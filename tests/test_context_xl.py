@@ -116,3 +116,68 @@ def test_block_mask_with_memory_longer_than_a_chunk():
     m = xl_attention_mask([2, 2, 2], mem_len=3)
     assert m[4].tolist() == [False, True, True, True, True, True]
     assert m[0].tolist() == [True, True, False, False, False, False]
+
+
+# -- region memory: one key per earlier region ------------------------------------------------------
+def _region_scene(rows: int, cols: int, tokens: int = 4, seed: int = 0):
+    """Tokens of a rows x cols region grid, row-major, ``tokens`` per region (a 2 x 2 token grid)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, rows * cols * tokens, D, generator=g, dtype=torch.float64, requires_grad=True)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    i, j = torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")
+    pos = torch.stack([(r.reshape(-1, 1) * 2 + i.reshape(1, -1)), (c.reshape(-1, 1) * 2 + j.reshape(1, -1))], -1)
+    return x, pos.reshape(1, -1, 2).double()
+
+
+@pytest.mark.parametrize("region_mem,reaches", [(0, False), (3, False), (4, True), (8, True)])
+def test_region_memory_reaches_the_region_directly_above(region_mem, reaches):
+    # 3 x 4 regions, chunks of 2 regions, no token memory: without region memory the region
+    # above (4 regions = 2 chunks back) is out of reach of a one-layer XL; a region memory as
+    # long as the row (4 regions) brings it in
+    rows, cols, per, chunk = 3, 4, 4, 2
+    enc = _xl(1, 0, region_mem=region_mem, region_tokens=per, detach_state=False)
+    x, pos = _region_scene(rows, cols, per)
+    out, _ = _chunked(enc, x, pos, [chunk * per] * (rows * cols // chunk))
+    target = 1 * cols  # region (1, 0), first of its chunk: the region above is 4 regions back
+    out[0, target * per:(target + 1) * per].sum().backward()
+    above = x.grad[0, 0:per]  # region (0, 0)
+    beside_above = x.grad[0, per:2 * per]  # region (0, 1): 3 regions back, within a memory of 3
+    assert (above.abs().max() > 0) == reaches
+    assert (beside_above.abs().max() > 0) == (region_mem >= 3)
+
+
+def test_region_memory_stays_bounded_and_off_is_plain_xl():
+    rows, cols, per = 6, 5, 4
+    x, pos = _region_scene(rows, cols, per)
+    x = x.detach()
+    chunks = [3 * per] * (rows * cols // 3)
+    _, state = _chunked(_xl(2, None, region_mem=5, region_tokens=per), x, pos, chunks)
+    assert [r.shape for r in state.regions] == [(1, 5, D)] * 2  # 30 regions seen, 5 kept a layer
+    plain, plain_state = _chunked(_xl(2, None), x, pos, chunks)
+    off, off_state = _chunked(_xl(2, None, region_mem=0, region_tokens=per), x, pos, chunks)
+    assert torch.equal(plain, off) and off_state.regions is None
+
+
+def test_region_memory_errors_name_the_problem():
+    from xtstream.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="region_mem is a Transformer-XL memory"):
+        create_context(kind="mamba", dim=D, region_mem=4)
+    enc = _xl(1, None, region_mem=4, region_tokens=4)
+    x, pos = _region_scene(1, 4, 4)
+    with pytest.raises(ModelConfigError, match="whole regions"):
+        enc(x[:, :6].detach(), pos[:, :6])
+    with pytest.raises(ModelConfigError, match="forward_masked"):
+        enc.forward_masked(x.detach(), pos, torch.ones(16, 16, dtype=torch.bool))
+
+
+def test_xt_model_sets_region_tokens_from_its_token_grid():
+    import xtstream
+
+    model = xtstream.create_model("convnext_atto", region=64, chunk=2, in_chans=1, context="xl", dim=32, depth=1,
+                                  heads=2, region_mem=8, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    h, w = model.token_grid
+    assert model.context.config.region_tokens == h * w
+    out, state = model(torch.randn(2, 1, 64, 64), torch.tensor([[0, 0], [0, 1]]))
+    out, state = model(torch.randn(2, 1, 64, 64), torch.tensor([[1, 0], [1, 1]]), state)
+    assert state.context.regions[0].shape == (1, 4, 32)

@@ -34,10 +34,15 @@ import torch
 
 from xtstream.bench.probe import _chunks, interleaved, probe_model, train_scenes
 from xtstream.data.chunk import RegionChunk
-from xtstream.data.grid import RegionGrid
+from xtstream.data.grid import RegionGrid, region_order
 
-#: the models compared, result name -> context kind
-MODELS = {"region_only": "none", "xt_xl": "xl", "xt_mamba": "mamba", "xt_full": "full"}
+#: the models compared, result name -> context kind; ``xt_xl_rows`` is xT-XL with a region memory
+#: as long as a scene's row of regions (``region_mem = cols``: the region directly above in reach)
+MODELS = {"region_only": "none", "xt_xl": "xl", "xt_mamba": "mamba", "xt_full": "full", "xt_xl_rows": "xl"}
+#: what a sweep runs unless told otherwise
+DEFAULT_MODELS = ("region_only", "xt_xl", "xt_mamba", "xt_full")
+#: the default scene layout: 4 x 4 regions, chunks of one region row
+LAYOUT = {"rows": 4, "cols": 4, "chunk": 4}
 SQUARE = 12
 LAND = 2.0
 #: per-model defaults: training scenes, scenes per optimiser step, held-out scenes (256 vessels),
@@ -123,35 +128,63 @@ def sight(scene: ShoreScene, vessel: tuple[float, float, bool]) -> str:
     return f"{axis.replace('col', 'column')}_{'before' if strip < (row if axis == 'row' else col) else 'after'}"
 
 
-#: how a scene's chunks are read: ``row_major`` once (:meth:`XTModel.stream`), or ``two_pass``:
-#: once without outputs to fill the context state (no gradient), then again from that state — the
-#: reference code's two-pass order: every region's context then holds the whole scene as the
-#: state summarises it (Mamba: all of it; Transformer-XL: its last memory chunks)
-ORDERS = ("row_major", "two_pass")
+#: how a scene's regions are read: ``row_major`` (:meth:`XTModel.stream`, as stores and shards
+#: hold them), ``column_major`` or ``snake`` (:func:`xtstream.data.grid.region_order`), or
+#: ``two_pass``: row-major once without outputs to fill the context state, then again from that
+#: state — the reference code's two-pass order: every region's context then holds the whole scene
+#: as the state summarises it (Mamba: all of it; Transformer-XL: its last memory chunks)
+ORDERS = ("row_major", "column_major", "snake", "two_pass")
 
 
-def read_twice(model: Any, scenes: list[ShoreScene], *, through_first: bool = False) -> list[dict[str, torch.Tensor]]:
-    """The ``two_pass`` outputs of ``scenes`` (same grid, read together: ``(B, C, ...)`` a chunk):
-    per chunk ``{name: (B * C, 1, R, R)}``, scene-major. ``through_first``: keep the graph through
-    both passes and the state between chunks (training: what a region needs from a later row is
-    written into the state in the first pass, and only a gradient through it teaches that);
-    otherwise the first pass runs without one."""
+def reading(grid: RegionGrid, order: str, chunk: int) -> tuple[list[np.ndarray], int]:
+    """The chunks of region indices (row-major numbering) in reading ``order``, and how many
+    state-filling passes precede the scored one (1 for ``two_pass``, else 0)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; known: {ORDERS}")
+    seq = region_order(grid.rows, grid.cols, "row_major" if order == "two_pass" else order)
+    return [seq[i:i + chunk] for i in range(0, len(seq), chunk)], int(order == "two_pass")
+
+
+def scene_regions(scene: ShoreScene) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``scene``'s regions, row-major: pixels ``(N, 1, R, R)`` and targets ``{name: (N, R, R)}``."""
+    pixels = np.concatenate([np.asarray(c.pixels) for c in scene.chunks])
+    return pixels, {n: np.concatenate([c.targets[n] for c in scene.chunks]) for n in scene.chunks[0].targets}
+
+
+def read_ordered(model: Any, scenes: list[ShoreScene], order: str, *, through: bool = False
+                 ) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """The scored pass over ``scenes`` (same grid, read together: ``(B, C, ...)`` a chunk) in
+    ``order``: per chunk its region indices and outputs ``{name: (B * C, 1, R, R)}``, scene-major.
+    ``through``: keep the graph through the state handed between chunks, a ``two_pass`` first
+    pass included (training: what a region needs from a region read earlier is written into the
+    state, and only a gradient through it teaches that); otherwise a first pass runs without one."""
     import contextlib
 
     from xtstream.models.xt import ChunkState, carried_state
 
+    grid = scenes[0].chunks[0].grid
+    chunks, warm = reading(grid, order, model.config.chunk)
+    pixels = [scene_regions(s)[0] for s in scenes]
+
     def one_pass(state: Any) -> tuple[list[Any], Any]:
         outs = []
-        for k in range(len(scenes[0].chunks)):
-            pixels = torch.from_numpy(np.stack([np.asarray(s.chunks[k].pixels) for s in scenes]))
-            out, state = model(pixels, torch.from_numpy(scenes[0].chunks[k].positions), state)
-            outs.append(out)
+        for idx in chunks:
+            x = torch.from_numpy(np.stack([p[idx] for p in pixels]))
+            out, state = model(x, torch.from_numpy(np.stack([idx // grid.cols, idx % grid.cols], axis=1)), state)
+            outs.append((idx, out))
         return outs, state
 
-    with carried_state(model) if through_first else contextlib.nullcontext():
-        with torch.set_grad_enabled(through_first and torch.is_grad_enabled()):
-            _, state = one_pass(None)
-        return one_pass(ChunkState(context=state.context))[0]
+    with carried_state(model) if through else contextlib.nullcontext():
+        state = None
+        for _ in range(warm):
+            with torch.set_grad_enabled(through and torch.is_grad_enabled()):
+                state = ChunkState(context=one_pass(state)[1].context)
+        return one_pass(state)[0]
+
+
+def read_twice(model: Any, scenes: list[ShoreScene], *, through_first: bool = False) -> list[dict[str, torch.Tensor]]:
+    """The ``two_pass`` outputs of ``scenes``, per row-major chunk (:func:`read_ordered`)."""
+    return [out for _, out in read_ordered(model, scenes, "two_pass", through=through_first)]
 
 
 def scene_maps(model: Any, scene: ShoreScene, order: str = "row_major") -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +193,10 @@ def scene_maps(model: Any, scene: ShoreScene, order: str = "row_major") -> tuple
     centre = torch.zeros(grid.height, grid.width)
     fishing = torch.zeros(grid.height, grid.width)
     with torch.no_grad():
-        if order == "two_pass":
-            chunks = [(c.indices, out) for c, out in zip(scene.chunks, read_twice(model, [scene]))]
-        else:
+        if order == "row_major":
             chunks = [(c.indices, c.outputs) for c in model.stream(scene.chunks)]
+        else:
+            chunks = read_ordered(model, [scene], order)
         for indices, outputs in chunks:
             for j, i in enumerate(indices):
                 y0, x0, y1, x1 = grid.window(i)
@@ -172,13 +205,14 @@ def scene_maps(model: Any, scene: ShoreScene, order: str = "row_major") -> tuple
     return centre, fishing
 
 
-def train_two_pass(model: Any, seed: int, *, scenes: int, scenes_per_step: int, lr: float,
-                   desc: str | None = None, **scene_kw: Any) -> tuple[int, float]:
-    """Train ``model`` read ``two_pass`` on ``scenes`` fresh scenes, ``scenes_per_step`` a step: the
-    same optimiser as :func:`~xtstream.bench.probe.train_scenes` (AdamW, weight decay 0.01,
-    gradients clipped at 1), the loss the mean of the second pass's chunk losses, back-propagated
-    through the state carried across both passes (as the one-pass runs back-propagate a whole
-    scene; with the first pass cut off, 2 seeds of 3 did not learn the task). Returns (scenes done, mean loss of the last tenth)."""
+def train_ordered(model: Any, seed: int, *, order: str, scenes: int, scenes_per_step: int, lr: float,
+                  desc: str | None = None, **scene_kw: Any) -> tuple[int, float]:
+    """Train ``model`` on ``scenes`` fresh scenes read in ``order`` (:func:`read_ordered`),
+    ``scenes_per_step`` a step: the same optimiser as :func:`~xtstream.bench.probe.train_scenes`
+    (AdamW, weight decay 0.01, gradients clipped at 1), the loss the mean of the scored pass's
+    chunk losses, back-propagated through the state carried across the scene (as the row-major
+    runs back-propagate a whole scene), a ``two_pass`` first pass included (with it cut off, 2
+    seeds of 3 did not learn the task). Returns (scenes done, mean loss of the last tenth)."""
     from xtstream.tasks.xview3.loss import xview3_loss
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -192,11 +226,11 @@ def train_two_pass(model: Any, seed: int, *, scenes: int, scenes_per_step: int, 
     model.train()
     for step in range(steps):
         group = [make_shore_scene(rng, scene_id=f"train{step}_{j}", **scene_kw) for j in range(scenes_per_step)]
-        outs = read_twice(model, group, through_first=True)
+        outs = read_ordered(model, group, order, through=True)
+        regions = [scene_regions(s)[1] for s in group]
         loss = 0.0
-        for k, out in enumerate(outs):
-            targets = {name: torch.from_numpy(np.concatenate([s.chunks[k].targets[name] for s in group]))
-                       for name in group[0].chunks[k].targets}
+        for idx, out in outs:
+            targets = {name: torch.from_numpy(np.concatenate([r[name][idx] for r in regions])) for name in regions[0]}
             loss = loss + xview3_loss(out, targets)[0]
         loss = loss / len(outs)
         opt.zero_grad(set_to_none=True)
@@ -265,15 +299,17 @@ def run_model(name: str, *, seed: int = 0, scenes: int = SCENES, scenes_per_step
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; known: {ORDERS}")
     context = MODELS[name]
-    chunk = scene_kw.setdefault("chunk", 4)
-    region = scene_kw.setdefault("region", 64)
-    per_scene = -(-scene_kw.get("rows", 4) * scene_kw.get("cols", 4) // chunk)
-    model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed)
+    for key, value in LAYOUT.items():
+        scene_kw.setdefault(key, value)
+    chunk, region = scene_kw["chunk"], scene_kw.setdefault("region", 64)
+    per_scene = -(-scene_kw["rows"] * scene_kw["cols"] // chunk)
+    extra = {"region_mem": scene_kw["cols"]} if name == "xt_xl_rows" else {}
+    model = probe_model(context, chunk=chunk, region=region, depth=depth, seed=seed, **extra)
     start = time.perf_counter()
     desc = f"context task {name} {order} seed {seed}" if progress else None
-    if order == "two_pass":
-        done, final_loss = train_two_pass(model, seed, scenes=scenes, scenes_per_step=scenes_per_step, lr=lr,
-                                          desc=desc, **scene_kw)
+    if order != "row_major":
+        done, final_loss = train_ordered(model, seed, order=order, scenes=scenes, scenes_per_step=scenes_per_step,
+                                         lr=lr, desc=desc, **scene_kw)
     else:
         chunks, final_loss = train_scenes(model, training_stream(seed, scenes_per_step=scenes_per_step, **scene_kw),
                                           total=scenes * per_scene, per_scene=per_scene,
@@ -283,34 +319,40 @@ def run_model(name: str, *, seed: int = 0, scenes: int = SCENES, scenes_per_step
     return {**scores, "seconds": time.perf_counter() - start, "final_loss": final_loss, "scenes": done}
 
 
-def sweep(models: tuple[str, ...] = tuple(MODELS), *, seeds: int = 3, progress: bool = True,
+def sweep(models: tuple[str, ...] = DEFAULT_MODELS, *, seeds: int = 3, progress: bool = True,
           **kw: Any) -> dict[str, Any]:
     """Every model of ``models`` from ``seeds`` seeds (keywords go to :func:`run_model`, ``order``
     among them); the results document: per run (:func:`run_key`) the per-seed scores, and the
     summary keys ``f1_<key>``, ``shore_f1_<key>`` (means over seeds) with ``_std``."""
     results: dict[str, Any] = {"seeds": seeds, "runs": {}}
     order = kw.get("order", "row_major")
+    layout = {key: kw.get(key, value) for key, value in LAYOUT.items()}
     for name in models:
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
         per_seed = [run_model(name, seed=s, progress=progress, **kw) for s in range(seeds)]
-        results["runs"][run_key(name, order)] = {
-            "model": name, "order": order,
+        results["runs"][run_key(name, order, layout)] = {
+            "model": name, "order": order, "layout": layout,
             "context": MODELS[name], "per_seed": per_seed, "threads": torch.get_num_threads(),
             "scenes": per_seed[0]["scenes"], "scenes_per_step": kw.get("scenes_per_step", SCENES_PER_STEP),
             "eval_scenes": kw.get("eval_scenes", EVAL_SCENES), "date": datetime.date.today().isoformat()}
     return summarise(results)
 
 
-def run_key(name: str, order: str = "row_major") -> str:
+def run_key(name: str, order: str = "row_major", layout: dict[str, int] | None = None) -> str:
     """A run's key in the results (and in its summary keys): the model's name, ``_<order>``
-    appended for orders other than row-major."""
-    return name if order == "row_major" else f"{name}_{order}"
+    appended for orders other than row-major, ``_<rows>x<cols>c<chunk>`` for scenes other than
+    the default :data:`LAYOUT`."""
+    key = name if order == "row_major" else f"{name}_{order}"
+    if layout and layout != LAYOUT:
+        key += f"_{layout['rows']}x{layout['cols']}c{layout['chunk']}"
+    return key
 
 
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """(Re)compute ``f1_<name>``, ``shore_f1_<name>`` and their ``_std`` from ``results["runs"]``
-    (and each run's ``by_sight``, means over seeds), and ``shore_gain``: the best xT's ``shore_f1`` minus region-only's (points of F1 x 100)."""
+    (and each run's ``by_sight``, means over seeds), and ``shore_gain``: the best xT's ``shore_f1`` on
+    the default layout minus region-only's (points of F1 x 100)."""
     for name, run in results["runs"].items():
         seen = [r["by_sight"] for r in run["per_seed"] if "by_sight" in r]
         if seen:  # the near/far calls right, per case of where the land is, mean over seeds
@@ -320,7 +362,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             values = [r[key] for r in run["per_seed"]]
             results[f"{key}_{name}"] = round(float(np.mean(values)), 3)
             results[f"{key}_{name}_std"] = round(float(np.std(values)), 3)
-    xt = [results[f"shore_f1_{n}"] for n in results["runs"] if n != "region_only"]
+    xt = [results[f"shore_f1_{n}"] for n, run in results["runs"].items()
+          if n != "region_only" and run.get("layout", LAYOUT) == LAYOUT]
     if xt and "region_only" in results["runs"]:
         results["shore_gain"] = round(100 * (max(xt) - results["shore_f1_region_only"]), 1)
     return results

@@ -47,12 +47,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                      "context solves (vessels near a shore in another region) and score detection "
                                      "F1 and the near-shore class's F1 (xtstream.bench.context_task).")
     ctx.add_argument("--models", default="region_only,xt_xl,xt_mamba,xt_full",
-                     help="comma-separated, of region_only, xt_xl, xt_mamba, xt_full (default: all)")
+                     help="comma-separated, of region_only, xt_xl, xt_mamba, xt_full, xt_xl_rows (XL with a "
+                          "region memory of one row of regions) (default: the first four)")
     ctx.add_argument("--seeds", type=positive_int, default=3, help="models per kind (default 3)")
     ctx.add_argument("--scenes", type=positive_int, help="training scenes per model (default 3000)")
     ctx.add_argument("--eval-scenes", type=positive_int, help="held-out scenes per model (default 64)")
-    ctx.add_argument("--order", choices=("row_major", "two_pass"), default="row_major",
-                     help="how scenes are read: once, or twice with the first pass filling the context state")
+    ctx.add_argument("--order", choices=("row_major", "column_major", "snake", "two_pass"), default="row_major",
+                     help="how scenes are read: row after row, column after column, row-major with every other "
+                          "row right to left, or row-major twice with the first pass filling the context state")
+    ctx.add_argument("--cols", type=positive_int, help="scene width in regions (default 4)")
+    ctx.add_argument("--chunk", type=positive_int, help="regions per chunk (default 4: one row of the default scene)")
     ctx.add_argument("--out", type=Path, help="write the results JSON here")
     ctx.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -103,7 +107,8 @@ def run_context(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"xtstream bench context: unknown model(s) {unknown}; known: {list(MODELS)}")
-    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes)) if v is not None}
+    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("cols", args.cols),
+                             ("chunk", args.chunk)) if v is not None}
     results = sweep(models, seeds=args.seeds, progress=not args.quiet, order=args.order, **kw)
     return _report(table(results), results, args.out)
 

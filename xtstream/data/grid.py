@@ -179,6 +179,31 @@ def chunk_ranges(n: int, size: int) -> list[range]:
 
 
 
+#: the reading orders a scene's regions can be fed to a context encoder in (see :func:`region_order`)
+REGION_ORDERS = ("row_major", "column_major", "snake")
+
+
+def region_order(rows: int, cols: int, order: str = "row_major") -> np.ndarray:
+    """The row-major indices of a ``rows x cols`` grid's regions in reading ``order``:
+    ``row_major`` (left to right, row after row: how stores and shards hold them),
+    ``column_major`` (top to bottom, column after column) or ``snake`` (row-major with every
+    other row read right to left, so that consecutive regions always touch).
+
+    >>> region_order(2, 3, "snake").tolist()
+    [0, 1, 2, 5, 4, 3]
+    >>> region_order(2, 3, "column_major").tolist()
+    [0, 3, 1, 4, 2, 5]
+    """
+    if order not in REGION_ORDERS:
+        raise ValueError(f"unknown region order {order!r}; known: {list(REGION_ORDERS)}")
+    index = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+    if order == "column_major":
+        return index.T.reshape(-1)
+    if order == "snake":
+        index[1::2] = index[1::2, ::-1]
+    return index.reshape(-1)
+
+
 def pad_region(block: np.ndarray, region: int) -> np.ndarray:
     """Zero-pad a ``(..., h, w)`` block at the bottom/right to ``(..., region, region)``."""
     h, w = block.shape[-2:]

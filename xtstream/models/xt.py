@@ -70,10 +70,16 @@ def token_positions(positions: Tensor, h: int, w: int) -> Tensor:
     return torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()
 
 
-def _build_context(config: XTConfig, dim: int) -> nn.Module:
+def _build_context(config: XTConfig, dim: int, region_tokens: int) -> nn.Module:
+    kwargs = dict(config.context_kwargs)
+    if kwargs.get("region_mem"):  # region memory pools each region's tokens: the token grid says how many
+        given = kwargs.setdefault("region_tokens", region_tokens)
+        if given != region_tokens:
+            raise ModelConfigError(f"region_tokens={given}, but backbone {config.backbone!r} gives {region_tokens} "
+                                   "tokens a region; leave region_tokens unset")
     try:
         return create_context(ContextConfig(kind=config.context, dim=dim, depth=config.depth,
-                                            heads=config.heads, **config.context_kwargs))
+                                            heads=config.heads, **kwargs))
     except (TypeError, ValueError) as e:
         raise ModelConfigError(f"context encoder {config.context!r} (dim={dim}, depth={config.depth}, "
                                f"heads={config.heads}, {config.context_kwargs}) cannot be built: {e}") from e
@@ -111,7 +117,8 @@ class XTModel(nn.Module):
                     raise ModelConfigError(
                         f"the given context encoder has dim={given}, but backbone {config.backbone!r} "
                         f"({channels} channels) is projected to dim={dim}")
-            self.context = context_encoder if context_encoder is not None else _build_context(config, dim)
+            self.context = context_encoder if context_encoder is not None else _build_context(
+                config, dim, self.token_grid[0] * self.token_grid[1])
             self.proj_in = nn.Linear(channels, dim) if config.project else nn.Identity()
             self.proj_out = nn.Linear(dim, channels) if config.project else nn.Identity()
         self.head = create_head(config.head, self.encoder.channels, self.encoder.reductions, config)

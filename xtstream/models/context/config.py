@@ -22,7 +22,11 @@ class ContextConfig:
     scene).
 
     ``xl``: ``mem_len`` tokens of memory per layer (``None``: exactly the previous chunk, ``0``:
-    no memory). ``xl``/``full``: ``attention`` is ``"exact"`` (torch SDPA) or ``"hyper"``
+    no memory); ``region_mem`` regions of *region memory* per layer (``0``: none): each earlier
+    region's mean layer input, one key per region, so that a memory as long as a scene's row of
+    regions (``region_mem >= cols``) reaches the region directly above at ``1 / (h w)`` of the
+    cost of token memory that long; ``region_tokens`` (``h * w`` tokens per region) is set by
+    the xT model from its region encoder's token grid. ``xl``/``full``: ``attention`` is ``"exact"`` (torch SDPA) or ``"hyper"``
     (HyperAttention, tuned by ``hyper_block_size`` query rows per sorted block, ``hyper_samples``
     uniformly sampled key columns, ``hyper_bits`` LSH hyperplanes, and ``hyper_min_seq_len``: at or
     below this many keys attention is exact).
@@ -49,6 +53,8 @@ class ContextConfig:
     depth: int = 2
     heads: int = 8
     mem_len: int | None = None
+    region_mem: int = 0
+    region_tokens: int | None = None
     attention: str = "exact"
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -90,6 +96,12 @@ class ContextConfig:
             _positive_int("mem_len", self.mem_len, allow_zero=True)
         if self.dt_rank is not None:
             _positive_int("dt_rank", self.dt_rank)
+        _positive_int("region_mem", self.region_mem, allow_zero=True)
+        if self.region_tokens is not None:
+            _positive_int("region_tokens", self.region_tokens)
+        if self.region_mem and self.kind != "xl":
+            raise ModelConfigError(f"ContextConfig: region_mem is a Transformer-XL memory; kind {self.kind!r} "
+                                   "does not read it")
         for name in ("dt_min", "dt_max", "a_max", "bc_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

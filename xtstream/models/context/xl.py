@@ -13,6 +13,13 @@ sequence under the block mask :func:`xl_attention_mask`: token ``i`` of chunk ``
 ``j`` is in chunk ``c``, or ``start(c) - M <= j < start(c)`` (``M = mem_len``, or the previous
 chunk's length). Information therefore travels at most one memory span per layer: a chunk ``N``
 chunks ahead is reached through ``N`` layers, not ``N - 1`` (the context grows with depth).
+
+**Region memory** (``region_mem = K > 0``): each layer also keeps, for the last ``K`` regions
+before the chunk, the mean of its inputs over each region's ``region_tokens`` tokens, and every
+query attends to those ``K`` keys as well (``[region memory; memory; chunk]``). In row-major
+order the region directly above is ``cols`` regions back: with ``K >= cols`` it is one key away,
+where token memory would need ``cols * h * w`` tokens a layer. What is kept grows with the
+scene's width in regions, never with its height.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from xtstream.models.context.positions import add_positions
 
 class XLState(NamedTuple):
     """Per-layer memory: ``mems[n]`` is ``(B, M, D)``, layer ``n``'s inputs for the last ``M``
-    tokens seen (``None`` when ``mem_len=0``)."""
+    tokens seen (``None`` when ``mem_len=0``); ``regions[n]`` ``(B, K, D)`` its mean input over
+    each of the last ``K`` regions seen (``None`` without region memory)."""
 
     mems: tuple[Tensor | None, ...]
+    regions: tuple[Tensor | None, ...] | None = None
 
 
 @register_context("xl")
@@ -52,18 +61,24 @@ class TransformerXLContext(ContextEncoder):
         -> ``((B, L, D), XLState)``."""
         self.check_inputs(x, pos)
         mems = self._check_state(state, x)
+        regions = (state.regions if state is not None else None) or [None] * self.config.depth
         h = add_positions(x, pos)
-        new_mems = []
-        for block, mem in zip(self.blocks, mems):
+        new_mems, new_regions = [], []
+        for block, mem, reg in zip(self.blocks, mems, regions):
             new_mems.append(self._next_memory(mem, h))
-            h = block(h, mem)
-        return self.norm(h), XLState(tuple(new_mems))
+            new_regions.append(self._next_region_memory(reg, h))
+            keys = [m for m in (reg, mem) if m is not None]
+            h = block(h, torch.cat(keys, dim=1) if len(keys) > 1 else (keys[0] if keys else None))
+        return self.norm(h), XLState(tuple(new_mems), tuple(new_regions) if self.config.region_mem else None)
 
     def forward_masked(self, x: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
         """One pass over a whole sequence ``x (B, L, D)`` with no memory, every layer under the
         attention ``mask`` (boolean ``(L, L)``, ``True`` = may attend, or anything SDPA takes).
         With ``mask = xl_attention_mask(...)`` this is what chunked :meth:`forward` computes."""
         self.check_inputs(x, pos)
+        if self.config.region_mem:
+            raise ModelConfigError("TransformerXLContext.forward_masked: region memory (region_mem > 0) has no "
+                                   "token mask that equals it; run the chunks through forward()")
         h = add_positions(x, pos)
         for block in self.blocks:
             h = block(h, None, mask)
@@ -78,6 +93,19 @@ class TransformerXLContext(ContextEncoder):
         seq = h if mem is None else torch.cat([mem, h], dim=1)
         return self.hand_on(seq[:, max(0, seq.shape[1] - m):])
 
+    def _next_region_memory(self, reg: Tensor | None, h: Tensor) -> Tensor | None:
+        """``reg (B, K, D)`` with this chunk's regions' mean inputs appended, cut to the last ``K``."""
+        k, per = self.config.region_mem, self.config.region_tokens
+        if not k:
+            return None
+        if per is None or h.shape[1] % per:
+            raise ModelConfigError(f"TransformerXLContext: region memory needs chunks of whole regions of "
+                                   f"region_tokens tokens; got {h.shape[1]} tokens and region_tokens={per} "
+                                   "(the xT model sets it from its token grid)")
+        means = h.reshape(h.shape[0], -1, per, h.shape[-1]).mean(dim=2)
+        seq = means if reg is None else torch.cat([reg, means], dim=1)
+        return self.hand_on(seq[:, max(0, seq.shape[1] - k):])
+
     def _check_state(self, state: XLState | None, x: Tensor) -> Sequence[Tensor | None]:
         if state is None:
             return [None] * self.config.depth
@@ -91,7 +119,8 @@ class TransformerXLContext(ContextEncoder):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"dim={c.dim}, depth={c.depth}, heads={c.heads}, mem_len={c.mem_len}, attention={c.attention!r}"
+        extra = f", region_mem={c.region_mem}" if c.region_mem else ""
+        return f"dim={c.dim}, depth={c.depth}, heads={c.heads}, mem_len={c.mem_len}{extra}, attention={c.attention!r}"
 
 
 def xl_attention_mask(chunk_sizes: Sequence[int], mem_len: int | None = None,
