@@ -126,3 +126,21 @@ def test_two_pass_training_reaches_back_through_the_first_pass():
         grads[through] = torch.cat([p.grad.flatten() for p in model.context.parameters() if p.grad is not None])
     assert float((grads[True] - grads[False]).abs().max()) > 1e-6
     assert model.context.config.detach_state  # the model's own setting is back after reading
+
+
+@pytest.mark.parametrize("order", ["column_major", "snake"])
+def test_other_orders_read_every_region_once_and_change_only_context_models(order):
+    """Every region is scored once whatever the order; a region-only model's maps do not depend on
+    it, a context model's do (Mamba reads its tokens in that order)."""
+    from xtstream.bench.context_task import read_ordered, scene_maps
+    from xtstream.bench.probe import probe_model
+
+    scene = make_shore_scene(np.random.default_rng(3))
+    for context, differs in (("none", False), ("mamba", True)):
+        model = probe_model(context, seed=0).eval()
+        with torch.no_grad():
+            seen = np.concatenate([idx for idx, _ in read_ordered(model, [scene], order)])
+            rows = scene_maps(model, scene)[1]
+            other = scene_maps(model, scene, order)[1]
+        assert sorted(seen.tolist()) == list(range(16))
+        assert (float((rows - other).abs().max()) > 1e-5) == differs, (context, order)

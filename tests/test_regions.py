@@ -123,3 +123,26 @@ def test_out_of_range_indices_are_refused():
         grid.index(3, 0)
     with pytest.raises(IndexError):
         grid.region_of_pixel(10, 0)
+
+
+@given(rows=st.integers(1, 30), cols=st.integers(1, 30), order=st.sampled_from(["row_major", "column_major", "snake"]))
+def test_region_orders_visit_every_region_once(rows, cols, order):
+    from xtstream.data.grid import region_order
+
+    seq = region_order(rows, cols, order)
+    assert sorted(seq.tolist()) == list(range(rows * cols))
+    r, c = np.divmod(seq, cols)
+    steps = np.abs(np.diff(r)) + np.abs(np.diff(c))
+    if order == "snake":  # consecutive regions always touch: what a causal reader carries is next door
+        assert (steps == 1).all()
+    elif order == "column_major":  # down a column, then the top of the next one
+        assert (np.diff(c) >= 0).all() and ((np.diff(r) == 1) | (np.diff(c) == 1)).all()
+    else:
+        assert seq.tolist() == list(range(rows * cols))
+
+
+def test_unknown_region_order_is_refused():
+    from xtstream.data.grid import region_order
+
+    with pytest.raises(ValueError, match="unknown region order 'zigzag'"):
+        region_order(2, 2, "zigzag")

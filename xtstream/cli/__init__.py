@@ -29,7 +29,7 @@ COMMANDS = {
     "ingest": ("xtstream.cli.ingest", "ingest a raster source (or an archive of scenes) into Zarr v3"),
     "shard": ("xtstream.cli.shard", "cut Zarr scene stores into ordered WebDataset region shards"),
     "predict": ("xtstream.cli.predict", "predict whole scenes with a trained model: georeferenced maps + detections CSV"),
-    "bench": ("xtstream.cli.bench", "measurements of models: bench probe (does xT use its context?), bench erf (how far back it sees)"),
+    "bench": ("xtstream.cli.bench", "measurements of models: bench probe|context (does xT use its context?), bench erf|reach (how far back it sees), bench memory (peak memory vs image size)"),
     "train": ("xtstream.cli.train", "train (or resume) an xT model from a YAML config; torchrun for many GPUs"),
     "evaluate": ("xtstream.cli.evaluate", "score predictions: the xView3 metric, or top-1/top-5 for classification"),
     "demo": ("xtstream.cli.demo", "run the main job on a generated scene with a local dask cluster"),

@@ -76,6 +76,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     erf.add_argument("--depth", type=positive_int, default=2, help="context layers (default 2)")
     erf.add_argument("--out", type=Path, help="write erf.json and erf.png into this folder")
 
+    mem = sub.add_parser("memory", help="peak training memory vs image size: bare backbone vs xT (Fig. 6)",
+                         description="One forward + backward per image side, each in a fresh process: the timm "
+                                     "backbone on the whole image vs the xT model streamed over its regions; "
+                                     "peak RSS on CPU, peak allocated on CUDA; a child over --cap-gib is "
+                                     "killed and recorded as OOM (xtstream.bench.memory).")
+    mem.add_argument("--sizes", type=positive_int, nargs="+", default=[512, 1024, 2048, 4096],
+                     help="image sides in px (default 512 1024 2048 4096; the ratios are over 1024)")
+    mem.add_argument("--backbone", default="convnext_atto", help="a timm backbone (default convnext_atto)")
+    mem.add_argument("--context", default="xl", help="the xT model's context encoder (default xl)")
+    mem.add_argument("--region", type=positive_int, default=256, help="region side in px (default 256)")
+    mem.add_argument("--chunk", type=positive_int, default=8, help="regions per chunk (default 8)")
+    mem.add_argument("--bands", type=positive_int, default=2, help="input bands (default 2)")
+    mem.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    mem.add_argument("--cap-gib", type=float, default=16.0, help="kill a child past this RSS, as OOM (default 16)")
+    mem.add_argument("--out", type=Path, help="write model_memory.json and model_memory.png into this folder")
+
     reach = sub.add_parser("reach", help="how many regions back Transformer-XL reaches, measured vs its formula",
                            description="Measure xT-XL's reach (regions back from the last region of a one-row "
                                        "noise scene with non-zero gradient) for every depth and chunk size "
@@ -87,7 +103,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"probe": run_probe, "context": run_context, "erf": run_erf, "reach": run_reach}[args.bench](args)
+    return {"probe": run_probe, "context": run_context, "erf": run_erf, "reach": run_reach,
+            "memory": run_memory}[args.bench](args)
 
 
 def _report(text: str, results: dict, out: Path | None) -> int:
@@ -140,6 +157,22 @@ def run_erf(args: argparse.Namespace) -> int:
         (args.out / "erf.json").write_text(json.dumps(results, indent=1) + "\n")
         compare_figure(results, maps, args.out / "erf.png")
         print(f"wrote {args.out / 'erf.json'}, {args.out / 'erf.png'}")
+    return 0
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from xtstream.bench.memory import MemorySetup, measure, write
+
+    if 1024 not in args.sizes:
+        raise SystemExit("xtstream bench memory: --sizes must include 1024 (the ratios are over it)")
+    setup = MemorySetup(backbone=args.backbone, context=args.context, region=args.region, chunk=args.chunk,
+                        bands=args.bands, device=args.device)
+    results = measure(sorted(args.sizes), setup, cap_gib=args.cap_gib)
+    print(f"peak at {results['xt_ratio_top_size']}² / 1024²: xT {results['xt_mem_ratio']}, "
+          f"bare backbone {results['backbone_mem_ratio']} (at {results['backbone_ratio_top_size']}²)")
+    if args.out is not None:
+        doc, png = write(results, args.out)
+        print(f"wrote {doc}, {png}")
     return 0
 
 
