@@ -324,15 +324,16 @@ def context_task_rows(r: dict) -> list[tuple[str, str, str]]:
     for name in _context_task_keys(r):
         run = r["runs"][name]
         secs = sum(x["seconds"] for x in run["per_seed"]) / len(run["per_seed"])
-        rows.append((f"{name}: detection F1 / near-shore F1 ({r['seeds']} seeds, {run['scenes']:,} scenes, "
-                     f"{secs:.0f} s a model)",
+        lay = run.get("layout") or {"rows": 4, "cols": 4, "chunk": 4}
+        rows.append((f"{name}: detection F1 / near-shore F1 ({r['seeds']} seeds, {run['scenes']:,} scenes of "
+                     f"{lay['rows']} x {lay['cols']} regions, chunks of {lay['chunk']}, {secs:.0f} s a model)",
                      f"{r[f'f1_{name}']:.3f} ± {r[f'f1_{name}_std']:.3f} / "
                      f"{r[f'shore_f1_{name}']:.3f} ± {r[f'shore_f1_{name}_std']:.3f}", ""))
     for name in _context_task_keys(r):
         sights = r["runs"][name].get("by_sight")
         if sights:
-            rows.append((f"{name}: near/far calls right, by where the land is (rows before / column before / "
-                         "column after in the chunk / rows after)",
+            rows.append((f"{name}: near/far calls right, by where the land is (a row above / a column to the "
+                         "left / a column to the right / a row below)",
                          " / ".join(f"{sights.get(k, float('nan')):.2f}" for k in
                                     ("row_before", "column_before", "column_after", "row_after")), ""))
     if "shore_gain" in r:

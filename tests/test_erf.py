@@ -64,7 +64,7 @@ def test_xl_reach_is_the_formula_and_nothing_beyond_it(depth, chunk, cols, targe
     if mem_chunks > 1:
         h, w = tiny_model().token_grid
         kw["context_kwargs"] = {"mem_len": mem_chunks * chunk * h * w}
-    model = tiny_model(context="xl", depth=depth, chunk=chunk, **kw)
+    model = tiny_model(context="xl", depth=depth, chunk=chunk, region_mem=0, **kw)  # token memory alone
     image, grid = scene(cols)
     target = cols - 1 if target is None else target
     erf = effective_receptive_field(model, image, target=target)
@@ -81,18 +81,23 @@ def test_xl_reach_is_the_formula_and_nothing_beyond_it(depth, chunk, cols, targe
 
 def test_xl_memory_of_one_region_row_reaches_the_region_above():
     # row-major order puts the region above a whole row back: out of reach of one chunk of memory,
-    # in reach when each layer remembers a row of regions (memory grows with the width, not the area)
+    # in reach when each layer remembers a row of regions (memory grows with the width, not the
+    # area): as tokens, or as the default region memory's one key per region
     rows, cols, chunk = 3, 6, 2
     image, grid = scene(cols, rows)
     target = grid.index(2, 3)
     above = grid.index(1, 3)
     h, w = tiny_model().token_grid
-    default = tiny_model(context="xl", chunk=chunk)
-    row_memory = tiny_model(context="xl", chunk=chunk, context_kwargs={"mem_len": cols * h * w})
-    assert region_mass(effective_receptive_field(default, image, target=target), grid)[above] == 0
+    tokens_only = tiny_model(context="xl", chunk=chunk, region_mem=0)
+    row_memory = tiny_model(context="xl", chunk=chunk, region_mem=0, context_kwargs={"mem_len": cols * h * w})
+    assert region_mass(effective_receptive_field(tokens_only, image, target=target), grid)[above] == 0
     erf = effective_receptive_field(row_memory, image, target=target)
     assert region_mass(erf, grid)[above] > 0
     assert reach_in_regions(erf, grid, target) == xl_reach_formula(1, chunk, cols // chunk, target=target)
+    default = tiny_model(context="xl", chunk=chunk)
+    assert default.context.config.region_mem == 128
+    mass = region_mass(effective_receptive_field(default, image, target=target), grid)
+    assert mass[above] > 0 and np.all(mass[:target + 1] > 0)  # every region before it, in one layer
 
 
 def test_xl_reach_formula_caps_at_the_first_region():
@@ -117,7 +122,8 @@ def test_full_attention_sees_the_whole_scene_after_the_target_too():
 def test_classification_head_reaches_earlier_chunks_only_through_context():
     image, grid = scene(6)
     bare = region_mass(effective_receptive_field(tiny_model(context="none", head="classification"), image), grid)
-    xl = region_mass(effective_receptive_field(tiny_model(context="xl", head="classification"), image), grid)
+    xl = region_mass(effective_receptive_field(tiny_model(context="xl", head="classification", region_mem=0), image),
+                     grid)
     assert np.all(bare[:4] == 0) and np.all(bare[4:] > 0)  # the pool of earlier chunks is detached
     assert np.all(xl[:2] == 0) and np.all(xl[2:] > 0)
 

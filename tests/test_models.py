@@ -201,3 +201,18 @@ def test_every_preset_builds_and_runs_a_chunk(name):
         out, _ = model(torch.randn(2, c.in_chans, c.region, c.region), torch.tensor([[0, 0], [0, 1]]))
     values = out.values() if isinstance(out, dict) else [out]
     assert all(torch.isfinite(v).all() for v in values)
+
+
+def test_xl_has_region_memory_by_default_and_older_saved_configs_keep_running_without(tmp_path):
+    """New XL models remember one key per earlier region (``region_mem`` 128, the context task's
+    winner); a checkpoint saved before region memory existed has no ``region_mem`` and must load
+    as it ran, without one (no parameters tell the two apart)."""
+    model = make_model("convnext", "xl").eval()
+    assert model.config.context_kwargs["region_mem"] == 128 and model.context.config.region_mem == 128
+    old = model.config.to_dict()
+    del old["context_kwargs"]["region_mem"]
+    assert XTConfig.from_dict(old).context_kwargs["region_mem"] == 0
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    assert load_model(path).context.config.region_mem == 128  # saved now: the key is there
+    assert make_model("convnext", "xl", region_mem=0).context.config.region_mem == 0
+    assert "region_mem" not in make_model("convnext", "mamba").config.context_kwargs

@@ -239,7 +239,8 @@ def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 
                 head: str = "xview3", backbone: str | None = None, **kw: Any):
     """The probes' model: a small ConvNeXt (4 stages, widths 16-128; or ``backbone``, a timm name,
     at its own size) over one band, ``context`` of width 64, ``depth`` layers, the xView3 head or a
-    two-class classification head."""
+    two-class classification head. Transformer-XL without region memory unless ``region_mem=``
+    is given (what the recorded probe, context-task and receptive-field results measured)."""
     import xtstream
 
     scene_maker(head)  # a clear error for an unknown head
@@ -253,6 +254,8 @@ def probe_model(context: str, *, chunk: int = 4, region: int = 64, depth: int = 
         opts["head_kwargs"] = {"decoder_channels": [64, 32, 16], "stride": 1}
     else:
         opts["num_classes"] = 2
+    if context == "xl":  # the measurements recorded are of token memory alone
+        opts["region_mem"] = 0
     opts.update(kw)
     return xtstream.create_model(backbone or "convnext_atto", **opts)
 
