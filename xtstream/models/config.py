@@ -15,7 +15,7 @@ _OWN_CONTEXT_FIELDS = ("kind", "dim", "depth", "heads")
 _RENAMED_CONTEXT_KNOBS = {"scan_chunk": "scan_block"}
 #: Transformer-XL's region memory unless told otherwise (``context_kwargs["region_mem"]``): one
 #: key per earlier region, as many as a scene row of up to 128 regions (32,768 px at 256-px
-#: regions; an xView3 scene is ~115 wide), so the region directly above is in reach. It won the
+#: regions; an xView3 scene is ~96 wide), so the region directly above is in reach. It won the
 #: context task on scenes wider than token memory reaches (near-shore F1 0.80 vs 0.52, 3 seeds,
 #: README); configs saved before it existed load with 0, as they ran
 DEFAULT_REGION_MEM = 128
