@@ -60,6 +60,10 @@ def test_demo_runs_every_stage_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert read_status(tmp_path / "stores" / "demo_0.zarr").complete
     assert (tmp_path / "runs" / "xt_convnext_atto_xl" / "model.pt").is_file()
+    # `make demo` a second time: the scenes are generated again (new files), and the stores, shards
+    # and runs of the first run are replaced, not refused as another run's
+    assert main(["demo", "--workdir", str(tmp_path), "--quick", "--scheduler", "threads"]) == 0
+    assert "[6/6] xView3 metric" in capsys.readouterr().out
 
 
 def test_zero_sizes_are_refused_not_taken_for_defaults(tmp_path, capsys):

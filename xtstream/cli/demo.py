@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     with dask_client(args.scheduler) as client:
         address = None if client is None else client.scheduler.address
-        # store tiles of the region size: sharding then decodes every tile exactly once
+        # store tiles of the region size: sharding then decodes every tile exactly once. The scenes
+        # were generated anew, so a store of an earlier demo is of other files: replace it
         stores = ingest_archive(work / "scenes", work / "stores", spec="xview3", bands=BANDS, tile=args.region,
-                                scheduler=address, progress=False, allow_small=True)
+                                scheduler=address, progress=False, allow_small=True, overwrite=True)
         t2 = time.perf_counter()
         print(f"[2/{STEPS}] ingest on {args.scheduler}: {len(stores)} Zarr v3 store(s) -> {work / 'stores'} "
               f"({t2 - t1:.1f} s)")
