@@ -10,14 +10,16 @@ Runs on the large scene: ours on threads / ``local:1`` / ``local:2``; the naive 
 (as users run it) and with our codec and normalisation (the same work); the raw floor — read,
 encode, write, nothing else — serially and on two threads (the physical limit here); and an archive
 of ``--archive`` scenes (``--archive-size``) on threads vs ``local:2``. Each measured run is a fresh
-process, repeated ``--repeats`` times in rounds (medians of seconds, the largest peak); peak RSS
-sums the process and its dask workers. Writes
+process, repeated ``--repeats`` times in rounds (medians of seconds, the largest peak), after the
+previous output is deleted and the disk's write-back flushed (``os.sync``); peak RSS sums the
+process and its dask workers, sampled every 0.1 s. Writes
 ``benchmarks/results/ingest_memory.json``. Scenes are generated once under ``benchmarks/work/``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -248,7 +250,13 @@ def main() -> None:
     trials: dict[str, list[dict]] = {k: [] for k in plan}
     for _ in range(args.repeats):
         for name, child in plan.items():
-            trials[name].append(run_measured([me, "--child", *child]))
+            # the last run's output is deleted and the disk's write-back flushed first, so that no
+            # run pays for the pages another one wrote (it did: runs after a large write were up to
+            # 40 % slower, on local:2 most); RSS sampled every 0.1 s, since walking the process tree
+            # every 20 ms took a share of the 2 cores, more with a cluster's processes
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            trials[name].append(run_measured([me, "--child", *child], interval=0.1))
     runs = {name: {"seconds": statistics.median(t["seconds"] for t in ts),
                    "peak_rss_mib": max(t["peak_rss_mib"] for t in ts),
                    "seconds_each": [round(t["seconds"], 2) for t in ts]} for name, ts in trials.items()}
