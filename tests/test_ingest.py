@@ -278,19 +278,3 @@ def test_a_local_cluster_prints_its_dashboard_address(tmp_path, capfd):
            progress=False)
     err = capfd.readouterr().err
     assert re.search(r"dask dashboard \(local:1\): http://[\w.]+:\d+/status", err), err
-
-
-def test_tiles_are_the_files_zarr_itself_writes(small_scene, tmp_path, monkeypatch):
-    """Ingest writes each tile's file directly (no zarr write machinery): the bytes of every file,
-    edge tiles and the valid-data mask included, are those zarr writes for the same tile."""
-    import xtstream.data.ingest as ingest_module
-
-    direct = ingest(small_scene.directory, tmp_path / "direct.zarr", spec="xview3", tile=192, progress=False)
-    monkeypatch.setattr(ingest_module, "tile_writer", lambda _path: None)  # zarr's own path
-    through_zarr = ingest(small_scene.directory, tmp_path / "zarr.zarr", spec="xview3", tile=192, progress=False)
-    for var in ("image", "valid"):
-        files = sorted(p.relative_to(direct / var) for p in (direct / var / "c").rglob("*") if p.is_file())
-        assert files and files == sorted(p.relative_to(through_zarr / var)
-                                         for p in (through_zarr / var / "c").rglob("*") if p.is_file())
-        for f in files:
-            assert (direct / var / f).read_bytes() == (through_zarr / var / f).read_bytes(), (var, f)

@@ -50,7 +50,6 @@ from xtstream.data.normalize import normalize, valid_mask
 from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
-from xtstream.data.tile_writer import tile_writer
 from xtstream.data.ledger import RunLedger
 from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, VALID_VAR, consolidate,
                                  missing_tiles, read_status, seal_attrs, tile_check, tile_keys)
@@ -332,18 +331,13 @@ def _write_chunk(block: np.ndarray, valid: np.ndarray | None = None, *, store: s
     info = block_info[0]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
     _, i, j = info["chunk-location"]
-    for var, data in ((IMAGE_VAR, block), (VALID_VAR, valid)):
-        if data is None:
-            continue
-        # the tile's file, encoded with the array's own codecs, as zarr writes it (the same bytes,
-        # tested) without its ~40 ms a 2048² tile of async machinery; every tile gets its file, so a
-        # missing file always means a lost tile (readers refuse it instead of filling it in)
-        writer = tile_writer(Path(store) / var)
-        if writer is not None and data.shape[0] == writer.layout.chunk_shape[0]:  # every band: a whole tile
-            writer.write((0, i, j), data)
-            continue
-        with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
-            zarr.open_array(store, path=var, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = data
+    # write_empty_chunks: a tile equal to the fill value gets its file too, so that a missing
+    # file always means a lost tile (readers refuse it instead of filling it in)
+    with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
+        arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
+        arr[:, y0:y1, x0:x1] = block
+        if valid is not None:
+            zarr.open_array(store, path=VALID_VAR, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = valid
     # the marker goes last: a chunk counts as written only once its write has returned
     _ledger(store).mark(_tile_unit(i, j))
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
