@@ -66,11 +66,9 @@ def machine() -> dict:
 
 
 def table(rows: list[list], header: list[str]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from xtstream.bench import text_table
+
+    return text_table(rows, header)
 
 
 def scale_args(doc: str, work: Path, extra: Any = None) -> argparse.Namespace:

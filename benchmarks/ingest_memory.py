@@ -12,7 +12,7 @@ encode, write, nothing else — serially and on two threads (the physical limit 
 of ``--archive`` scenes (``--archive-size``) on threads vs ``local:2``. Each measured run is a fresh
 process, repeated ``--repeats`` times in rounds (medians of seconds, the largest peak), after the
 previous output is deleted and the disk's write-back flushed (``os.sync``); peak RSS sums the
-process and its dask workers, sampled every 0.1 s. Writes
+process and its dask workers, sampled every 20 ms. Writes
 ``benchmarks/results/ingest_memory.json``. Scenes are generated once under ``benchmarks/work/``.
 """
 
@@ -252,11 +252,11 @@ def main() -> None:
         for name, child in plan.items():
             # the last run's output is deleted and the disk's write-back flushed first, so that no
             # run pays for the pages another one wrote (it did: runs after a large write were up to
-            # 40 % slower, on local:2 most); RSS sampled every 0.1 s, since walking the process tree
-            # every 20 ms took a share of the 2 cores, more with a cluster's processes
+            # 40 % slower, on local:2 most). RSS sampled every 20 ms: at 0.1 s the 3-s small run's
+            # peak was missed by up to 80 MiB
             shutil.rmtree(out, ignore_errors=True)
             os.sync()
-            trials[name].append(run_measured([me, "--child", *child], interval=0.1))
+            trials[name].append(run_measured([me, "--child", *child]))
     runs = {name: {"seconds": statistics.median(t["seconds"] for t in ts),
                    "peak_rss_mib": max(t["peak_rss_mib"] for t in ts),
                    "seconds_each": [round(t["seconds"], 2) for t in ts]} for name, ts in trials.items()}

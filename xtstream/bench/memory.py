@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from xtstream.bench import text_table
+
 MIB = 2**20
 KINDS = ("backbone", "xt")
 
@@ -187,13 +189,9 @@ def _row(name: str, size: int, run: dict[str, Any], cuda: bool) -> list[Any]:
 HEADER = ["model", "size", "status", "peak MiB", "above model MiB", "s", "note"]
 
 
-def table(rows: list[list[Any]], header: list[str] = HEADER) -> str:
-    """Aligned text columns."""
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def table(rows: list[list[Any]]) -> str:
+    """The runs' rows under :data:`HEADER`."""
+    return text_table(rows, HEADER)
 
 
 def measure(sizes: list[int], setup: MemorySetup, *, cap_gib: float = 16.0, reserve_gib: float = 2.0,
