@@ -181,3 +181,14 @@ def test_xt_model_sets_region_tokens_from_its_token_grid():
     out, state = model(torch.randn(2, 1, 64, 64), torch.tensor([[0, 0], [0, 1]]))
     out, state = model(torch.randn(2, 1, 64, 64), torch.tensor([[1, 0], [1, 1]]), state)
     assert state.context.regions[0].shape == (1, 4, 32)
+
+
+def test_region_memory_of_another_batch_is_named():
+    from xtstream.errors import ModelConfigError
+
+    enc = _xl(1, 0, region_mem=4, region_tokens=4)
+    x, pos = _region_scene(1, 4, 4)
+    x = x.detach()
+    _, state = enc(x[:, :8], pos[:, :8])  # token memory off: only the region memory holds the batch
+    with pytest.raises(ModelConfigError, match="batch of 1 scenes but this chunk has 2"):
+        enc(x[:, 8:].expand(2, -1, -1), pos[:, 8:].expand(2, -1, -1), state)

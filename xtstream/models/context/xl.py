@@ -112,7 +112,7 @@ class TransformerXLContext(ContextEncoder):
         if not isinstance(state, XLState) or len(state.mems) != self.config.depth:
             raise ModelConfigError(f"TransformerXLContext: state must be the XLState of a {self.config.depth}-layer "
                                    f"XL encoder (what the previous chunk returned), got {type(state).__name__}")
-        for mem in state.mems:
+        for mem in (*state.mems, *(state.regions or ())):
             if mem is not None:
                 check_batch("TransformerXLContext", mem.shape[0], x)
         return state.mems
