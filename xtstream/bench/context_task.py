@@ -145,10 +145,14 @@ def reading(grid: RegionGrid, order: str, chunk: int) -> tuple[list[np.ndarray],
     return [seq[i:i + chunk] for i in range(0, len(seq), chunk)], int(order == "two_pass")
 
 
-def scene_regions(scene: ShoreScene) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``scene``'s regions, row-major: pixels ``(N, 1, R, R)`` and targets ``{name: (N, R, R)}``."""
-    pixels = np.concatenate([np.asarray(c.pixels) for c in scene.chunks])
-    return pixels, {n: np.concatenate([c.targets[n] for c in scene.chunks]) for n in scene.chunks[0].targets}
+def scene_pixels(scene: ShoreScene) -> np.ndarray:
+    """``scene``'s region pixels, row-major: ``(N, 1, R, R)``."""
+    return np.concatenate([np.asarray(c.pixels) for c in scene.chunks])
+
+
+def scene_targets(scene: ShoreScene) -> dict[str, np.ndarray]:
+    """``scene``'s region targets, row-major: ``{name: (N, R, R)}``."""
+    return {n: np.concatenate([c.targets[n] for c in scene.chunks]) for n in scene.chunks[0].targets}
 
 
 def read_ordered(model: Any, scenes: list[ShoreScene], order: str, *, through: bool = False
@@ -164,7 +168,7 @@ def read_ordered(model: Any, scenes: list[ShoreScene], order: str, *, through: b
 
     grid = scenes[0].chunks[0].grid
     chunks, warm = reading(grid, order, model.config.chunk)
-    pixels = [scene_regions(s)[0] for s in scenes]
+    pixels = [scene_pixels(s) for s in scenes]
 
     def one_pass(state: Any) -> tuple[list[Any], Any]:
         outs = []
@@ -227,7 +231,7 @@ def train_ordered(model: Any, seed: int, *, order: str, scenes: int, scenes_per_
     for step in range(steps):
         group = [make_shore_scene(rng, scene_id=f"train{step}_{j}", **scene_kw) for j in range(scenes_per_step)]
         outs = read_ordered(model, group, order, through=True)
-        regions = [scene_regions(s)[1] for s in group]
+        regions = [scene_targets(s) for s in group]
         loss = 0.0
         for idx, out in outs:
             targets = {name: torch.from_numpy(np.concatenate([r[name][idx] for r in regions])) for name in regions[0]}
