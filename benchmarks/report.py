@@ -67,8 +67,9 @@ def ingest_note(r: dict) -> str | None:
     if not st:
         return None
     ms, codecs = st["ms_per_tile"], st.get("codecs_on_the_last_tile", {})
-    parts = ", ".join(f"{k.replace('_', ' ').replace('codec', 'codec (the default + crc32c)')} {ms[k]:.0f} ms ({st['share'][k]:.0%})"
-                      for k in ("gdal_decode", "normalise", "valid_mask", "codec", "file_write", "zarr_overhead"))
+    names = {"codec": "codec (the default + crc32c)", "normalise": "normalise" + (" and valid mask (one pass)" if
+                                                                                  "valid_mask" not in ms else "")}
+    parts = ", ".join(f"{names.get(k, k.replace('_', ' '))} {ms[k]:.0f} ms ({share:.0%})" for k, share in st["share"].items())
     alt = "; ".join(f"{k} {v['ms']:.0f} ms at ratio {v['ratio']:.2f}" for k, v in codecs.items())
     rounds = (f"Medians of {r['repeats']} rounds of every run, each run after the last one's output is deleted and "
               "the disk's write-back flushed (before that was done, runs after a large write paid for its pages: "

@@ -46,7 +46,7 @@ from xtstream._runtime.cluster import dask_client, run_graph
 from xtstream._runtime.lock import LOCK_FILE, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
-from xtstream.data.normalize import normalize, valid_mask
+from xtstream.data.normalize import normalize, normalize_block, normalize_params, valid_mask
 from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
@@ -121,13 +121,14 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         chunk = spec.tile if spec else 2048
     if chunk < 1:
         raise StoreError(f"tile must be positive, got {chunk}")
-    arr = src.to_dataarray(chunks=chunk)
-    valid = None
+    arr = raw = src.to_dataarray(chunks=chunk)
+    valid = norm = None
     if spec is not None:
         present = _present(spec.select(list(bands) if bands else None), arr)
         # what normalisation turns into `fill` is kept as a mask beside the image (`valid`)
         valid = valid_mask(arr, present)
         arr = normalize(arr, present)
+        norm = {**normalize_params(raw, present), "dtype": arr.dtype.str}
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
     # a tile is written whole (zarr fills a partial one in memory): refuse one that cannot fit
@@ -168,10 +169,11 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
 
     done = ledger.done()
     _, nby, nbx = arr.data.numblocks
-    # one output element per chunk; dask fuses read -> normalise -> write into one task per chunk,
-    # so no block ever travels between workers
-    inputs = [arr.data] if valid is None else [arr.data, valid.data]
-    written = da.map_blocks(_write_chunk, *inputs, store=str(out), dtype=np.int64,
+    # one output element per chunk; dask fuses read -> write into one task per chunk, so no block
+    # ever travels between workers; the write task normalises and takes the mask in one pass
+    # (``arr`` and ``valid`` above are the lazy results it matches: the store's template)
+    written = da.map_blocks(_write_chunk, raw.data, store=str(out), norm=norm, valid=valid is not None,
+                            dtype=np.int64,
                             chunks=((1,), (1,) * nby, (1,) * nbx),
                             name=f"ingest-{scene_id}-{attrs['fingerprint']}")
     (written,) = dask.optimize(written)
@@ -324,20 +326,24 @@ def tile_size(tile: int | None, chunk: int | None) -> int | None:
     return tile
 
 
-def _write_chunk(block: np.ndarray, valid: np.ndarray | None = None, *, store: str,
+def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None = None, valid: bool = False,
                  block_info: dict | None = None) -> np.ndarray:
-    """Write one ``(bands, h, w)`` chunk (and its ``valid`` mask) where it belongs; return its
-    byte count as ``(1, 1, 1)``."""
+    """Normalise one ``(bands, h, w)`` source chunk with ``norm`` (:func:`normalize_block`'s
+    parameters; ``None``: written as read), write it and, with ``valid``, its valid-data mask where
+    they belong; return its byte count as ``(1, 1, 1)``."""
     info = block_info[0]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
     _, i, j = info["chunk-location"]
+    mask = np.empty(block.shape, np.uint8) if valid else None
+    if norm is not None:
+        block = normalize_block(block, **{**norm, "dtype": np.dtype(norm["dtype"])}, valid=mask)
     # write_empty_chunks: a tile equal to the fill value gets its file too, so that a missing
     # file always means a lost tile (readers refuse it instead of filling it in)
     with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
         arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
         arr[:, y0:y1, x0:x1] = block
-        if valid is not None:
-            zarr.open_array(store, path=VALID_VAR, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = valid
+        if mask is not None:
+            zarr.open_array(store, path=VALID_VAR, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = mask
     # the marker goes last: a chunk counts as written only once its write has returned
     _ledger(store).mark(_tile_unit(i, j))
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)

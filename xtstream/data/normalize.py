@@ -14,16 +14,28 @@ STRIP_ROWS = 64
 
 
 def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                    mean: np.ndarray, std: np.ndarray, fill: np.ndarray, dtype: np.dtype) -> np.ndarray:
+                    mean: np.ndarray, std: np.ndarray, fill: np.ndarray, dtype: np.dtype,
+                    valid: np.ndarray | None = None) -> np.ndarray:
     """``(bands, h, w)`` → ``(clip(x, lo, hi) - mean) / std``, nodata and NaN → ``fill``.
 
-    Per-band parameters are ``(bands,)`` arrays; a NaN ``nodata`` means "no nodata value". Each
-    step is computed in float64 and rounded once (the parameters are float64), as it always was, so
-    stores stay bit-identical across versions. Why strips: the whole-block version made eight
-    passes over a 32-MiB tile through main memory (43 ms per 2-band 2,048² tile); strips of
-    :data:`STRIP_ROWS` rows do the same arithmetic in cache (31 ms).
+    Per-band parameters are ``(bands,)`` arrays; a NaN ``nodata`` means "no nodata value".
+    ``valid``: a ``(bands, h, w)`` uint8 array to fill with :func:`valid_block`'s mask on the way
+    (the invalid pixels are found for ``fill`` anyway; a separate pass cost 9 ms a 2-band 2,048²
+    tile).
+
+    Each step is rounded to the output once, as computed in float64 (the parameters are float64),
+    so stores stay bit-identical across versions. A float32 block whose parameters are all
+    float32 numbers is computed in float32 instead, with the same bits: rounding a float64 sum,
+    difference or quotient of float32 numbers to float32 gives the correctly rounded float32 result
+    (53 ≥ 2·24 + 2 bits), and comparisons and clips against float32 bounds decide alike (2.2x faster:
+    no casts). Why strips: the whole-block version made eight passes over a 32-MiB tile through
+    main memory (43 ms per 2-band 2,048² tile); strips of :data:`STRIP_ROWS` rows do the same
+    arithmetic in cache (31 ms; 10 ms with the float32 path and the mask together).
     """
     work = np.float32 if np.dtype(dtype).itemsize <= 4 else np.float64
+    params = (nodata, lo, hi, mean, std, fill)
+    if work is np.float32 and block.dtype == np.float32 and all(_float32_exact(p) for p in params):
+        nodata, lo, hi, mean, std, fill = (np.asarray(p, np.float32) for p in params)
     out = np.empty(block.shape, work)
     bands, h, w = block.shape
     invalid = np.empty((min(STRIP_ROWS, h), w), bool)
@@ -40,8 +52,17 @@ def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: n
             np.clip(src, lo[k], hi[k], out=dst)
             dst -= mean[k]
             dst /= std[k]
-            dst[bad] = fill[k]
+            np.copyto(dst, fill[k], where=bad)
+            if valid is not None:
+                np.logical_not(bad, out=valid[k, y: y + STRIP_ROWS].view(bool))
     return out.astype(dtype, copy=False)
+
+
+def _float32_exact(values: np.ndarray) -> bool:
+    """True when every value is a float32 number (NaN and ±inf included)."""
+    values = np.asarray(values, np.float64)
+    as32 = values.astype(np.float32).astype(np.float64)
+    return bool(np.all((as32 == values) | (np.isnan(as32) & np.isnan(values))))
 
 
 def valid_block(block: np.ndarray, nodata: np.ndarray) -> np.ndarray:
@@ -73,8 +94,24 @@ def normalize(arr: xr.DataArray, spec: DatasetSpec) -> xr.DataArray:
     spec_names = [b.name for b in spec.bands]
     if names != spec_names:
         raise SpecError(f"{spec.source}: spec bands {spec_names} do not match the source's bands {names}")
+    params = normalize_params(arr, spec)
+    dtype = np.dtype(spec.dtype)
+    data = arr.data.map_blocks(_normalize_kw, dtype=dtype, out_dtype=dtype.str, **params)
+    out = arr.copy(data=data)
+    out.attrs["normalization"] = [
+        {"band": b.name, "clip": list(b.clip) if b.clip else None, "mean": b.mean, "std": b.std,
+         "fill": b.fill, "nodata": None if np.isnan(nd) else float(nd)}
+        for b, nd in zip(spec.bands, params["nodata"])
+    ]
+    out.attrs.pop("nodata", None)  # normalised data has no nodata value left: it became `fill`
+    return out
+
+
+def normalize_params(arr: xr.DataArray, spec: DatasetSpec) -> dict[str, np.ndarray]:
+    """:func:`normalize_block`'s per-band parameters (``(bands,)`` float64 each) for ``arr``'s
+    bands under ``spec`` (the nodata of the spec, else the source's)."""
     bands = spec.bands
-    params = dict(
+    return dict(
         nodata=_band_nodata(arr, spec),
         lo=np.array([b.clip[0] if b.clip else -np.inf for b in bands]),
         hi=np.array([b.clip[1] if b.clip else np.inf for b in bands]),
@@ -82,16 +119,6 @@ def normalize(arr: xr.DataArray, spec: DatasetSpec) -> xr.DataArray:
         std=np.array([b.std for b in bands]),
         fill=np.array([b.fill for b in bands]),
     )
-    dtype = np.dtype(spec.dtype)
-    data = arr.data.map_blocks(_normalize_kw, dtype=dtype, out_dtype=dtype.str, **params)
-    out = arr.copy(data=data)
-    out.attrs["normalization"] = [
-        {"band": b.name, "clip": list(b.clip) if b.clip else None, "mean": b.mean, "std": b.std,
-         "fill": b.fill, "nodata": None if np.isnan(nd) else float(nd)}
-        for b, nd in zip(bands, params["nodata"])
-    ]
-    out.attrs.pop("nodata", None)  # normalised data has no nodata value left: it became `fill`
-    return out
 
 
 def _normalize_kw(block: np.ndarray, *, out_dtype: str, **params: np.ndarray) -> np.ndarray:
