@@ -111,14 +111,17 @@ def run_killed(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
-@pytest.mark.parametrize("policy", ["per_chunk", pytest.param("per_scene", marks=pytest.mark.slow)])
-def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(stores, tmp_path, policy):
+@pytest.mark.parametrize("policy,order", [("per_chunk", "row_major"), ("per_chunk", "two_pass"),
+                                          pytest.param("per_scene", "row_major", marks=pytest.mark.slow)])
+def test_a_run_killed_with_sigkill_resumes_to_bitwise_identical_weights(stores, tmp_path, policy, order):
     """Two DataLoader workers interleave scenes, so the checkpoint falls mid-scene with open
-    context states; the kill comes after a step that is not checkpointed (it is trained again)."""
+    context states; the kill comes after a step that is not checkpointed (it is trained again).
+    Read in two passes, the checkpoint also holds which scenes have their first pass behind them."""
     import yaml
 
     every, kill_at = (4, 7) if policy == "per_chunk" else (2, 3)
-    sections = dict(step={"policy": policy}, checkpoint={"every": every}, data={"workers": 2}, epochs=2)
+    sections = dict(step={"policy": policy}, checkpoint={"every": every}, data={"workers": 2}, epochs=2,
+                    model={"name": "convnext_atto", "options": {**TINY, "order": order}})
     whole = xtstream.train(config(stores, tmp_path / "whole", **sections))
     cfg_path = tmp_path / "cut.yaml"
     cfg_path.write_text(yaml.safe_dump(config(stores, tmp_path / "cut", **sections)))
@@ -168,6 +171,22 @@ def test_ddp_on_gloo_with_two_processes_equals_one_process_with_the_same_effecti
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
         moved += not torch.equal(a[name], start[name])
     assert moved > len(a) // 2  # the steps did change the weights
+
+
+def test_a_two_pass_run_steps_once_per_scored_chunk_and_reads_each_scene_twice(stores, tmp_path):
+    """order="two_pass": the first pass fills the context state without a step; the steps, their
+    scenes and chunks are those of a one-pass run, and every chunk read is counted for resuming."""
+    one = xtstream.train(config(stores, tmp_path / "one"))
+    two = xtstream.train(config(stores, tmp_path / "two",
+                                model={"name": "convnext_atto", "options": {**TINY, "order": "two_pass"}}))
+    assert two["steps"] == one["steps"] == sum(-(-(-(-h // 32) * -(-w // 32)) // 2) for h, w in SCENES.values())
+    a, b = steps(tmp_path / "one"), steps(tmp_path / "two")
+    assert [(r["scene"], r["chunk"]) for r in a] == [(r["scene"], r["chunk"]) for r in b]
+    assert all(np.isfinite(r["loss"]) for r in b)
+    saved = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)["train"]
+    assert saved["position"]["complete"]
+    model = xtstream.load_model(tmp_path / "two" / "model.pt")
+    assert model.config.order == "two_pass"  # prediction reads as training did
 
 
 def test_a_non_finite_loss_stops_naming_scene_and_chunk_and_keeps_the_last_checkpoint(stores, tmp_path, monkeypatch):

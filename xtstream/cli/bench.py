@@ -55,6 +55,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     ctx.add_argument("--order", choices=("row_major", "column_major", "snake", "two_pass"), default="row_major",
                      help="how scenes are read: row after row, column after column, row-major with every other "
                           "row right to left, or row-major twice with the first pass filling the context state")
+    ctx.add_argument("--rows", type=positive_int, help="scene height in regions (default 4)")
     ctx.add_argument("--cols", type=positive_int, help="scene width in regions (default 4)")
     ctx.add_argument("--chunk", type=positive_int, help="regions per chunk (default 4: one row of the default scene)")
     ctx.add_argument("--out", type=Path, help="write the results JSON here")
@@ -124,8 +125,8 @@ def run_context(args: argparse.Namespace) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"xtstream bench context: unknown model(s) {unknown}; known: {list(MODELS)}")
-    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("cols", args.cols),
-                             ("chunk", args.chunk)) if v is not None}
+    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("rows", args.rows),
+                             ("cols", args.cols), ("chunk", args.chunk)) if v is not None}
     results = sweep(models, seeds=args.seeds, progress=not args.quiet, order=args.order, **kw)
     return _report(table(results), results, args.out)
 

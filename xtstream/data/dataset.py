@@ -64,13 +64,19 @@ class SceneChunks(torch.utils.data.IterableDataset):
     DataLoader worker that read it); :meth:`scenes` yields the :class:`SceneStream` themselves;
     :meth:`set_epoch` reshuffles (when the scene set shuffles). Inside a DataLoader worker the
     pixels come as a CPU tensor over the same memory (:func:`shareable_pixels`).
+
+    ``passes=2`` reads every scene twice in a row (a model of ``order="two_pass"``): the first
+    pass's chunks carry ``info["prime"] = True`` (they only fill the context state), the second's
+    are the scored ones. Memory stays one scene's stream: the scene is read again, not kept.
     """
 
-    def __init__(self, scenes: SceneSet, chunk: int) -> None:
+    def __init__(self, scenes: SceneSet, chunk: int, passes: int = 1) -> None:
         super().__init__()
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be a whole number of regions >= 1, got {chunk!r}")
-        self.scene_set, self.chunk = scenes, chunk
+        if passes not in (1, 2):
+            raise ValueError(f"passes must be 1 or 2 (two_pass), got {passes!r}")
+        self.scene_set, self.chunk, self.passes = scenes, chunk, passes
 
     def set_epoch(self, epoch: int) -> None:
         self.scene_set.set_epoch(epoch)
@@ -83,31 +89,43 @@ class SceneChunks(torch.utils.data.IterableDataset):
         worker = worker_info()[2]
         in_worker = torch.utils.data.get_worker_info() is not None
         held, told = None, 0  # the chunk held back; how many loss records chunks have carried
+        carried: set[tuple] = set()  # the records told: a scene read twice loses its regions twice
         for scene in self.scene_set:
-            for chunk in scene.chunks(self.chunk):
+            for chunk in self._passes(scene):
                 chunk.info.update(scene.info, worker=worker)
                 if in_worker:
                     chunk.pixels = shareable_pixels(chunk.pixels)
                 if held is not None:
-                    told = self._carry_lost(held, told)
+                    told = self._carry_lost(held, told, carried)
                     yield held
                 held = chunk
         if held is not None:
-            self._carry_lost(held, told)
+            self._carry_lost(held, told, carried)
             yield held
         elif self._lost()[told:]:
             lost = self._lost()[told:]
             raise ShardError(f"every region this reader was to deliver was lost ({sum(len(x) for x in lost)} "
                              f"in {len(lost)} run(s)); first: {lost[0]}")
 
+    def _passes(self, scene: SceneStream) -> Iterator[RegionChunk]:
+        if self.passes == 2:
+            for chunk in scene.chunks(self.chunk):
+                chunk.info["prime"] = True
+                yield chunk
+        yield from scene.chunks(self.chunk)
+
     def _lost(self) -> list[Any]:
         # re-read each time: the scene set replaces its list at every pass
         return list(getattr(self.scene_set, "lost", None) or [])
 
-    def _carry_lost(self, chunk: RegionChunk, told: int) -> int:
-        """Put the loss records not yet carried into ``chunk.info``; return how many are now told."""
+    def _carry_lost(self, chunk: RegionChunk, told: int, carried: set[tuple]) -> int:
+        """Put the loss records not yet carried into ``chunk.info``; return how many are now told.
+        A first-pass chunk (``prime``) carries none: its losses come again in the scored pass."""
+        if chunk.info.get("prime"):
+            return told
         lost = self._lost()
-        new = lost[told:]
+        new = [x for x in lost[told:] if (x.scene_id, x.start, x.stop) not in carried]
+        carried.update((x.scene_id, x.start, x.stop) for x in new)
         if new:
             chunk.info["lost"] = [x.as_dict() for x in new]
             chunk.info["lost_regions"] = sum(len(x) for x in new)
@@ -120,4 +138,5 @@ class SceneChunks(torch.utils.data.IterableDataset):
         return getattr(self.scene_set, name)
 
     def __repr__(self) -> str:
-        return f"SceneChunks({type(self.scene_set).__name__}, chunk={self.chunk})"
+        passes = ", passes=2" if self.passes == 2 else ""
+        return f"SceneChunks({type(self.scene_set).__name__}, chunk={self.chunk}{passes})"

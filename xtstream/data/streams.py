@@ -123,7 +123,7 @@ class SourceSceneSet:
                              prefetch=self.prefetch, max_read_bytes=self.max_read_bytes)
 
 
-def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEFAULT_CHUNK,
+def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEFAULT_CHUNK, passes: int = 1,
                   **kw: Any) -> "SceneChunks":
     """Scenes straight from stores/sources as chunks: the interface of :func:`xtstream.read_scenes`.
 
@@ -135,6 +135,9 @@ def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEF
     ``sources``: anything :func:`open_scene` takes; an image directory or an image-list CSV is
     one scene per image (:mod:`xtstream.data.sources.images`).
 
+    ``passes=2``: each scene twice, the first pass marked ``info["prime"]`` (a model of
+    ``order="two_pass"``; see :class:`~xtstream.data.dataset.SceneChunks`).
+
     ``kw``: ``labels`` (``{scene_id: labels}`` with a ``region_targets(grid, index)`` method, e.g.
     from ``xtstream.tasks.get_task(name).read_labels(path)``), ``shuffle``, ``seed``, ``by_node``,
     ``by_worker``, ``prefetch``, ``max_read_bytes``, ``channels`` (1 or 3: convert grey/RGB images).
@@ -143,4 +146,4 @@ def stream_scenes(sources: Sequence[Any] | Any, region: int, *, chunk: int = DEF
 
     if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence):
         sources = [sources]
-    return SceneChunks(SourceSceneSet(sources, region, **kw), chunk)
+    return SceneChunks(SourceSceneSet(sources, region, **kw), chunk, passes)

@@ -30,13 +30,14 @@ class SceneSize:
     regions: int
 
 
-def build_dataset(cfg: DataSection, *, region: int, chunk: int, task: Any, seed: int, source: str
-                  ) -> tuple[Any, list[SceneSize]]:
-    """The chunk dataset of ``cfg`` and its scenes in the set's order (before shuffling)."""
+def build_dataset(cfg: DataSection, *, region: int, chunk: int, task: Any, seed: int, source: str,
+                  passes: int = 1) -> tuple[Any, list[SceneSize]]:
+    """The chunk dataset of ``cfg`` and its scenes in the set's order (before shuffling); ``passes``
+    2 reads each scene twice (a model of ``order="two_pass"``)."""
     if cfg.shards is not None:
         from xtstream.data.shards import read_scenes
 
-        dataset = read_scenes(cfg.shards, chunk=chunk, shuffle=cfg.shuffle, seed=seed, region=region,
+        dataset = read_scenes(cfg.shards, chunk=chunk, passes=passes, shuffle=cfg.shuffle, seed=seed, region=region,
                               skip_bad=cfg.skip_bad, prefetch=cfg.prefetch)
         sizes = [SceneSize(s.scene_id, len(s.grid if s.grid is not None else dataset.scene_set._peek_grid(s)))
                  for s in dataset.scene_set.scenes]
@@ -52,7 +53,7 @@ def build_dataset(cfg: DataSection, *, region: int, chunk: int, task: Any, seed:
     if cfg.labels is not None:
         labels = task.read_labels(cfg.labels, scene_ids=[s.scene_id for s in sizes],
                                   shapes={r.scene_id: tuple(r.shape[1:]) for r in readers}, spec=cfg.spec)
-    dataset = stream_scenes([str(s) for s in sources], region, chunk=chunk, labels=labels,
+    dataset = stream_scenes([str(s) for s in sources], region, chunk=chunk, passes=passes, labels=labels,
                             shuffle=cfg.shuffle, seed=seed, prefetch=cfg.prefetch)
     return dataset, sizes
 

@@ -23,6 +23,9 @@ consecutive chunk groups are back-propagated together (``per_chunk``: their mean
 window); then every carried state is detached. Memory is ``k`` groups' graphs — bounded by
 ``k``, not by the scene — and ``k = 1`` is exactly the stop-gradient training above.
 
+A scene read twice (a model of ``order="two_pass"``) takes its steps in the second pass; the first
+pass's chunks only fill the context state (no loss, no gradient) and count with the next step's.
+
 :func:`accumulate` runs the forward and backward passes and yields after each step's gradients
 are in the parameters' ``.grad``; the caller syncs (DDP), clips and steps, then zeroes them.
 """
@@ -121,6 +124,11 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
                 group = next(groups, None)
                 if group is None:
                     break
+                if group[0].info.get("prime"):
+                    # a first pass (order="two_pass") filled the state: no loss; its chunks are
+                    # counted with the next step's (what resuming reads past)
+                    step.chunks += len(group)
+                    continue
                 results = [loss_fn(c) for c in group]
             losses = [_scalar(r) for r in results]
             for c, loss in zip(group, losses):
@@ -145,7 +153,7 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
                 yield step.done()
                 step = _Step()
         backward()
-        if step.chunks:  # per_scene: the last scenes, fewer than scenes_per_step; per_chunk: a short window
+        if step.group:  # per_scene: the last scenes, fewer than scenes_per_step; per_chunk: a short window
             if not per_scene and len(step.loss_parts) > 1:
                 step.loss = sum(step.loss_parts) / len(step.loss_parts)
             yield step.done()

@@ -49,6 +49,7 @@ from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid
 from xtstream.data.shards.format import scene_key
 from xtstream.data.split import split_scenes, worker_info
+from xtstream.engine.stream import passes_of
 from xtstream.errors import ModelConfigError, StoreError
 
 RUN_FORMAT = "xtstream-predict/1"
@@ -155,7 +156,7 @@ def _predict(model: Any, task: Any, config: Any, entries: list[SceneEntry], out:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     rows_written, done = 0, []
-    for dataset, group in _datasets(todo, config.region, chunk, prefetch):
+    for dataset, group in _datasets(todo, config.region, chunk, prefetch, passes_of(config)):
         by_id = {e.scene_id: e for e in group}
         loader = dataset if num_workers == 0 else torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
@@ -236,7 +237,8 @@ def list_scenes(sources: Any, region: int, channels: int | None = None) -> list[
     return entries
 
 
-def _datasets(entries: list[SceneEntry], region: int, chunk: int, prefetch: int) -> Iterable[tuple[Any, list]]:
+def _datasets(entries: list[SceneEntry], region: int, chunk: int, prefetch: int, passes: int = 1
+              ) -> Iterable[tuple[Any, list]]:
     """One chunk dataset per run of same-kind entries (node split already done: ``by_node=False``)."""
     from xtstream.data.dataset import SceneChunks
     from xtstream.data.shards.reader import ShardSceneSet
@@ -253,7 +255,7 @@ def _datasets(entries: list[SceneEntry], region: int, chunk: int, prefetch: int)
             scenes = ShardSceneSet([e.handle for e in group], by_node=False, region=region, prefetch=prefetch)
         else:
             scenes = SourceSceneSet([e.handle for e in group], region, by_node=False, prefetch=prefetch)
-        yield SceneChunks(scenes, chunk), group
+        yield SceneChunks(scenes, chunk, passes), group
 
 
 def _part(scenes_dir: Path, scene_id: str) -> Path:

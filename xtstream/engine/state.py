@@ -4,7 +4,9 @@ DataLoader workers each read whole scenes, in order, but the loader interleaves 
 model's context state (XL memory, Mamba state, the classification pool) belongs to a scene, so it
 is kept per scene id: taken when the scene's next chunk arrives, put back after it, dropped when
 the scene's last chunk has passed. Within a scene chunks must arrive in order and without gaps;
-anything else is an error naming the scene and the regions, never a silent reset.
+anything else is an error naming the scene and the regions, never a silent reset. A scene read
+twice (``order="two_pass"``) stays open after its first pass (``info["prime"]``) ends: its state
+is kept and the scored pass starts over at region 0.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class _Open:
     grid: Any
     next_index: int
     state: Any
+    primed: bool = False  # its first pass has ended: the scored pass runs
 
 
 class SceneStates:
@@ -74,22 +77,31 @@ class SceneStates:
         entry = self._open.get(scene_id)
         return 0 if entry is None else entry.next_index
 
+    def primed(self, scene_id: str) -> bool:
+        """True when the scene's first pass (of two) has ended and its scored pass runs."""
+        entry = self._open.get(scene_id)
+        return entry is not None and entry.primed
+
     def take(self, chunk: RegionChunk) -> Any:
         """The state to process ``chunk`` with (``None`` at its scene's first chunk)."""
         self.check(chunk)
         entry = self._open.get(chunk.scene_id)
         state = None if entry is None else entry.state
         # the scene counts as open (and expects the next chunk) from now on, until put() closes it
-        self._open[chunk.scene_id] = _Open(chunk.grid, chunk.stop, None)
+        self._open[chunk.scene_id] = _Open(chunk.grid, chunk.stop, None, entry is not None and entry.primed)
         return state
 
     def put(self, chunk: RegionChunk, state: Any) -> None:
         """Record the state after ``chunk``; the scene closes (state dropped) at its last chunk —
-        or at the last one a reader delivered, when it lost the rest (:attr:`RegionChunk.ends_scene`)."""
-        if chunk.ends_scene:
+        or at the last one a reader delivered, when it lost the rest (:attr:`RegionChunk.ends_scene`)
+        — unless that ends a first pass: then the state waits for the scored pass, at region 0."""
+        primed = self._open[chunk.scene_id].primed if chunk.scene_id in self._open else False
+        if chunk.ends_scene and chunk.info.get("prime"):
+            self._open[chunk.scene_id] = _Open(chunk.grid, 0, state, True)
+        elif chunk.ends_scene:
             self._open.pop(chunk.scene_id, None)
         else:
-            self._open[chunk.scene_id] = _Open(chunk.grid, chunk.stop, state)
+            self._open[chunk.scene_id] = _Open(chunk.grid, chunk.stop, state, primed)
 
     def clear(self) -> None:
         self._open.clear()
@@ -104,16 +116,18 @@ class SceneStates:
 
     def export(self) -> list[dict[str, Any]]:
         """The open scenes as plain entries ``{scene_id, grid: [height, width, region],
-        next_index, state}`` (what a training checkpoint keeps to resume mid-scene)."""
+        next_index, state, primed}`` (what a training checkpoint keeps to resume mid-scene)."""
         return [{"scene_id": sid, "grid": [o.grid.height, o.grid.width, o.grid.region],
-                 "next_index": o.next_index, "state": o.state} for sid, o in self._open.items()]
+                 "next_index": o.next_index, "state": o.state, "primed": o.primed}
+                for sid, o in self._open.items()]
 
     def restore(self, entries: list[dict[str, Any]]) -> None:
         """Open the scenes of :meth:`export`'s ``entries`` (after any already open)."""
         from xtstream.data.grid import RegionGrid
 
         for e in entries:
-            self._open[e["scene_id"]] = _Open(RegionGrid(*e["grid"]), int(e["next_index"]), e["state"])
+            self._open[e["scene_id"]] = _Open(RegionGrid(*e["grid"]), int(e["next_index"]), e["state"],
+                                              bool(e.get("primed", False)))
 
 
 def order_error(chunk: RegionChunk, expected: int) -> StreamOrderError:

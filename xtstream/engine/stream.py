@@ -13,6 +13,11 @@ Stages, for a stream of :class:`~xtstream.data.chunk.RegionChunk` (scenes may in
 3. **Context + head** with each scene's state taken from :class:`~xtstream.engine.SceneStates`
    and put back after; order within a scene is checked there.
 
+**Two passes** (a model of ``order="two_pass"``, data read with ``passes=2``): a scene's
+first-pass chunks (``info["prime"]``) only fill its context state — no head, no gradient — and
+its second pass starts from that state; the first pass comes out too, with ``outputs`` ``None``
+(training counts what it read), which :meth:`~xtstream.models.XTModel.stream` leaves out.
+
 A whole-scene context encoder (``context="full"``) is different by nature: a scene's encoded
 chunks are held until its last chunk, then the encoder runs once over all its tokens, and the
 scene's chunks come out together as one group (memory grows with the scene).
@@ -20,6 +25,7 @@ scene's chunks come out together as one group (memory grows with the scene).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, Iterable, Iterator
 
@@ -28,7 +34,7 @@ from torch import Tensor
 
 from xtstream.data.chunk import RegionChunk, chunked
 from xtstream.engine.state import SceneStates, order_error
-from xtstream.errors import ModelConfigError
+from xtstream.errors import ModelConfigError, StreamOrderError
 from xtstream.models.encoders import (assign_features, budget_batch_size, encode_regions,
                                       forward_with_grad_ratio, stack_pixels)
 
@@ -70,6 +76,7 @@ def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | st
         # one backbone batch would share a graph that the first scene's backward frees
         max_b = 1
     chunks = _checked_sizes(chunked(items, cfg.chunk), cfg.chunk)
+    chunks = _checked_passes(chunks, passes_of(cfg) == 2, states)
     if training:
         encoded = _encode_groups(model, _groups(chunks, max_b, states), device, ratio, generator)
     else:
@@ -92,9 +99,36 @@ def _checked_sizes(chunks: Iterable[RegionChunk], size: int) -> Iterator[RegionC
         yield c
 
 
+def passes_of(config: Any) -> int:
+    """How many times a model of ``config`` reads each scene: 2 for ``order="two_pass"``, else 1."""
+    return 2 if getattr(config, "order", "row_major") == "two_pass" else 1
+
+
+def _checked_passes(chunks: Iterable[RegionChunk], two_pass: bool, states: SceneStates) -> Iterator[RegionChunk]:
+    """Refuse data read with another number of passes than the model's, naming the scene: a
+    two-pass model fed one pass would score regions from an empty state it never trained on.
+    Checked on arrival (``states`` lags behind: it learns of a chunk once the context has run)."""
+    primed: set[str] = set()  # scenes whose first pass has arrived whole
+    for c in chunks:
+        prime = bool(c.info.get("prime"))
+        if prime and not two_pass:
+            raise StreamOrderError(
+                f"scene {c.scene_id!r}: chunk of regions {c.start}..{c.stop - 1} is from a first pass "
+                "(info['prime']), but the model reads order='row_major': read the scenes with passes=1")
+        if two_pass and not prime and c.scene_id not in primed and not states.primed(c.scene_id):
+            raise StreamOrderError(
+                f"scene {c.scene_id!r}: chunk of regions {c.start}..{c.stop - 1} is not from a first pass, but "
+                "the model reads order='two_pass' and the scene's first pass has not come: read the "
+                "scenes with passes=2 (read_scenes / stream_scenes)")
+        if c.ends_scene:
+            (primed.add if prime else primed.discard)(c.scene_id)
+        yield c
+
+
 def _key(c: RegionChunk) -> tuple:
-    # chunks at the same grid positions of equally wide grids share the token positions
-    return (c.start, len(c), c.grid.cols, c.first)
+    # chunks at the same grid positions of equally wide grids share the token positions; a first
+    # pass's chunks never share a group with scored ones (no head, no gradient)
+    return (c.start, len(c), c.grid.cols, c.first, bool(c.info.get("prime")))
 
 
 def _groups(chunks: Iterable[RegionChunk], max_b: int | None, states: SceneStates
@@ -121,10 +155,10 @@ def _check_arrival(c: RegionChunk, states: SceneStates, ahead: dict[str, int]) -
     expected = ahead[c.scene_id] if c.scene_id in ahead else states.expected(c.scene_id)
     if c.start != expected and c.info.get("skipped") != list(range(expected, c.start)):
         raise order_error(c, expected)
-    if c.ends_scene:
+    if c.ends_scene and not c.info.get("prime"):
         ahead.pop(c.scene_id, None)
-    else:
-        ahead[c.scene_id] = c.stop
+    else:  # a first pass's end: the scored pass starts over at region 0
+        ahead[c.scene_id] = 0 if c.ends_scene else c.stop
 
 
 def _encode_groups(model: Any, groups: Iterable[list[RegionChunk]], device: torch.device, ratio: float,
@@ -132,7 +166,11 @@ def _encode_groups(model: Any, groups: Iterable[list[RegionChunk]], device: torc
     """Training: each group is one backbone batch, encoded when the consumer asks for it."""
     for group in groups:
         x = stack_pixels(group, model.encoder).to(device)
-        yield assign_features(group, *forward_with_grad_ratio(model.encoder, x, ratio, generator))
+        # a first pass only fills the state: no gradient (and no yield inside no_grad, which would
+        # leave the consumer's code without gradient until the next chunk)
+        with torch.no_grad() if group[0].info.get("prime") else contextlib.nullcontext():
+            encoded = forward_with_grad_ratio(model.encoder, x, ratio, generator)
+        yield assign_features(group, *encoded)
 
 
 def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: SceneStates
@@ -143,10 +181,15 @@ def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: Scene
         state = stack_states([states.take(c) for c in group])
         feats = group[0].features if b == 1 else [torch.cat(level) for level in
                                                     zip(*(c.features for c in group))]
-        out, new_state = model.forward_features(feats, _positions(group[0], feats[-1].device), state)
+        positions = _positions(group[0], feats[-1].device)
+        if group[0].info.get("prime"):
+            with torch.no_grad():
+                out, new_state = None, model.prime_features(feats, positions, state)
+        else:
+            out, new_state = model.forward_features(feats, positions, state)
         n = len(group[0])
         for k, c in enumerate(group):
-            c.outputs = _select(out, k * n, n) if per_region else _select(out, k, 1)
+            c.outputs = None if out is None else _select(out, k * n, n) if per_region else _select(out, k, 1)
             states.put(c, select_state(new_state, k, b))
             c.features = None
         yield group

@@ -19,6 +19,11 @@ _RENAMED_CONTEXT_KNOBS = {"scan_chunk": "scan_block"}
 #: context task on scenes wider than token memory reaches (near-shore F1 0.80 vs 0.52, 3 seeds,
 #: README); configs saved before it existed load with 0, as they ran
 DEFAULT_REGION_MEM = 128
+#: how the pipeline reads a scene's regions: row-major once, or row-major twice with the first
+#: pass only filling the context state (``two_pass``: every region's context then holds what the
+#: state kept of the whole scene). Column-major and snake orders are measured on the context task
+#: only (``xtstream bench context --order``): stores and shards stream region rows.
+READ_ORDERS = ("row_major", "two_pass")
 
 
 @dataclass
@@ -31,6 +36,7 @@ class XTConfig:
     context layers; other :class:`~xtstream.models.context.ContextConfig` fields in ``context_kwargs``
     (for ``context="xl"``, ``region_mem`` defaults to :data:`DEFAULT_REGION_MEM`; 0 turns it off).
     ``residual`` adds the context output to the backbone's last map instead of replacing it.
+    ``order`` (:data:`READ_ORDERS`): how scenes are read, in training and prediction alike.
     ``input`` is the nominal image side in pixels (the paper's "input size", e.g. 4096): the model
     streams images of any size, so it only sets what :meth:`XTModel.summary` reports per image
     (regions, chunks) and must be at least ``region``.
@@ -55,6 +61,7 @@ class XTConfig:
     grad_checkpointing: bool = False
     grad_ratio: float = 1.0
     input: int | None = None
+    order: str = "row_major"
 
     def __post_init__(self) -> None:
         from xtstream.models.context import list_contexts
@@ -72,6 +79,13 @@ class XTConfig:
             raise ModelConfigError(f"input {self.input} px is smaller than one region of {self.region} px")
         if not 0.0 <= self.grad_ratio <= 1.0:
             raise ModelConfigError(f"grad_ratio must be in [0, 1], got {self.grad_ratio}")
+        if self.order not in READ_ORDERS:
+            raise ModelConfigError(
+                f"order {self.order!r}: the pipeline reads {list(READ_ORDERS)} (stores and shards stream region "
+                "rows; column_major and snake are measured by `xtstream bench context --order`)")
+        if self.order == "two_pass" and self.context in ("none", "full"):
+            raise ModelConfigError(f"order 'two_pass' with context {self.context!r}: a first pass has no state to "
+                                   "fill (region-only keeps none; a whole-scene encoder sees the scene at once)")
         # tuples become lists so a saved config compares equal to the one it was made from
         self.backbone_kwargs = _plain(self.backbone_kwargs)
         self.context_kwargs = _plain(self.context_kwargs)

@@ -170,6 +170,16 @@ class XTModel(nn.Module):
         out, head_state = self.head([*features[:-1], maps], b, state.head, context=context)
         return out, ChunkState(context_state, head_state)
 
+    def prime_features(self, features: list[Tensor], positions: Tensor,
+                       state: ChunkState | None = None) -> ChunkState:
+        """A first pass's chunk (``order="two_pass"``): the context encoder only, to fill the
+        state the scored pass starts from; no head, whose state (e.g. a classification pool)
+        must see each region once. Arguments as :meth:`forward_features`."""
+        state = state or ChunkState()
+        b = features[-1].shape[0] // positions.shape[0]
+        _, _, context_state = self.contextualise(features[-1], positions, b, state.context)
+        return ChunkState(context_state, None)
+
     def forward_scene(self, features: list[list[Tensor]], positions: list[Tensor]) -> list[Any]:
         """A whole scene at once: ``features[k]`` / ``positions[k]`` of its chunk ``k`` (one scene,
         all chunks in order). The context encoder runs once over every token of the scene; the
@@ -207,10 +217,12 @@ class XTModel(nn.Module):
         :class:`~xtstream.data.sample.RegionSample` (grouped into chunks here). Yields every chunk
         with ``outputs`` set, in the order processed. Keywords: see
         :func:`xtstream.engine.stream_groups` (``device``, ``batch_size``, ``memory_budget``,
-        ``grad_ratio``, ``generator``, ``scenes_per_group``, ``states``).
+        ``grad_ratio``, ``generator``, ``scenes_per_group``, ``states``). A model of
+        ``order="two_pass"`` takes scenes read twice (``passes=2``) and yields the second pass.
         """
         for group in self.stream_groups(items, **kw):
-            yield from group
+            if not group[0].info.get("prime"):  # a first pass (order="two_pass") has no outputs
+                yield from group
 
     def stream_groups(self, items: Iterable[RegionChunk | RegionSample], **kw: Any
                       ) -> Iterator[list[RegionChunk]]:

@@ -382,7 +382,7 @@ def group_shards(urls: Sequence[str]) -> list[ShardedScene]:
     return [ShardedScene(unescape_key(k), [u for _, u in sorted(v)]) for k, v in scenes.items()]
 
 
-def read_scenes(urls: str | Path | Sequence[str | Path], *, chunk: int = DEFAULT_CHUNK,
+def read_scenes(urls: str | Path | Sequence[str | Path], *, chunk: int = DEFAULT_CHUNK, passes: int = 1,
                 **kw: Any) -> "SceneChunks":
     """The scenes of a shard set as a ``torch.utils.data.IterableDataset`` of region chunks.
 
@@ -390,6 +390,8 @@ def read_scenes(urls: str | Path | Sequence[str | Path], *, chunk: int = DEFAULT
     tar paths — a list, a glob or a brace pattern — named ``{scene_key}-NNNNN.tar``. Iterating
     yields :class:`~xtstream.data.chunk.RegionChunk` of ``chunk`` consecutive regions, scene after
     scene; ``.scenes()`` yields the scenes (:class:`~xtstream.data.streams.SceneStream`).
+    ``passes=2``: each scene twice, the first pass marked ``info["prime"]`` (a model of
+    ``order="two_pass"``; see :class:`~xtstream.data.dataset.SceneChunks`).
     ``kw``: see :class:`ShardSceneSet` (``shuffle``, ``seed``, ``skip_bad``, ``verify``, …).
 
     >>> loader = DataLoader(read_scenes("shards/", chunk=16, shuffle=True),   # doctest: +SKIP
@@ -405,4 +407,4 @@ def read_scenes(urls: str | Path | Sequence[str | Path], *, chunk: int = DEFAULT
         if not expanded:
             raise ShardError(f"no shards match {urls!r}")
         scenes = group_shards(expanded)
-    return SceneChunks(ShardSceneSet(scenes, **kw), chunk)
+    return SceneChunks(ShardSceneSet(scenes, **kw), chunk, passes)
