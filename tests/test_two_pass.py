@@ -117,3 +117,43 @@ def test_two_pass_prediction_writes_every_region_once(tmp_path):
     a, b = (xr.open_zarr(tmp_path / run / "scenes" / "p.zarr")["vessel"].values for run in ("two", "one"))
     assert a.shape == b.shape and np.isfinite(a).all()
     assert not np.allclose(a, b)
+
+
+def _read_twice(chunks):
+    from dataclasses import replace
+
+    return [replace(c, info={**c.info, "prime": True}) for c in chunks] + chunks
+
+
+@pytest.mark.parametrize("bptt_chunks,reaches,n_steps", [(1, [False] * 3, 3), (2, [False, False, True], 2),
+                                                        (6, [True] * 3, 1)])
+def test_a_later_loss_reaches_the_first_pass_only_inside_a_bptt_window(bptt_chunks, reaches, n_steps):
+    """bptt_chunks=1: the first pass runs without gradient (memory one chunk's graph); a window
+    spanning both passes lets the scored chunks' losses reach the first pass's regions — what
+    teaches a region to write what a region read *before* it needs in the second pass."""
+    from conftest import scene_chunks
+    from xtstream.engine.data import SceneSize, steps_per_epoch
+    from xtstream.engine.policy import accumulate
+
+    torch.manual_seed(3)
+    model = tiny_model(context="xl", order="two_pass").train()
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        last = out[-1]
+        if last.requires_grad:
+            last.retain_grad()
+        seen.append(last)
+
+    handle = model.encoder.register_forward_hook(keep)
+    chunks = _read_twice(scene_chunks("s", 2, 3))  # 3 chunks of 2 regions, read twice
+    steps = list(accumulate(model, chunks, policy="per_chunk", bptt_chunks=bptt_chunks))
+    handle.remove()
+    assert len(seen) == 6 and sum(s.chunks for s in steps) == 6
+    # a step per window holding a scored chunk (windows of first-pass chunks alone take none),
+    # as the learning-rate schedule counts them
+    assert len(steps) == n_steps == steps_per_epoch(
+        [SceneSize("s", 6)], 0, chunk=2, policy="per_chunk", scenes_per_step=1, workers=0, world=1,
+        shuffle=False, seed=0, bptt_chunks=bptt_chunks, passes=2)
+    got = [t.grad is not None and bool(t.grad.abs().sum() > 0) for t in seen[:3]]
+    assert got == reaches

@@ -68,16 +68,26 @@ def make_loader(dataset: Any, workers: int, seed: int, epoch: int) -> torch.util
 
 
 def steps_per_epoch(sizes: list[SceneSize], epoch: int, *, chunk: int, policy: str, scenes_per_step: int,
-                    workers: int, world: int, shuffle: bool, seed: int, bptt_chunks: int = 1) -> int:
+                    workers: int, world: int, shuffle: bool, seed: int, bptt_chunks: int = 1,
+                    passes: int = 1) -> int:
     """The optimiser steps every rank takes in ``epoch``: the fewest of any rank (DDP drops the
     rest, :mod:`xtstream.engine.distributed`). ``per_chunk`` with ``scenes_per_step > 1`` groups
     same-position chunks of scenes read by different workers, so its count assumes scenes of one
-    size (it sets the learning-rate schedule only)."""
+    size (it sets the learning-rate schedule only). ``passes=2`` (``order="two_pass"``): the
+    first pass takes no step of its own, but with ``bptt_chunks > 1`` its groups fill windows too
+    (counted for one worker)."""
     counts = []
     for rank in range(world):
         mine = split_scenes(sizes, shuffle=shuffle, seed=seed, epoch=epoch, info=(rank, world, 0, 1))
         if policy == "per_scene":
             counts.append(math.ceil(len(mine) / scenes_per_step))
+        elif passes == 2 and bptt_chunks > 1:
+            # windows run over first-pass groups too; one steps when it holds a scored group
+            scored = []
+            for s in mine:
+                n = math.ceil(s.regions / chunk)
+                scored += [False] * n + [True] * n
+            counts.append(sum(any(scored[i:i + bptt_chunks]) for i in range(0, len(scored), bptt_chunks)))
         else:
             chunks = sum(math.ceil(s.regions / chunk) for s in mine)
             groups = math.ceil(chunks / max(1, min(scenes_per_step, workers)))

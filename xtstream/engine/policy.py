@@ -24,7 +24,10 @@ window); then every carried state is detached. Memory is ``k`` groups' graphs �
 ``k``, not by the scene — and ``k = 1`` is exactly the stop-gradient training above.
 
 A scene read twice (a model of ``order="two_pass"``) takes its steps in the second pass; the first
-pass's chunks only fill the context state (no loss, no gradient) and count with the next step's.
+pass's chunks only fill the context state (no loss of their own) and count with the next step's.
+They take part in truncated-BPTT windows like any group: with ``bptt_chunks = 1`` the first pass
+runs without gradient; with ``k > 1`` a loss of the second pass reaches the first pass's chunks in
+its window — what teaches a region to write what an *earlier* region will read in the second pass.
 
 :func:`accumulate` runs the forward and backward passes and yields after each step's gradients
 are in the parameters' ``.grad``; the caller syncs (DDP), clips and steps, then zeroes them.
@@ -107,15 +110,17 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
                                           scenes_per_group=scenes_per_step, states=states))
         step = _Step()
         window: list[Tensor] = []  # the weighted losses of the groups not back-propagated yet
+        in_window = 0  # groups forwarded since the last backward (first-pass groups too)
 
         def backward() -> None:
-            if not window:
-                return
-            objective = window[0] if len(window) == 1 else torch.stack(window).sum()
-            if not per_scene and len(window) > 1:
-                objective = objective / len(window)  # per_chunk: the mean over the window's groups
-            objective.backward()
-            window.clear()
+            nonlocal in_window
+            in_window = 0
+            if window:
+                objective = window[0] if len(window) == 1 else torch.stack(window).sum()
+                if not per_scene and len(window) > 1:
+                    objective = objective / len(window)  # per_chunk: the mean over the window's groups
+                objective.backward()
+                window.clear()
             if bptt_chunks > 1:
                 states.detach()  # the window's graph is freed: no state may point into it
 
@@ -124,30 +129,33 @@ def accumulate(model: Any, items: Iterable[Any], *, policy: str = "per_chunk", s
                 group = next(groups, None)
                 if group is None:
                     break
-                if group[0].info.get("prime"):
-                    # a first pass (order="two_pass") filled the state: no loss; its chunks are
-                    # counted with the next step's (what resuming reads past)
-                    step.chunks += len(group)
-                    continue
-                results = [loss_fn(c) for c in group]
-            losses = [_scalar(r) for r in results]
-            for c, loss in zip(group, losses):
-                _check_finite(loss, c)
-            if per_scene:
-                weights = [1.0 / (_chunks_in_scene(c, model.config.chunk) * scenes_per_step) for c in group]
+                prime = bool(group[0].info.get("prime"))
+                results = [] if prime else [loss_fn(c) for c in group]
+            in_window += 1
+            if prime:
+                # a first pass (order="two_pass") fills the state: no loss of its own (with
+                # bptt_chunks > 1 a later loss in its window reaches it); its chunks are counted
+                # with the next step's (what resuming reads past)
+                step.chunks += len(group)
             else:
-                weights = [1.0 / len(group)] * len(group)
-            total = sum(w * loss.float() for w, loss in zip(weights, losses))
-            window.append(total)
-            step.add(group, results, float(total.detach()))
-            if len(window) >= bptt_chunks:
+                losses = [_scalar(r) for r in results]
+                for c, loss in zip(group, losses):
+                    _check_finite(loss, c)
+                if per_scene:
+                    weights = [1.0 / (_chunks_in_scene(c, model.config.chunk) * scenes_per_step) for c in group]
+                else:
+                    weights = [1.0 / len(group)] * len(group)
+                total = sum(w * loss.float() for w, loss in zip(weights, losses))
+                window.append(total)
+                step.add(group, results, float(total.detach()))
+            if in_window >= bptt_chunks:
                 backward()
             if per_scene:
                 if step.finished >= scenes_per_step:
                     backward()
                     yield step.done()
                     step = _Step()
-            elif not window:
+            elif not window and step.group:
                 if len(step.loss_parts) > 1:
                     step.loss = sum(step.loss_parts) / len(step.loss_parts)
                 yield step.done()

@@ -116,7 +116,7 @@ class Trainer:
                                        seed=cfg.seed, source=cfg.source, passes=passes_of(model.config))
         per_epoch = [steps_per_epoch(sizes, e, chunk=chunk, policy=cfg.step.policy,
                                      scenes_per_step=cfg.step.scenes_per_step, workers=cfg.data.workers,
-                                     bptt_chunks=cfg.step.bptt_chunks,
+                                     bptt_chunks=cfg.step.bptt_chunks, passes=passes_of(model.config),
                                      world=d.world, shuffle=cfg.data.shuffle, seed=cfg.seed)
                      for e in range(cfg.epochs)]
         if not sum(per_epoch):

@@ -14,7 +14,8 @@ Stages, for a stream of :class:`~xtstream.data.chunk.RegionChunk` (scenes may in
    and put back after; order within a scene is checked there.
 
 **Two passes** (a model of ``order="two_pass"``, data read with ``passes=2``): a scene's
-first-pass chunks (``info["prime"]``) only fill its context state — no head, no gradient — and
+first-pass chunks (``info["prime"]``) only fill its context state — no head, and no gradient unless
+the state carries one (truncated-BPTT windows, :mod:`xtstream.engine.policy`) — and
 its second pass starts from that state; the first pass comes out too, with ``outputs`` ``None``
 (training counts what it read), which :meth:`~xtstream.models.XTModel.stream` leaves out.
 
@@ -166,11 +167,19 @@ def _encode_groups(model: Any, groups: Iterable[list[RegionChunk]], device: torc
     """Training: each group is one backbone batch, encoded when the consumer asks for it."""
     for group in groups:
         x = stack_pixels(group, model.encoder).to(device)
-        # a first pass only fills the state: no gradient (and no yield inside no_grad, which would
-        # leave the consumer's code without gradient until the next chunk)
-        with torch.no_grad() if group[0].info.get("prime") else contextlib.nullcontext():
+        # a first pass only fills the state: no gradient unless the state carries one (truncated
+        # BPTT windows); no yield inside no_grad, which would leave the consumer without gradient
+        with _first_pass_grad(model, group):
             encoded = forward_with_grad_ratio(model.encoder, x, ratio, generator)
         yield assign_features(group, *encoded)
+
+
+def _first_pass_grad(model: Any, group: list[RegionChunk]) -> Any:
+    """``no_grad`` for a first pass's group unless the context hands its state on with gradient
+    (``detach_state`` off: truncated BPTT windows, where a later loss reaches the first pass)."""
+    config = getattr(model.context, "config", None)
+    carried = config is not None and not getattr(config, "detach_state", True)
+    return torch.no_grad() if group[0].info.get("prime") and not carried else contextlib.nullcontext()
 
 
 def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: SceneStates
@@ -183,7 +192,7 @@ def _chunk_groups(model: Any, groups: Iterable[list[RegionChunk]], states: Scene
                                                     zip(*(c.features for c in group))]
         positions = _positions(group[0], feats[-1].device)
         if group[0].info.get("prime"):
-            with torch.no_grad():
+            with _first_pass_grad(model, group):
                 out, new_state = None, model.prime_features(feats, positions, state)
         else:
             out, new_state = model.forward_features(feats, positions, state)
