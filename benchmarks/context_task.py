@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--scenes", type=int, help="training scenes per model (default: xtstream.bench.context_task.SCENES)")
     p.add_argument("--eval-scenes", type=int, help="held-out scenes per model (default: EVAL_SCENES)")
     p.add_argument("--order", choices=ORDERS, default="row_major", help="how scenes are read (default row_major)")
+    p.add_argument("--rows", type=int, help="scene height in regions (default 4)")
     p.add_argument("--cols", type=int, help="scene width in regions (default 4)")
     p.add_argument("--chunk", type=int, help="regions per chunk (default 4)")
     p.add_argument("--merge", action="store_true", help="keep the existing results file's other models (same seeds)")
@@ -50,7 +51,7 @@ def main() -> None:
     path = args.out / "context_task.json"
     if args.merge and path.exists() and json.loads(path.read_text()).get("seeds") != args.seeds:
         p.error(f"--merge: {path} was run with other seeds; rerun everything instead")
-    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("cols", args.cols),
+    kw = {k: v for k, v in (("scenes", args.scenes), ("eval_scenes", args.eval_scenes), ("rows", args.rows), ("cols", args.cols),
                              ("chunk", args.chunk)) if v is not None}
     kw["order"] = args.order
     results = {**machine(), **sweep(models, seeds=args.seeds, **kw)}
