@@ -240,6 +240,35 @@ def test_archive_ingest_on_a_distributed_scheduler_by_address(tmp_path, capfd):
     assert json.loads((stores[2] / "zarr.json").read_text())["attributes"]["xtstream"]["scene_id"] == "s2"
 
 
+def test_an_archive_on_a_cluster_stops_at_a_bad_scene_and_resumes_once_it_is_fixed(tmp_path):
+    """On a cluster scenes are queued (the next submitted while the oldest finishes): a bad scene
+    stops the run with its file named, the stores queued before it are left resumable (not
+    complete, not locked), and the rerun finishes every scene."""
+    from distributed import LocalCluster
+
+    from xtstream.errors import XTStreamError
+
+    root = tmp_path / "archive"
+    for k in range(3):
+        synth_scene(root / f"s{k}", 300, 260, seed=k, progress=False)
+    good = (root / "s1" / "VH_dB.tif").read_bytes()
+    (root / "s1" / "VH_dB.tif").write_bytes(b"not a tiff at all" * 50)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        kw = dict(spec="xview3", tile=128, allow_small=True, scenes_in_flight=2,
+                  scheduler=cluster.scheduler_address, progress=False)
+        with pytest.raises(XTStreamError, match="VH_dB.tif"):
+            ingest_archive(root, tmp_path / "stores", **kw)
+        assert not read_status(tmp_path / "stores" / "s0.zarr").complete
+        (root / "s1" / "VH_dB.tif").write_bytes(good)
+        stores = ingest_archive(root, tmp_path / "stores", **kw)
+    assert [s.name for s in stores] == ["s0.zarr", "s1.zarr", "s2.zarr"]
+    for k, store in enumerate(stores):
+        assert read_status(store).complete
+        alone = ingest(root / f"s{k}", tmp_path / f"alone{k}.zarr", spec="xview3", tile=128, allow_small=True,
+                       progress=False)
+        assert np.array_equal(open_store(store)["image"].values, open_store(alone)["image"].values)
+
+
 def test_changed_source_file_is_not_resumed_into(tmp_path):
     scene = synth_scene(tmp_path / "changing", 300, 300, seed=1, progress=False)
     out = ingest(scene.directory, tmp_path / "c.zarr", tile=128, progress=False)

@@ -98,11 +98,23 @@ def run_graph(graph: dict, keys: Sequence[Any], client: Any = None, *, progress:
             with TqdmCallback(desc=desc or None, unit="chunk"):
                 return _local_get(graph, keys, sync, threads)
         return _local_get(graph, keys, sync, threads)
-    futures = client.get(graph, keys, sync=False)
+    futures = submit_graph(graph, keys, client)
     if progress:
         from distributed import progress as dist_progress
 
         dist_progress(futures)
+    return gather_graph(futures, client)
+
+
+def submit_graph(graph: dict, keys: Sequence[Any], client: Any) -> list[Any]:
+    """Start computing ``keys`` of ``graph`` on ``client``'s cluster; their futures, in order."""
+    return client.get(graph, list(keys), sync=False)
+
+
+def gather_graph(futures: list[Any], client: Any) -> list[Any]:
+    """The results of :func:`submit_graph`'s ``futures``; a worker's error is raised as the error it
+    was (see :func:`unflatten`), a module it could not import named, and what has not started yet
+    is cancelled."""
     try:
         return client.gather(futures)
     except Exception as err:

@@ -286,6 +286,8 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
                              "for the scene stores")
         out_root.mkdir(parents=True, exist_ok=True)
         with dask_client(scheduler) as client:
+            if client is not None:
+                return _archive_on_cluster(client, scenes, out_root, spec, scenes_in_flight, progress, kw)
             for start in range(0, len(scenes), scenes_in_flight):
                 group = scenes[start: start + scenes_in_flight]
                 with contextlib.ExitStack() as locks:  # each store is locked while its graph runs
@@ -298,6 +300,77 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
                               desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
                     written.extend(finalize(p) for p in plans)
     return written
+
+
+def _archive_on_cluster(client: Any, scenes: list[tuple[str, str, Any]], out_root: Path, spec: Any,
+                        in_flight: int, progress: bool, kw: dict[str, Any]) -> list[Path]:
+    """:func:`ingest_archive` on a dask cluster: a queue of ``in_flight`` scenes' graphs, the next
+    scene submitted as soon as the oldest is finished, so that the workers never wait for a
+    whole group of scenes to end (the stragglers' tail) or for the next plan to be made."""
+    import collections
+
+    from xtstream._runtime.cluster import gather_graph, submit_graph
+
+    bar = _ArchiveBar(progress, len(scenes))
+    queue: collections.deque = collections.deque()  # (plan, futures, lock) oldest first
+    written: list[Path] = []
+    todo = iter(scenes)
+    try:
+        while True:
+            while len(queue) < in_flight:
+                scene = next(todo, None)
+                if scene is None:
+                    break
+                name, sid, src = scene
+                lock = contextlib.ExitStack()  # the store is locked while its graph runs
+                lock.enter_context(output_lock(out_root / name, "scene store", error=StoreError))
+                try:
+                    plan = plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw)
+                    futures = submit_graph(plan.graph, plan.keys, client) if plan.keys else []
+                except BaseException:
+                    lock.close()
+                    raise
+                bar.add(futures)
+                queue.append((plan, futures, lock))
+            if not queue:
+                return written
+            plan, futures, lock = queue.popleft()
+            with lock:
+                gather_graph(futures, client)
+                written.append(finalize(plan))
+            bar.scene_done()
+    finally:
+        for _, futures, lock in queue:  # an error: what has not run is cancelled, the locks freed
+            client.cancel(futures)
+            lock.close()
+        bar.close()
+
+
+class _ArchiveBar:
+    """Tiles done over tiles planned so far (``tqdm``), and scenes done; nothing without ``progress``."""
+
+    def __init__(self, progress: bool, scenes: int) -> None:
+        self.scenes, self.done, self.bar = scenes, 0, None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=0, unit="chunk", desc=f"scenes 0/{scenes}")
+
+    def add(self, futures: list[Any]) -> None:
+        if self.bar is not None:
+            self.bar.total += len(futures)
+            self.bar.refresh()
+            for f in futures:
+                f.add_done_callback(lambda _: self.bar.update(1))
+
+    def scene_done(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_description(f"scenes {self.done}/{self.scenes}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def resolve_codec(codec: str | None, level: int | None, recorded: Any = None) -> tuple[str, int]:
