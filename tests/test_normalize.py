@@ -63,3 +63,50 @@ def test_other_source_types_take_the_float64_steps(dtype):
     got = normalize_block(block, nodata, lo, hi, mean, std, fill, np.dtype(np.float32))
     np.testing.assert_array_equal(got.view(np.uint32),
                                   reference(block, nodata, lo, hi, mean, std, fill).view(np.uint32))
+
+
+def test_in_place_writes_over_the_block_with_the_same_bits():
+    block = _block(5, np.array([-32768.0]), 1, 70, 9)
+    args = (np.array([-32768.0]), np.array([-50.0]), np.array([20.0]), np.array([-40.0]), np.array([15.0]),
+            np.array([-1.0]), np.dtype(np.float32))
+    want = normalize_block(block.copy(), *args)
+    got = normalize_block(block, *args, in_place=True)
+    assert got is block
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_ingest_normalises_geotiffs_in_place_and_never_a_callers_array(small_scene, tmp_path):
+    """GeoTIFF windows are fresh arrays (normalised in place, the store bit-exact to the
+    step-by-step arithmetic); a source handing out views of its own memory must find it as it was."""
+    import xarray as xr
+
+    from xtstream.data.ingest import ingest
+    from xtstream.data.sources import WindowedSource, open_source
+    from xtstream.data.specs import load_spec
+
+    spec = load_spec("xview3").select(["VV", "VH"])
+    store = ingest(small_scene.directory, tmp_path / "g.zarr", spec="xview3", bands=["VV", "VH"], tile=256,
+                   progress=False)
+    src = open_source(small_scene.directory, spec, ["VV", "VH"])
+    assert src.fresh_windows
+    raw = src.to_dataarray(chunks=256).values
+    params = [np.array(v, np.float64) for v in zip(*[(b.nodata, b.clip[0], b.clip[1], b.mean, b.std, b.fill)
+                                                      for b in spec.bands])]
+    want = reference(raw, *params)
+    got = xr.open_zarr(store)["image"].values
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+    class Views(WindowedSource):  # a plug-in handing out (writeable) views of its own memory
+        name, band_names, dtype = "views", ["VV", "VH"], np.dtype("float32")
+
+        def __init__(self, image):
+            self.image, self.shape = image, image.shape
+
+        def read_window(self, w):
+            return self.image[:, w.y0:w.y1, w.x0:w.x1]
+
+    image = raw.copy()
+    ingest(Views(image), tmp_path / "a.zarr", spec="xview3", tile=256, progress=False)
+    np.testing.assert_array_equal(image, raw)
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "a.zarr")["image"].values.view(np.uint32),
+                                  want.view(np.uint32))

@@ -128,7 +128,8 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         # what normalisation turns into `fill` is kept as a mask beside the image (`valid`)
         valid = valid_mask(arr, present)
         arr = normalize(arr, present)
-        norm = {**normalize_params(raw, present), "dtype": arr.dtype.str}
+        norm = {**normalize_params(raw, present), "dtype": arr.dtype.str,
+                "in_place": bool(getattr(src, "fresh_windows", False))}
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
     # a tile is written whole (zarr fills a partial one in memory): refuse one that cannot fit

@@ -15,13 +15,14 @@ STRIP_ROWS = 64
 
 def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     mean: np.ndarray, std: np.ndarray, fill: np.ndarray, dtype: np.dtype,
-                    valid: np.ndarray | None = None) -> np.ndarray:
+                    valid: np.ndarray | None = None, in_place: bool = False) -> np.ndarray:
     """``(bands, h, w)`` → ``(clip(x, lo, hi) - mean) / std``, nodata and NaN → ``fill``.
 
     Per-band parameters are ``(bands,)`` arrays; a NaN ``nodata`` means "no nodata value".
     ``valid``: a ``(bands, h, w)`` uint8 array to fill with :func:`valid_block`'s mask on the way
     (the invalid pixels are found for ``fill`` anyway; a separate pass cost 9 ms a 2-band 2,048²
-    tile).
+    tile). ``in_place``: write the result over ``block`` when it already has the working dtype
+    (the caller owns ``block``; saves a tile-sized array, 32 MiB a 2-band 2,048² tile).
 
     Each step is rounded to the output once, as computed in float64 (the parameters are float64),
     so stores stay bit-identical across versions. A float32 block whose parameters are all
@@ -36,7 +37,8 @@ def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: n
     params = (nodata, lo, hi, mean, std, fill)
     if work is np.float32 and block.dtype == np.float32 and all(_float32_exact(p) for p in params):
         nodata, lo, hi, mean, std, fill = (np.asarray(p, np.float32) for p in params)
-    out = np.empty(block.shape, work)
+    # every strip's inputs are read (the invalid mask first) before its output is written
+    out = block if in_place and block.dtype == work and block.flags.writeable else np.empty(block.shape, work)
     bands, h, w = block.shape
     invalid = np.empty((min(STRIP_ROWS, h), w), bool)
     equal = np.empty_like(invalid)

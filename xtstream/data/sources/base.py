@@ -87,6 +87,10 @@ class WindowedSource:
     crs: Any = None
     transform: Any = None
     paths: Sequence[str] = ()
+    #: True when every ``read_window`` call returns a new array that nothing else holds: an
+    #: ingest may then normalise it in place (a source returning views of its own memory, or
+    #: cached arrays, must leave it False, the default)
+    fresh_windows: bool = False
 
     def read_window(self, window: Window) -> np.ndarray:
         """Pixels of ``window`` (inside the raster) as ``(bands, h, w)`` of ``self.dtype``."""

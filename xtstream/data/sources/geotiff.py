@@ -126,22 +126,32 @@ class GeoTIFFSource(WindowedSource):
         for f in files:
             _probe(f)
 
+    #: every read_window call returns a new array nothing else holds (an ingest normalises it in place)
+    fresh_windows = True
+
     def read_window(self, window: Window) -> np.ndarray:
         out = np.empty((self.shape[0], window.height, window.width), dtype=self.dtype)
         band = 0
         for f in self._files:
-            out[band: band + f.count] = self._read_file(f, window)
+            part = out[band: band + f.count]
+            got = self._read_file(f, window, part)
+            if got is not part:
+                part[...] = got
             band += f.count
         return out
 
-    def _read_file(self, f: _BandFile, window: Window) -> np.ndarray:
+    def _read_file(self, f: _BandFile, window: Window, out: np.ndarray) -> np.ndarray:
+        """File ``f``'s bands of ``window``: read straight into ``out`` where GDAL can (same
+        dtype, no resampling: no temporary, no copy), else returned for the caller to copy."""
         try:
             with rasterio.Env(**_ENV), rasterio.open(f.path, sharing=False) as ds:
                 if f.warp:
                     return self._read_warped(ds, f, window)
                 if f.resample is None:
-                    return ds.read(window=RioWindow(window.x0, window.y0, window.width, window.height),
-                                   out_dtype=self.dtype)
+                    rio_window = RioWindow(window.x0, window.y0, window.width, window.height)
+                    if f.dtype == self.dtype:
+                        return ds.read(window=rio_window, out=out)
+                    return ds.read(window=rio_window, out_dtype=self.dtype)
                 sy, sx = f.height / self.shape[1], f.width / self.shape[2]
                 src = RioWindow(window.x0 * sx, window.y0 * sy, window.width * sx, window.height * sy)
                 return ds.read(window=src, out_shape=(f.count, window.height, window.width),
