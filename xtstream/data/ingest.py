@@ -128,7 +128,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
         # what normalisation turns into `fill` is kept as a mask beside the image (`valid`)
         valid = valid_mask(arr, present)
         arr = normalize(arr, present)
-        norm = {**normalize_params(raw, present), "dtype": arr.dtype.str,
+        norm = {**normalize_params(raw, present), "dtype": arr.dtype,
                 "in_place": bool(getattr(src, "fresh_windows", False))}
     if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
         raise SourceError(f"{src.name}: empty raster {dict(arr.sizes)}")
@@ -410,7 +410,7 @@ def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None =
     _, i, j = info["chunk-location"]
     mask = np.empty(block.shape, np.uint8) if valid else None
     if norm is not None:
-        block = normalize_block(block, **{**norm, "dtype": np.dtype(norm["dtype"])}, valid=mask)
+        block = normalize_block(block, **norm, valid=mask)
     # write_empty_chunks: a tile equal to the fill value gets its file too, so that a missing
     # file always means a lost tile (readers refuse it instead of filling it in)
     with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):

@@ -49,7 +49,6 @@ from xtstream.data.georef import Georef
 from xtstream.data.grid import RegionGrid
 from xtstream.data.shards.format import scene_key
 from xtstream.data.split import split_scenes, worker_info
-from xtstream.engine.stream import passes_of
 from xtstream.errors import ModelConfigError, StoreError
 
 RUN_FORMAT = "xtstream-predict/1"
@@ -156,7 +155,7 @@ def _predict(model: Any, task: Any, config: Any, entries: list[SceneEntry], out:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     rows_written, done = 0, []
-    for dataset, group in _datasets(todo, config.region, chunk, prefetch, passes_of(config)):
+    for dataset, group in _datasets(todo, config.region, chunk, prefetch, config.passes):
         by_id = {e.scene_id: e for e in group}
         loader = dataset if num_workers == 0 else torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)

@@ -40,7 +40,6 @@ from xtstream.engine.log import RunLog
 from xtstream.engine.optim import build_optimizer, build_scheduler
 from xtstream.engine.policy import Accumulated, accumulate
 from xtstream.engine.state import SceneStates
-from xtstream.engine.stream import passes_of
 from xtstream.errors import ModelConfigError, TrainConfigError, TrainingError
 
 #: what a run directory holds; ``overwrite`` deletes these and nothing else
@@ -113,10 +112,10 @@ class Trainer:
                                    "to score the held-out scenes against")
         chunk = model.config.chunk
         dataset, sizes = build_dataset(cfg.data, region=model.config.region, chunk=chunk, task=task,
-                                       seed=cfg.seed, source=cfg.source, passes=passes_of(model.config))
+                                       seed=cfg.seed, source=cfg.source, passes=model.config.passes)
         per_epoch = [steps_per_epoch(sizes, e, chunk=chunk, policy=cfg.step.policy,
                                      scenes_per_step=cfg.step.scenes_per_step, workers=cfg.data.workers,
-                                     bptt_chunks=cfg.step.bptt_chunks, passes=passes_of(model.config),
+                                     bptt_chunks=cfg.step.bptt_chunks, passes=model.config.passes,
                                      world=d.world, shuffle=cfg.data.shuffle, seed=cfg.seed)
                      for e in range(cfg.epochs)]
         if not sum(per_epoch):

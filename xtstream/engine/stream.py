@@ -77,7 +77,7 @@ def stream_groups(model: Any, items: Iterable[Any], *, device: torch.device | st
         # one backbone batch would share a graph that the first scene's backward frees
         max_b = 1
     chunks = _checked_sizes(chunked(items, cfg.chunk), cfg.chunk)
-    chunks = _checked_passes(chunks, passes_of(cfg) == 2, states)
+    chunks = _checked_passes(chunks, cfg.passes == 2, states)
     if training:
         encoded = _encode_groups(model, _groups(chunks, max_b, states), device, ratio, generator)
     else:
@@ -98,11 +98,6 @@ def _checked_sizes(chunks: Iterable[RegionChunk], size: int) -> Iterator[RegionC
                 f"model's context chunk is {size} (only a scene's last chunk may be shorter); read "
                 f"with chunk={size}")
         yield c
-
-
-def passes_of(config: Any) -> int:
-    """How many times a model of ``config`` reads each scene: 2 for ``order="two_pass"``, else 1."""
-    return 2 if getattr(config, "order", "row_major") == "two_pass" else 1
 
 
 def _checked_passes(chunks: Iterable[RegionChunk], two_pass: bool, states: SceneStates) -> Iterator[RegionChunk]:

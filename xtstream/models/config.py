@@ -93,6 +93,11 @@ class XTConfig:
         if self.context == "xl":
             self.context_kwargs.setdefault("region_mem", DEFAULT_REGION_MEM)
 
+    @property
+    def passes(self) -> int:
+        """How many times the model reads each scene: 2 for ``order="two_pass"``, else 1."""
+        return 2 if self.order == "two_pass" else 1
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
