@@ -15,10 +15,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
+from typing import Any, Mapping
 
 M_ARENA_MAX = -8  # from glibc's malloc.h
 ARENAS = 2
+#: glibc (2.35+) tunable: ``madvise(MADV_HUGEPAGE)`` on the blocks malloc maps
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 _done = False
 
@@ -55,6 +59,27 @@ def trim() -> bool:
         return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+def huge_page_environ(environ: Mapping[str, Any], inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``environ`` (variables a new process starts with) plus ``GLIBC_TUNABLES=``:data:`HUGE_PAGES`,
+    unless ``GLIBC_TUNABLES`` is set already, there or in ``inherited`` (default ``os.environ``):
+    whoever set it chose their allocator's settings (and dask's nanny lets the environment's
+    value win over its configuration's anyway).
+
+    Why: a worker's per-tile codec buffers (blosc's ~32-MB output for a 2,048² two-band tile, the
+    compressed copies) are ``malloc`` blocks mapped fresh for each tile and faulted in 4 KiB at a
+    time; numpy already asks for huge pages for its arrays, glibc does not by default. With the
+    tunable, the ``local:2`` workers ingesting a 29,400 x 24,400 scene took 0.6 M page faults
+    instead of 1.7 M, and 12 % less time (15.1 vs 17.2 s, medians of 4 alternating runs).
+    A tunable is read when a process starts, so it goes in the environment of processes still to
+    be started; glibc before 2.35, other C libraries and kernels without transparent huge pages
+    ignore it.
+    """
+    inherited = os.environ if inherited is None else inherited
+    if "GLIBC_TUNABLES" in environ or "GLIBC_TUNABLES" in inherited:
+        return dict(environ)
+    return {**environ, "GLIBC_TUNABLES": HUGE_PAGES}
 
 
 @functools.lru_cache(maxsize=None)
