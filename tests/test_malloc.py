@@ -32,29 +32,26 @@ def test_trim_never_starts_a_process(monkeypatch):
         assert isinstance(malloc.trim(), bool)
 
 
-def test_worker_allocator_settings_join_the_environment_a_worker_starts_with():
-    ours = malloc.WORKER_MALLOC
-    got = malloc.worker_malloc_environ({"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": 1}, inherited={})
-    assert got == {**ours, "OMP_NUM_THREADS": 1}  # dask's default trim threshold is replaced
-    # what the user set stands: in the shell, or in dask's configuration
-    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "MALLOC_TRIM_THRESHOLD_": "0"}
-    assert malloc.worker_malloc_environ({}, inherited=mine) == {"MALLOC_MMAP_THRESHOLD_": ours["MALLOC_MMAP_THRESHOLD_"]}
-    assert malloc.worker_malloc_environ(mine, inherited={}) == {**mine, "MALLOC_MMAP_THRESHOLD_": ours["MALLOC_MMAP_THRESHOLD_"]}
+def test_huge_pages_join_the_environment_a_process_starts_with():
+    assert malloc.huge_page_environ({"MALLOC_TRIM_THRESHOLD_": 65536}, inherited={}) == {
+        "MALLOC_TRIM_THRESHOLD_": 65536, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    # tunables the user set (in the shell, or in dask's configuration) stand as they are
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert malloc.huge_page_environ({}, inherited=mine) == {}
+    assert malloc.huge_page_environ(mine, inherited={}) == mine
 
 
-def test_local_cluster_workers_start_with_the_allocator_settings(monkeypatch):
-    """The ``local:N`` workers an ingest or sharding starts are spawned with them (glibc reads
-    them once, when a process starts)."""
+def test_local_cluster_workers_start_with_huge_pages(monkeypatch):
+    """The ``local:N`` workers an ingest or sharding starts are spawned with the tunable, beside
+    dask's own settings (a tunable set once a process runs has no effect)."""
     import os
 
     from xtstream._runtime.cluster import dask_client
 
-    for key in malloc.WORKER_MALLOC:
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     try:
         with dask_client("local:1") as client:
-            seen = client.run(lambda: {k: os.environ.get(k) for k in malloc.WORKER_MALLOC})
+            seen = client.run(lambda: (os.environ.get("GLIBC_TUNABLES"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
     finally:
-        for key in malloc.WORKER_MALLOC:  # dask's nanny writes the workers' variables here too
-            os.environ.pop(key, None)
-    assert list(seen.values()) == [{k: str(v) for k, v in malloc.WORKER_MALLOC.items()}]
+        os.environ.pop("GLIBC_TUNABLES", None)  # dask's nanny writes the workers' variables here too
+    assert list(seen.values()) == [("glibc.malloc.hugetlb=1", "65536")]

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import dask
 
 from xtstream import errors
-from xtstream._runtime.malloc import worker_malloc_environ
+from xtstream._runtime.malloc import huge_page_environ
 
 #: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
 _FLATTENED = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.S)
@@ -43,8 +43,8 @@ def dask_client(scheduler: str | None = None) -> Iterator[Any]:
 
     if scheduler == "local" or scheduler.startswith("local:"):
         n = int(scheduler.split(":", 1)[1]) if ":" in scheduler else (os.cpu_count() or 1)
-        # the workers' allocator keeps its per-tile blocks (see worker_malloc_environ)
-        environ = worker_malloc_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        # the workers start with malloc backing large blocks by huge pages (see huge_page_environ)
+        environ = huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
                 LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                              dashboard_address=":0" if _has_bokeh() else None,
