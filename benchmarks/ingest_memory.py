@@ -244,6 +244,7 @@ def main() -> None:
     me = str(Path(__file__).resolve())
     results = HERE / "results" / "ingest_memory.json"
     if args.stages_only:
+        prefetch(ensure_scene(args.work, *args.sizes["large"]))
         stages = run_measured([me, "--child", "stages", str(ensure_scene(args.work, *args.sizes["large"]))], interval=0.5)
         result = json.loads(results.read_text()) if results.exists() else {}
         result["stages"] = stages
@@ -293,6 +294,7 @@ def main() -> None:
                       if "start_seconds" in ts[0] else {}),
                    "peak_rss_mib": max(t["peak_rss_mib"] for t in ts),
                    "seconds_each": [round(t["seconds"], 2) for t in ts]} for name, ts in trials.items()}
+    prefetch(Path(large))
     stages = run_measured([me, "--child", "stages", large], interval=0.5)
     shutil.rmtree(out, ignore_errors=True)
 

@@ -76,7 +76,8 @@ def ingest_note(r: dict) -> str | None:
     alt = "; ".join(f"{k} {v['ms']:.0f} ms at ratio {v['ratio']:.2f}" for k, v in codecs.items())
     rounds = (f"Medians of {r['repeats']} rounds of every run, each run after the last one's output is deleted and "
               "the disk's write-back flushed (before that was done, runs after a large write paid for its pages: "
-              "2 workers vs 1 read 1.43×). " if r.get("repeats") else "")
+              "2 workers vs 1 read 1.43×), and its input files read into the page cache (this VM's kernel pages out "
+              "files left unread for a minute). " if r.get("repeats") else "")
     return (rounds + f"Where one {st['tile']}² two-band tile's time goes (`--stages-only`, median of {st['tiles']} tiles, "
             f"each stage alone in one process; blosc may use its own threads): {parts}. The same tile with each codec (+ crc32c): {alt}.")
 
