@@ -132,10 +132,11 @@ def child_archive(root: str, out: str, scheduler: str) -> dict:
 
 
 def prefetch(path: Path) -> int:
-    """Read every file under ``path`` (or ``path`` itself) once, into the page cache; return bytes."""
+    """Read the band files (:data:`BANDS`) under ``path`` once, into the page cache; return bytes.
+    Only the bands: the runs read nothing else (a scene's bathymetry is as large as a band)."""
     total = 0
-    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if f.is_file():
+    for f in sorted(path.rglob("*.tif")):
+        if f.name.startswith(tuple(f"{band}_" for band in BANDS)):
             with open(f, "rb", buffering=0) as fh:
                 while chunk := fh.read(16 << 20):
                     total += len(chunk)
@@ -244,8 +245,9 @@ def main() -> None:
     me = str(Path(__file__).resolve())
     results = HERE / "results" / "ingest_memory.json"
     if args.stages_only:
-        prefetch(ensure_scene(args.work, *args.sizes["large"]))
-        stages = run_measured([me, "--child", "stages", str(ensure_scene(args.work, *args.sizes["large"]))], interval=0.5)
+        large = ensure_scene(args.work, *args.sizes["large"])
+        prefetch(large)
+        stages = run_measured([me, "--child", "stages", str(large)], interval=0.5)
         result = json.loads(results.read_text()) if results.exists() else {}
         result["stages"] = stages
         print(json.dumps(stages, indent=1))
