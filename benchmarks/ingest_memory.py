@@ -111,7 +111,6 @@ def child_archive(root: str, out: str, scheduler: str) -> dict:
     up, as a cluster serving an archive is: the start-up amortised over it) and ``start_seconds``
     (the cluster's start-up, reported beside it), and how many scenes."""
     import contextlib
-    import logging
 
     from xtstream.data.ingest import ingest_archive
 
@@ -119,11 +118,10 @@ def child_archive(root: str, out: str, scheduler: str) -> dict:
     with contextlib.ExitStack() as stack:
         t = time.perf_counter()
         if scheduler.startswith("local:"):
-            from distributed import LocalCluster
+            # started as `--scheduler local:N` starts it (its workers' allocator, their imports)
+            from xtstream._runtime.cluster import local_cluster
 
-            cluster = stack.enter_context(LocalCluster(n_workers=int(scheduler.split(":")[1]), threads_per_worker=1,
-                                                       processes=True, dashboard_address=None,
-                                                       silence_logs=logging.ERROR))
+            cluster = stack.enter_context(local_cluster(int(scheduler.split(":")[1]), ["xtstream.data.ingest"]))
             scheduler = cluster.scheduler_address
         start = time.perf_counter() - t
         t = time.perf_counter()

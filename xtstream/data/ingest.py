@@ -226,7 +226,7 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
             if client is not None:
                 run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
             else:
-                with dask_client(scheduler) as c:
+                with dask_client(scheduler, preload=[__name__]) as c:
                     run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
         return finalize(plan)
 
@@ -286,7 +286,7 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
             raise StoreError(f"{out_root}: exists and is a file, not a directory; choose another output "
                              "for the scene stores")
         out_root.mkdir(parents=True, exist_ok=True)
-        with dask_client(scheduler) as client:
+        with dask_client(scheduler, preload=[__name__]) as client:
             if client is not None:
                 return _archive_on_cluster(client, scenes, out_root, spec, scenes_in_flight, progress, kw)
             for start in range(0, len(scenes), scenes_in_flight):

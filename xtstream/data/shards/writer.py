@@ -355,7 +355,7 @@ def _shard_locked(stores: Sequence[str | Path], out: str | Path, *, scheduler: s
         if client is not None:
             run_graph(graph, keys, client, progress=progress, desc="shards")
         else:
-            with dask_client(scheduler) as c:
+            with dask_client(scheduler, preload=[__name__]) as c:
                 run_graph(graph, keys, c, progress=progress, desc="shards", threads=threads)
     return write_manifest(plan)
 
