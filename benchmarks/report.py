@@ -74,6 +74,9 @@ def ingest_note(r: dict) -> str | None:
                                                                                   "valid_mask" not in ms else "")}
     parts = ", ".join(f"{names.get(k, k.replace('_', ' '))} {ms[k]:.0f} ms ({share:.0%})" for k, share in st["share"].items())
     alt = "; ".join(f"{k} {v['ms']:.0f} ms at ratio {v['ratio']:.2f}" for k, v in codecs.items())
+    if "zarr_overhead" not in st["share"] and "zarr_write" in ms:  # since the ingest writes its tiles itself
+        parts += (f". Zarr's own write of the same tile (`array[...] = tile`) took {ms['zarr_write']:.0f} ms, "
+                  f"against {ms['codec'] + ms['file_write']:.0f} ms for the ingest's codec and file write")
     rounds = (f"Medians of {r['repeats']} rounds of every run, each run after the last one's output is deleted and "
               "the disk's write-back flushed (before that was done, runs after a large write paid for its pages: "
               "2 workers vs 1 read 1.43×), and its input files read into the page cache (this VM's kernel pages out "

@@ -6,11 +6,21 @@ worker's. :mod:`~xtstream.data.tile_writer` and :mod:`~xtstream.data.tile_reader
 whole chunk files with the same numcodecs calls zarr makes — ``bytes`` (little- or big-endian) →
 optional ``zstd`` or ``blosc`` → optional ``crc32c`` — and nothing else: another codec, sharding
 or a storage transformer makes :func:`chunk_layout` return ``None`` so callers keep zarr's path.
+
+Writing, a chunk's file is a list of parts (:meth:`ChunkLayout.part_encoder`), not one ``bytes``:
+blosc compresses into a buffer the thread keeps, and the crc32c is a 4-byte part of its own. Why:
+zarr's path allocates four tile-sized buffers per chunk (the compressor's output, its trimmed
+copy, the crc32c codec's ``np.append`` copy, the file's bytes), each mapped and faulted in afresh;
+ingesting a 2,048² two-band tile took 140-220 ms that way and 80-135 ms with the parts (one
+process, 24-36 tiles, alternating runs), with 0.5 k page faults a tile instead of 6.7 k and a
+peak 70 MiB lower.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,16 +52,26 @@ class ChunkLayout:
         """The chunk's key relative to the array (``c/i/j``)."""
         return "c" + "".join(f"{self.separator}{int(c)}" for c in coords)
 
-    def encoder(self) -> Callable[[bytes], bytes] | None:
+    def encoder(self) -> Callable[[Any], bytes] | None:
         """Raw chunk bytes → the file's bytes (``None``: a codec configuration not handled here)."""
-        steps = [_codec(c) for c in self.codecs]
+        encode_parts = self.part_encoder()
+        if encode_parts is None:
+            return None
+        return lambda raw: b"".join(encode_parts(raw))
+
+    def part_encoder(self) -> Callable[[Any], list[Any]] | None:
+        """Raw chunk (any C-contiguous buffer: bytes, an array) → the file's bytes as parts to
+        write in order (``None``: a codec configuration not handled here). A part may be a view of
+        this thread's scratch buffer: write it before the thread encodes again."""
+        steps = [_part_codec(c) for c in self.codecs]
         if any(s is None for s in steps):
             return None
 
-        def encode(raw: bytes) -> bytes:
-            for enc, _ in steps:
-                raw = enc(raw)
-            return raw
+        def encode(raw: Any) -> list[Any]:
+            parts = [raw]
+            for step in steps:
+                parts = step(parts)
+            return parts
         return encode
 
     def decoder(self) -> Callable[[bytes], Any] | None:
@@ -96,6 +116,89 @@ def chunk_layout(array_dir: str | Path) -> ChunkLayout | None:
     sep = (keys.get("configuration") or {}).get("separator", "/")
     return ChunkLayout(root, dtype, tuple(int(n) for n in meta["shape"]),
                        tuple(int(n) for n in grid["configuration"]["chunk_shape"]), fill, sep, tuple(codecs[1:]))
+
+
+def _part_codec(c: dict) -> Callable[[list[Any]], list[Any]] | None:
+    """One bytes → bytes codec on a chunk's parts: a compressor takes them whole (joined if
+    there are several) and gives one part; crc32c adds its checksum of them all as a part."""
+    if c["name"] == "crc32c":
+        import google_crc32c
+
+        def checksum(parts: list[Any]) -> list[Any]:
+            crc = 0
+            for part in parts:  # a uint8 view: the C extension takes arrays, not memoryviews
+                crc = google_crc32c.extend(crc, np.frombuffer(part, np.uint8))
+            return [*parts, crc.to_bytes(4, "little")]
+        return checksum
+    if c["name"] == "blosc":
+        conf = c.get("configuration") or {}
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}.get(conf.get("shuffle"))
+        if shuffle is None:
+            return None
+        compress = blosc_into(cname=conf.get("cname", "zstd"), clevel=int(conf.get("clevel", 5)), shuffle=shuffle,
+                              typesize=int(conf.get("typesize", 1)), blocksize=int(conf.get("blocksize", 0)))
+        if compress is not None:
+            return lambda parts: [compress(_whole(parts))]
+    codec = _codec(c)
+    if codec is None:
+        return None
+    encode = codec[0]
+    return lambda parts: [encode(_whole(parts))]
+
+
+def _whole(parts: list[Any]) -> Any:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_scratch = threading.local()
+
+
+def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksize: int = 0
+               ) -> Callable[[Any], memoryview] | None:
+    """A blosc compressor writing into this thread's scratch buffer: buffer → a view of it, the
+    same bytes as numcodecs' ``Blosc(cname, clevel, shuffle, blocksize).encode`` of the buffer as
+    elements of ``typesize`` bytes (c-blosc's ``blosc_compress_ctx``, one internal thread: what
+    numcodecs calls outside the main thread; the result does not depend on the thread count).
+    ``None`` where numcodecs' extension does not export c-blosc's function (then use numcodecs).
+
+    The view stays valid until the thread compresses again; the buffer, kept for the thread's
+    life, grows to the largest chunk it has compressed (plus 16 bytes).
+    """
+    fn = _blosc_compress_ctx()
+    if fn is None:
+        return None
+    name = cname.encode()
+
+    def compress(raw: Any) -> memoryview:
+        src = np.frombuffer(raw, np.uint8)
+        size = src.nbytes + 16  # BLOSC_MAX_OVERHEAD: any input fits
+        dest = getattr(_scratch, "blosc", None)
+        if dest is None or dest.nbytes < size:
+            dest = _scratch.blosc = np.empty(size, np.uint8)
+        n = fn(clevel, shuffle, typesize, src.nbytes, src.ctypes.data, dest.ctypes.data, dest.nbytes, name, blocksize, 1)
+        if n <= 0:
+            raise ValueError(f"blosc ({cname}, level {clevel}) failed to compress {src.nbytes} bytes: {n}")
+        return memoryview(dest)[:n]
+    return compress
+
+
+def _blosc_compress_ctx() -> Any:
+    """c-blosc's ``blosc_compress_ctx`` from numcodecs' extension module (ctypes releases the GIL
+    around it), or ``None``."""
+    fn = getattr(_blosc_compress_ctx, "fn", False)
+    if fn is False:
+        fn = None
+        try:
+            import numcodecs.blosc
+
+            fn = ctypes.CDLL(numcodecs.blosc.__file__).blosc_compress_ctx
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+        except (ImportError, OSError, AttributeError):
+            fn = None
+        _blosc_compress_ctx.fn = fn
+    return fn
 
 
 def _codec(c: dict) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:

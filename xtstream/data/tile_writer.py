@@ -11,9 +11,10 @@ layout is refused by :func:`tile_writer`, which then returns ``None`` so callers
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class TileWriter:
     """Writes whole chunks of one array (its :class:`ChunkLayout`): ``write((i, j), block)``."""
 
     layout: ChunkLayout
-    encode: Callable[[bytes], bytes]
+    encode: Callable[[Any], list[Any]]  # ChunkLayout.part_encoder
 
     def key_path(self, coords: Sequence[int]) -> Path:
         """The chunk file of chunk ``coords`` (``var/c/i/j`` with the default key encoding)."""
@@ -43,19 +44,22 @@ class TileWriter:
             full = np.full(lay.chunk_shape, lay.fill_value, dtype=lay.dtype)
             full[tuple(slice(0, n) for n in block.shape)] = block
             block = full
-        data = self.encode(np.ascontiguousarray(block, dtype=lay.dtype).tobytes())
+        # the array itself, not .tobytes(): a tile-sized copy fewer
+        parts = self.encode(np.ascontiguousarray(block, dtype=lay.dtype))
         path = self.key_path(coords)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a reader sees the old chunk or the new one; a full disk keeps no half-written chunk
-        with replacing(path, f".{os.getpid()}.partial") as tmp:
-            tmp.write_bytes(data)
+        # a reader sees the old chunk or the new one; a full disk keeps no half-written chunk.
+        # (per thread: two threads writing one chunk never share a temporary file)
+        with replacing(path, f".{os.getpid()}-{threading.get_ident()}.partial") as tmp, open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
 
 
 def tile_writer(array_dir: str | Path) -> TileWriter | None:
     """A :class:`TileWriter` for the Zarr v3 array in ``array_dir`` (its ``zarr.json``), or ``None``
     when its layout or codecs are not ones this module writes (zarr's own path must be used)."""
     layout = chunk_layout(array_dir)
-    encode = layout.encoder() if layout is not None else None
+    encode = layout.part_encoder() if layout is not None else None
     if encode is None:
         return None
     return TileWriter(layout, encode)
