@@ -48,3 +48,41 @@ def test_layouts_it_does_not_write_are_left_to_zarr(tmp_path):
     assert tile_writer(tmp_path / "s" / "gz") is None
     assert tile_writer(tmp_path / "s" / "sharded") is None
     assert tile_writer(tmp_path / "s" / "nothing") is None
+
+
+@pytest.mark.parametrize("cname", ["lz4", "zstd", "blosclz"])
+@pytest.mark.parametrize("shuffle", [0, 1, 2])
+@pytest.mark.parametrize("dtype", ["f4", "u1"])
+def test_blosc_into_a_kept_buffer_gives_numcodecs_bytes(cname, shuffle, dtype):
+    """The ingest's blosc (c-blosc called into a buffer the thread keeps) is numcodecs' encoding
+    as zarr runs it (in a worker thread), on data that compresses and data that does not (stored
+    as it is), larger than blosc's blocks, and after a larger chunk left the buffer larger."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from numcodecs import Blosc
+
+    from xtstream.data.chunk_codecs import blosc_into
+
+    dt = np.dtype(dtype)
+    compress = blosc_into(cname=cname, clevel=5, shuffle=shuffle, typesize=dt.itemsize)
+    assert compress is not None  # numcodecs' wheels export c-blosc
+    rng = np.random.default_rng(1)
+    smooth = np.linspace(0, 50, 300_000).astype(dt)
+    noise = rng.integers(0, 255, 300_000 * dt.itemsize, dtype=np.uint8).view(dt)
+    with ThreadPoolExecutor(1) as zarr_s_thread:
+        for data in (smooth, noise, noise[:1000], smooth[:10]):
+            expected = zarr_s_thread.submit(Blosc(cname=cname, clevel=5, shuffle=shuffle).encode, data).result()
+            assert bytes(compress(data)) == bytes(expected)
+
+
+def test_without_c_blosc_s_function_numcodecs_encodes_the_same_file(tmp_path, monkeypatch):
+    from xtstream.data import chunk_codecs
+
+    ref = _array(tmp_path / "ref", CODECS["blosc+crc32c"])
+    _array(tmp_path / "ours", CODECS["blosc+crc32c"])
+    monkeypatch.setattr(chunk_codecs._blosc_compress_ctx, "fn", None)
+    assert chunk_codecs.blosc_into(cname="lz4", clevel=5, shuffle=1, typesize=4) is None
+    data = np.random.default_rng(2).random((32, 32)).astype("f4")
+    ref[:32, :32] = data
+    tile_writer(tmp_path / "ours" / "m").write((0, 0), data)
+    assert (tmp_path / "ours" / "m" / "c" / "0" / "0").read_bytes() == (tmp_path / "ref" / "m" / "c" / "0" / "0").read_bytes()

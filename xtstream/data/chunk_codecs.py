@@ -157,8 +157,9 @@ def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksiz
                ) -> Callable[[Any], memoryview] | None:
     """A blosc compressor writing into this thread's scratch buffer: buffer → a view of it, the
     same bytes as numcodecs' ``Blosc(cname, clevel, shuffle, blocksize).encode`` of the buffer as
-    elements of ``typesize`` bytes (c-blosc's ``blosc_compress_ctx``, one internal thread: what
-    numcodecs calls outside the main thread; the result does not depend on the thread count).
+    elements of ``typesize`` bytes outside the main thread, where zarr runs it (c-blosc's
+    ``blosc_compress_ctx`` with one internal thread, what numcodecs calls there; in the main
+    thread numcodecs uses blosc's global threads, whose zstd output differs).
     ``None`` where numcodecs' extension does not export c-blosc's function (then use numcodecs).
 
     The view stays valid until the thread compresses again; the buffer, kept for the thread's
@@ -175,7 +176,9 @@ def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksiz
         dest = getattr(_scratch, "blosc", None)
         if dest is None or dest.nbytes < size:
             dest = _scratch.blosc = np.empty(size, np.uint8)
-        n = fn(clevel, shuffle, typesize, src.nbytes, src.ctypes.data, dest.ctypes.data, dest.nbytes, name, blocksize, 1)
+        # destsize exactly nbytes + 16, as numcodecs gives it: with more room blosc keeps an
+        # expanded (incompressible) result instead of storing the bytes as they are
+        n = fn(clevel, shuffle, typesize, src.nbytes, src.ctypes.data, dest.ctypes.data, size, name, blocksize, 1)
         if n <= 0:
             raise ValueError(f"blosc ({cname}, level {clevel}) failed to compress {src.nbytes} bytes: {n}")
         return memoryview(dest)[:n]
