@@ -11,7 +11,8 @@ Runs on the large scene: ours on threads / ``local:1`` / ``local:2``; the naive 
 encode, write, nothing else — serially and on two threads (the physical limit here); and an archive
 of ``--archive`` scenes (``--archive-size``) on threads vs ``local:2`` (timed once the cluster is up,
 as one serving a whole archive is; its start-up is timed beside). Each measured run is a fresh
-process, repeated ``--repeats`` times in rounds (medians of seconds, the largest peak), after the
+process, repeated ``--repeats`` times in rounds, each round in a rotated order (medians of
+seconds, the largest peak), after the
 previous output is deleted, the disk's write-back flushed (``os.sync``) and the run's input read
 into the page cache (this VM's kernel pages out files left unread for a minute); peak RSS sums the
 process and its dask workers, sampled every 20 ms. Writes
@@ -281,8 +282,14 @@ def main() -> None:
     # this machine's speed drifts by 15-20 % within minutes: every run is repeated in rounds
     # (each round runs them all once) and its median taken, so all see the same drift
     trials: dict[str, list[dict]] = {k: [] for k in plan}
-    for _ in range(args.repeats):
-        for name, child in plan.items():
+    names = list(plan)
+    for k in range(args.repeats):
+        # each round in another order (rotated): no run always follows the same one. What a run
+        # pays for fresh page-cache pages depends on what the run before it freed (this VM hands
+        # freed memory back to its host), and large_local2 always followed the small run
+        start = k * len(names) // args.repeats
+        for name in names[start:] + names[:start]:
+            child = plan[name]
             # the last run's output is deleted and the disk's write-back flushed first, so that no
             # run pays for the pages another one wrote (it did: runs after a large write were up to
             # 40 % slower, on local:2 most). RSS sampled every 20 ms: at 0.1 s the 3-s small run's
@@ -343,6 +350,7 @@ def main() -> None:
         "rss_vs_naive": round(runs["large_threads"]["peak_rss_mib"] / runs["large_naive_rioxarray"]["peak_rss_mib"], 3),
         "naive_seconds_vs_ours": round(sec["large_naive_rioxarray"] / sec["large_local2"], 3),
         "repeats": args.repeats,
+        "rotated": True,  # each round's runs in a rotated order
         "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                  for k, v in runs.items()},
         "stages": stages,

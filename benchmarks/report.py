@@ -77,7 +77,8 @@ def ingest_note(r: dict) -> str | None:
     if "zarr_overhead" not in st["share"] and "zarr_write" in ms:  # since the ingest writes its tiles itself
         parts += (f". Zarr's own write of the same tile (`array[...] = tile`) took {ms['zarr_write']:.0f} ms, "
                   f"against {ms['codec'] + ms['file_write']:.0f} ms for the ingest's codec and file write")
-    rounds = (f"Medians of {r['repeats']} rounds of every run, each run after the last one's output is deleted and "
+    rounds = (f"Medians of {r['repeats']} rounds of every run" + (", each round in a rotated order" if r.get("rotated") else "")
+              + ", each run after the last one's output is deleted and "
               "the disk's write-back flushed (before that was done, runs after a large write paid for its pages: "
               "2 workers vs 1 read 1.43×), and its input files read into the page cache (this VM's kernel pages out "
               "files left unread for a minute). " if r.get("repeats") else "")
