@@ -83,7 +83,7 @@ def ingest_note(r: dict) -> str | None:
               "2 workers vs 1 read 1.43×), and its input files read into the page cache (this VM's kernel pages out "
               "files left unread for a minute). " if r.get("repeats") else "")
     return (rounds + f"Where one {st['tile']}² two-band tile's time goes (`--stages-only`, median of {st['tiles']} tiles, "
-            f"each stage alone in one process; blosc may use its own threads): {parts}. The same tile with each codec (+ crc32c): {alt}.")
+            f"each stage alone in one process, one thread): {parts}. The same tile with each codec (+ crc32c): {alt}.")
 
 
 def shard_rows(r: dict) -> list[tuple[str, str, str]]:
