@@ -19,6 +19,7 @@ peak 70 MiB lower.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -122,21 +123,12 @@ def _part_codec(c: dict) -> Callable[[list[Any]], list[Any]] | None:
     """One bytes → bytes codec on a chunk's parts: a compressor takes them whole (joined if
     there are several) and gives one part; crc32c adds its checksum of them all as a part."""
     if c["name"] == "crc32c":
-        import google_crc32c
+        from xtstream.data.store import crc32c
 
-        def checksum(parts: list[Any]) -> list[Any]:
-            crc = 0
-            for part in parts:  # a uint8 view: the C extension takes arrays, not memoryviews
-                crc = google_crc32c.extend(crc, np.frombuffer(part, np.uint8))
-            return [*parts, crc.to_bytes(4, "little")]
-        return checksum
+        return lambda parts: [*parts, crc32c(*parts)]
     if c["name"] == "blosc":
-        conf = c.get("configuration") or {}
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}.get(conf.get("shuffle"))
-        if shuffle is None:
-            return None
-        compress = blosc_into(cname=conf.get("cname", "zstd"), clevel=int(conf.get("clevel", 5)), shuffle=shuffle,
-                              typesize=int(conf.get("typesize", 1)), blocksize=int(conf.get("blocksize", 0)))
+        params = _blosc_params(c.get("configuration") or {})
+        compress = blosc_into(**params) if params is not None else None
         if compress is not None:
             return lambda parts: [compress(_whole(parts))]
     codec = _codec(c)
@@ -185,23 +177,30 @@ def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksiz
     return compress
 
 
+@functools.lru_cache(maxsize=None)
 def _blosc_compress_ctx() -> Any:
     """c-blosc's ``blosc_compress_ctx`` from numcodecs' extension module (ctypes releases the GIL
-    around it), or ``None``."""
-    fn = getattr(_blosc_compress_ctx, "fn", False)
-    if fn is False:
-        fn = None
-        try:
-            import numcodecs.blosc
+    around it), or ``None``; looked up once."""
+    try:
+        import numcodecs.blosc
 
-            fn = ctypes.CDLL(numcodecs.blosc.__file__).blosc_compress_ctx
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
-        except (ImportError, OSError, AttributeError):
-            fn = None
-        _blosc_compress_ctx.fn = fn
+        fn = ctypes.CDLL(numcodecs.blosc.__file__).blosc_compress_ctx
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
     return fn
+
+
+def _blosc_params(conf: dict) -> dict[str, Any] | None:
+    """A ``blosc`` codec's ``zarr.json`` configuration as :func:`blosc_into`'s keywords (shuffle as
+    c-blosc's number, which numcodecs' constants are too); ``None`` for a shuffle not known here."""
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}.get(conf.get("shuffle"))
+    if shuffle is None:
+        return None
+    return dict(cname=conf.get("cname", "zstd"), clevel=int(conf.get("clevel", 5)), shuffle=shuffle,
+                typesize=int(conf.get("typesize", 1)), blocksize=int(conf.get("blocksize", 0)))
 
 
 def _codec(c: dict) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]] | None:
@@ -219,12 +218,11 @@ def _codec(c: dict) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
     if c["name"] == "blosc":
         from numcodecs import Blosc
 
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-        if conf.get("shuffle") not in shuffle:
+        params = _blosc_params(conf)
+        if params is None:
             return None
-        b = Blosc(cname=conf.get("cname", "zstd"), clevel=int(conf.get("clevel", 5)),
-                  shuffle=shuffle[conf["shuffle"]], blocksize=int(conf.get("blocksize", 0)))
-        typesize = int(conf.get("typesize", 1))
+        typesize = params.pop("typesize")
+        b = Blosc(**params)
         # numcodecs' Blosc takes the element size from the buffer's itemsize, as zarr passes it
         return ((lambda raw: bytes(b.encode(np.frombuffer(raw, dtype=f"V{typesize}" if typesize > 1 else np.uint8)))),
                 b.decode)

@@ -282,12 +282,15 @@ def check_tiles(path: str | Path, var: str = IMAGE_VAR) -> None:
                          "deleted?); rerun `xtstream ingest` with the same arguments to write them again")
 
 
-def crc32c(data: Any) -> bytes:
-    """The crc32c of ``data`` as the 4 little-endian bytes Zarr's ``crc32c`` codec appends."""
+def crc32c(*parts: Any) -> bytes:
+    """The crc32c of the bytes of ``parts`` one after the other (bytes-like objects, arrays), as the
+    4 little-endian bytes Zarr's ``crc32c`` codec appends."""
     import google_crc32c  # zarr's own crc32c backend (hardware crc32c: ~10 GB/s)
 
-    # a uint8 view, not a copy: the C extension takes arrays but refuses memoryviews
-    return google_crc32c.value(np.frombuffer(data, np.uint8)).to_bytes(4, "little")
+    crc = 0
+    for part in parts:  # a uint8 view, not a copy: the C extension takes arrays but refuses memoryviews
+        crc = google_crc32c.extend(crc, np.frombuffer(part, np.uint8))
+    return crc.to_bytes(4, "little")
 
 
 def _array_meta(path: Path, var: str) -> dict:
