@@ -54,10 +54,12 @@ def test_resolve_codec_defaults_and_refusals():
         resolve_codec("lzma", None)
 
 
+@pytest.mark.parametrize("direct_io", [True, False])
 @pytest.mark.parametrize("codec", ["blosc-lz4", "blosc-zstd", "zstd", "none"])
-def test_ingested_tiles_are_the_files_zarr_writes(tmp_path, codec):
+def test_ingested_tiles_are_the_files_zarr_writes(tmp_path, codec, direct_io):
     """The ingest writes its tiles itself (xtstream.data.tile_writer), not through zarr: each file,
-    edge tiles and the valid mask included, is byte for byte the one zarr writes for its pixels."""
+    edge tiles and the valid mask included, is byte for byte the one zarr writes for its pixels,
+    written past the page cache (the default) or not."""
     import shutil
 
     import zarr
@@ -66,7 +68,7 @@ def test_ingested_tiles_are_the_files_zarr_writes(tmp_path, codec):
 
     synth_scene(tmp_path / "s", 150, 200, seed=3, progress=False)
     store = ingest(tmp_path / "s", tmp_path / "a.zarr", spec="xview3", tile=64, codec=codec, allow_small=True,
-                   progress=False)
+                   progress=False, direct_io=direct_io)
     again = tmp_path / "b.zarr"
     shutil.copytree(store, again)
     for var in ("image", "valid"):

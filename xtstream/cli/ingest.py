@@ -29,6 +29,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", choices=CODECS,
                    help="tile compressor (default: a resumed store's own, else blosc-lz4)")
     p.add_argument("--level", type=int, help="compression level (default: the codec's, blosc-lz4 5, zstd 1)")
+    p.add_argument("--direct-io", action=argparse.BooleanOptionalAction, default=True,
+                   help="write tiles past the page cache (O_DIRECT) where the file system takes it "
+                        "(default; --no-direct-io: buffered writes, e.g. to read the store back at once)")
     p.add_argument("--scenes-in-flight", type=positive_int, default=2, help="archives: scenes per graph (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a store from another ingest")
     p.add_argument("--verify", action="store_true",
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(spec=args.spec, bands=args.bands.split(",") if args.bands else None, tile=args.tile,
               scheduler=args.scheduler, progress=not args.quiet, codec=args.codec, level=args.level,
               overwrite=args.overwrite, allow_small=args.allow_small, channels=args.channels,
-              verify=args.verify)
+              verify=args.verify, direct_io=args.direct_io)
     if is_archive(args.src, args.spec):
         stores = ingest_archive(args.src, args.out, scenes_in_flight=args.scenes_in_flight, **kw)
     else:

@@ -104,7 +104,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
                 bands: Sequence[str] | None = None, tile: int | None = None,
                 scene_id: str | None = None, codec: str | None = None, level: int | None = None,
                 overwrite: bool = False, allow_small: bool = False, chunk: int | None = None,
-                channels: int | None = None, verify: bool = False) -> ScenePlan:
+                channels: int | None = None, verify: bool = False, direct_io: bool = True) -> ScenePlan:
     """Create (or reopen, to resume or repair) the store at ``out``; return the graph and the tile
     keys left.
 
@@ -113,6 +113,9 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     source's grey/RGB bands (:mod:`xtstream.data.sources.images`). A complete store whose tile
     files are not all there (or, with ``verify``, whose tiles fail their checksums: every tile is
     read) is reopened and only those tiles are planned. ``codec``/``level``: see :func:`resolve_codec`.
+    ``direct_io``: write the tiles past the page cache (``O_DIRECT``) where the file system takes
+    it (:mod:`xtstream._runtime.direct_io`: an ingest's output is not read back soon, and filling
+    the page cache with it cost more than the disk's wait); ``False``: buffered writes.
     """
     out = Path(out)
     spec = load_spec(spec) if spec is not None else None
@@ -175,7 +178,7 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
     # ever travels between workers; the write task normalises and takes the mask in one pass
     # (``arr`` and ``valid`` above are the lazy results it matches: the store's template)
     written = da.map_blocks(_write_chunk, raw.data, store=str(out), norm=norm, valid=valid is not None,
-                            dtype=np.int64,
+                            direct=direct_io, dtype=np.int64,
                             chunks=((1,), (1,) * nby, (1,) * nbx),
                             name=f"ingest-{scene_id}-{attrs['fingerprint']}")
     (written,) = dask.optimize(written)
@@ -207,13 +210,13 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
            scheduler: str | None = None, client: Any = None, progress: bool = True,
            codec: str | None = None, level: int | None = None, overwrite: bool = False,
            allow_small: bool = False, chunk: int | None = None, channels: int | None = None,
-           verify: bool = False) -> Path:
+           verify: bool = False, direct_io: bool = True) -> Path:
     """Ingest one scene into a Zarr v3 store at ``out``; resume it if a previous run was cut off.
 
     The store is tiled in ``tile x tile`` Zarr chunks (default: the spec's, else 2048).
     ``channels`` (1 or 3): convert an image's grey/RGB bands. On a complete store it writes again
     any tile whose file is missing, and with ``verify`` any tile failing its checksum (reading
-    them all).
+    them all). ``direct_io``: tiles written past the page cache where possible (:func:`plan_ingest`).
 
     >>> ingest("scene_dir/", "scene.zarr", spec="xview3")          # doctest: +SKIP
     >>> xarray.open_zarr("scene.zarr")["image"]                     # (band, y, x)  # doctest: +SKIP
@@ -222,7 +225,7 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
     with output_lock(out, "scene store", error=StoreError), writing(out):
         plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile, scene_id=scene_id,
                            codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
-                           channels=channels, verify=verify)
+                           channels=channels, verify=verify, direct_io=direct_io)
         if plan.keys:
             if client is not None:
                 run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
@@ -402,10 +405,11 @@ def tile_size(tile: int | None, chunk: int | None) -> int | None:
 
 
 def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None = None, valid: bool = False,
-                 block_info: dict | None = None) -> np.ndarray:
+                 direct: bool = False, block_info: dict | None = None) -> np.ndarray:
     """Normalise one ``(bands, h, w)`` source chunk with ``norm`` (:func:`normalize_block`'s
     parameters; ``None``: written as read), write it and, with ``valid``, its valid-data mask where
-    they belong; return its byte count as ``(1, 1, 1)``."""
+    they belong (with ``direct``, past the page cache where possible); return its byte count as
+    ``(1, 1, 1)``."""
     info = block_info[0]
     (_, _), (y0, y1), (x0, x1) = info["array-location"]
     _, i, j = info["chunk-location"]
@@ -416,7 +420,7 @@ def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None =
     # means a lost tile (readers refuse it instead of filling it in). Written directly (zarr's
     # own files, see tile_writer: four tile-sized buffers fewer per tile than zarr's path) where
     # the layout allows, else by zarr with write_empty_chunks
-    writers = [tile_writer(Path(store) / var) for var in ((IMAGE_VAR, VALID_VAR) if mask is not None else (IMAGE_VAR,))]
+    writers = [tile_writer(Path(store) / var, direct=direct) for var in ((IMAGE_VAR, VALID_VAR) if mask is not None else (IMAGE_VAR,))]
     if all(w is not None for w in writers):
         for w, data in zip(writers, (block, mask)):
             w.write((0, i, j), data)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from xtstream._runtime.atomic import replacing
+from xtstream._runtime.direct_io import write_direct
 from xtstream.data.chunk_codecs import ChunkLayout, chunk_layout
 
 
@@ -28,6 +29,7 @@ class TileWriter:
 
     layout: ChunkLayout
     encode: Callable[[Any], list[Any]]  # ChunkLayout.part_encoder
+    direct: bool = False  # chunk files written past the page cache where possible (direct_io)
 
     def key_path(self, coords: Sequence[int]) -> Path:
         """The chunk file of chunk ``coords`` (``var/c/i/j`` with the default key encoding)."""
@@ -50,16 +52,20 @@ class TileWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a reader sees the old chunk or the new one; a full disk keeps no half-written chunk.
         # (per thread: two threads writing one chunk never share a temporary file)
-        with replacing(path, f".{os.getpid()}-{threading.get_ident()}.partial") as tmp, open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
+        with replacing(path, f".{os.getpid()}-{threading.get_ident()}.partial") as tmp:
+            if not (self.direct and write_direct(tmp, parts)):
+                with open(tmp, "wb") as f:
+                    for part in parts:
+                        f.write(part)
 
 
-def tile_writer(array_dir: str | Path) -> TileWriter | None:
+def tile_writer(array_dir: str | Path, *, direct: bool = False) -> TileWriter | None:
     """A :class:`TileWriter` for the Zarr v3 array in ``array_dir`` (its ``zarr.json``), or ``None``
-    when its layout or codecs are not ones this module writes (zarr's own path must be used)."""
+    when its layout or codecs are not ones this module writes (zarr's own path must be used).
+    ``direct``: write the chunk files with ``O_DIRECT`` where the file system takes it
+    (:func:`~xtstream._runtime.direct_io.write_direct`) — for bulk output not read back soon."""
     layout = chunk_layout(array_dir)
     encode = layout.part_encoder() if layout is not None else None
     if encode is None:
         return None
-    return TileWriter(layout, encode)
+    return TileWriter(layout, encode, direct)
