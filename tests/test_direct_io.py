@@ -43,6 +43,21 @@ def test_a_shorter_file_over_a_longer_one_keeps_nothing_of_it(tmp_path):
     assert path.read_bytes() == b"ab" + np.arange(3, dtype="<f4").tobytes()
 
 
+def test_parts_already_in_the_thread_s_buffer_are_written_in_place_or_moved(tmp_path):
+    """A compressor's output in the thread's scratch buffer is not copied; a part of that buffer
+    somewhere else than where the file needs it is not overwritten before it is moved."""
+    from xtstream._runtime.direct_io import aligned_scratch
+
+    buf = aligned_scratch(10)
+    buf[:5] = np.frombuffer(b"HELLO", np.uint8)
+    _direct_or_skip(tmp_path / "a", [buf[:5], b"!"])
+    assert (tmp_path / "a").read_bytes() == b"HELLO!"
+    buf = aligned_scratch(10)
+    buf[:5] = np.frombuffer(b"WORLD", np.uint8)
+    _direct_or_skip(tmp_path / "b", [b"abc", buf[:5]])
+    assert (tmp_path / "b").read_bytes() == b"abcWORLD"
+
+
 def test_where_o_direct_is_refused_the_tile_is_written_buffered(tmp_path, monkeypatch):
     """A file system without O_DIRECT (EINVAL at open, as tmpfs before Linux 6.6 answers) or a
     platform without the flag: ``write_direct`` says so and the tile writer writes the same bytes

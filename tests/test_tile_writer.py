@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xtstream.data.tile_writer import tile_writer
 
@@ -86,3 +88,21 @@ def test_without_c_blosc_s_function_numcodecs_encodes_the_same_file(tmp_path, mo
     ref[:32, :32] = data
     tile_writer(tmp_path / "ours" / "m").write((0, 0), data)
     assert (tmp_path / "ours" / "m" / "c" / "0" / "0").read_bytes() == (tmp_path / "ref" / "m" / "c" / "0" / "0").read_bytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_an_edge_chunk_is_the_block_in_its_corner_and_fill_elsewhere_even_in_a_reused_buffer(data):
+    """Edge chunks are padded in a buffer each thread keeps: whatever the last edge chunk left
+    there, the next one is its block and the fill value, nothing stale."""
+    from xtstream.data.tile_writer import _padded
+
+    ndim = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim)))
+    for _ in range(3):  # the same kept buffer, blocks of different sizes one after the other
+        sub = tuple(data.draw(st.integers(1, n)) for n in shape)
+        block = np.arange(1, int(np.prod(sub)) + 1, dtype="f4").reshape(sub)
+        fill = data.draw(st.sampled_from([0.0, -1.0, np.nan]))
+        expected = np.full(shape, fill, "f4")
+        expected[tuple(slice(0, n) for n in sub)] = block
+        np.testing.assert_array_equal(_padded(block, shape, np.dtype("f4"), fill), expected)

@@ -17,12 +17,15 @@ writes the usual way.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 #: the file's length is written padded to this (and then truncated): a multiple of any disk's
 #: logical block size that ``O_DIRECT`` requires of a write's length, offset and memory address
@@ -37,22 +40,28 @@ def write_direct(path: str | Path, parts: Sequence[Any]) -> bool:
     has none, the file system does not take it): then ``path`` may exist, empty or partly
     written, and the caller writes it again without. Other errors (a full disk) are raised.
 
-    The parts are copied into a page-aligned buffer this thread keeps (it grows to the largest
-    file written, rounded up to :data:`ALIGN`), which is written whole and the file then truncated
-    to its length.
+    The file is assembled in this thread's :func:`aligned_scratch` buffer — a part already in
+    place there (a compressor's output written into it) is not copied — written whole, padded to
+    :data:`ALIGN`, and the file then truncated to its length.
     """
     flag = getattr(os, "O_DIRECT", None)
     if flag is None:
         return False
-    views = [memoryview(p).cast("B") for p in parts]
-    n = sum(v.nbytes for v in views)
+    arrays = [np.frombuffer(p, np.uint8) for p in parts]
+    n = sum(a.nbytes for a in arrays)
     padded = -(-n // ALIGN) * ALIGN
-    buf = _buffer(padded)
+    buf = aligned_scratch(n)
+    base, at = buf.ctypes.data, 0
+    for i, a in enumerate(arrays):  # a part in the buffer but not where it goes: copied out first
+        if base <= a.ctypes.data < base + buf.nbytes and a.ctypes.data != base + at:
+            arrays[i] = a.copy()
+        at += a.nbytes
     at = 0
-    for v in views:
-        buf[at: at + v.nbytes] = v
-        at += v.nbytes
-    buf[n:padded] = bytes(padded - n)  # the tail past the file's end: cut off below, but not stale
+    for a in arrays:
+        if a.nbytes and a.ctypes.data != base + at:
+            ctypes.memmove(base + at, a.ctypes.data, a.nbytes)  # without the GIL, unlike a slice copy
+        at += a.nbytes
+    buf[n:padded] = 0  # the tail past the file's end: cut off below, but not stale bytes meanwhile
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
     except OSError as err:
@@ -60,9 +69,9 @@ def write_direct(path: str | Path, parts: Sequence[Any]) -> bool:
             return False
         raise
     try:
-        done = 0
+        view, done = memoryview(buf), 0
         while done < padded:
-            done += os.write(fd, buf[done:padded])
+            done += os.write(fd, view[done:padded])
         os.ftruncate(fd, n)
     except OSError as err:
         if err.errno == errno.EINVAL:  # an alignment this file system's device does not take
@@ -73,10 +82,15 @@ def write_direct(path: str | Path, parts: Sequence[Any]) -> bool:
     return True
 
 
-def _buffer(size: int) -> memoryview:
-    """This thread's page-aligned scratch buffer, at least ``size`` bytes (anonymous memory: the
-    mapping is page-aligned; kept, so that its pages are faulted in once)."""
+def aligned_scratch(nbytes: int) -> np.ndarray:
+    """This thread's page-aligned scratch buffer (``uint8``), room for ``nbytes`` rounded up to
+    :data:`ALIGN` plus :data:`ALIGN` more: a compressor's output of up to ``nbytes`` written at its
+    start leaves room for short trailing parts (a checksum) and the padding of a direct write.
+
+    Kept for the thread's life and grown when asked for more (anonymous memory, page-aligned; its
+    pages faulted in once). What it holds is valid until the thread uses it again."""
+    need = -(-nbytes // ALIGN) * ALIGN + ALIGN
     buf = getattr(_scratch, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = _scratch.buf = mmap.mmap(-1, max(size, ALIGN))
-    return memoryview(buf)
+    if buf is None or buf.nbytes < need:
+        buf = _scratch.buf = np.frombuffer(mmap.mmap(-1, need), np.uint8)
+    return buf

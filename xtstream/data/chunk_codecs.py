@@ -21,12 +21,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from xtstream._runtime.direct_io import aligned_scratch
 
 _SUPPORTED = {"bytes", "zstd", "blosc", "crc32c"}
 
@@ -142,9 +143,6 @@ def _whole(parts: list[Any]) -> Any:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-_scratch = threading.local()
-
-
 def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksize: int = 0
                ) -> Callable[[Any], memoryview] | None:
     """A blosc compressor writing into this thread's scratch buffer: buffer → a view of it, the
@@ -154,8 +152,9 @@ def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksiz
     thread numcodecs uses blosc's global threads, whose zstd output differs).
     ``None`` where numcodecs' extension does not export c-blosc's function (then use numcodecs).
 
-    The view stays valid until the thread compresses again; the buffer, kept for the thread's
-    life, grows to the largest chunk it has compressed (plus 16 bytes).
+    The view stays valid until the thread uses its scratch buffer again: the buffer is
+    :func:`~xtstream._runtime.direct_io.aligned_scratch`, kept for the thread's life, where a direct
+    write of the chunk's file finds the compressed bytes already in place.
     """
     fn = _blosc_compress_ctx()
     if fn is None:
@@ -165,9 +164,8 @@ def blosc_into(*, cname: str, clevel: int, shuffle: int, typesize: int, blocksiz
     def compress(raw: Any) -> memoryview:
         src = np.frombuffer(raw, np.uint8)
         size = src.nbytes + 16  # BLOSC_MAX_OVERHEAD: any input fits
-        dest = getattr(_scratch, "blosc", None)
-        if dest is None or dest.nbytes < size:
-            dest = _scratch.blosc = np.empty(size, np.uint8)
+        # the buffer a direct write assembles its file in: the compressed bytes are not copied
+        dest = aligned_scratch(size)
         # destsize exactly nbytes + 16, as numcodecs gives it: with more room blosc keeps an
         # expanded (incompressible) result instead of storing the bytes as they are
         n = fn(clevel, shuffle, typesize, src.nbytes, src.ctypes.data, dest.ctypes.data, size, name, blocksize, 1)

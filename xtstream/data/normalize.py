@@ -54,9 +54,15 @@ def normalize_block(block: np.ndarray, nodata: np.ndarray, lo: np.ndarray, hi: n
             np.clip(src, lo[k], hi[k], out=dst)
             dst -= mean[k]
             dst /= std[k]
-            np.copyto(dst, fill[k], where=bad)
+            # most strips of a scene hold no invalid pixel: a test is cheaper than a masked copy
+            any_bad = bad.any()
+            if any_bad:
+                np.copyto(dst, fill[k], where=bad)
             if valid is not None:
-                np.logical_not(bad, out=valid[k, y: y + STRIP_ROWS].view(bool))
+                if any_bad:
+                    np.logical_not(bad, out=valid[k, y: y + STRIP_ROWS].view(bool))
+                else:
+                    valid[k, y: y + STRIP_ROWS] = 1
     return out.astype(dtype, copy=False)
 
 
