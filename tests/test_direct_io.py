@@ -133,3 +133,19 @@ def test_cli_turns_direct_io_off(monkeypatch, tmp_path):
         args = p.parse_args(["scene.tif", "--out", str(tmp_path / "o.zarr"), *argv])
         assert cli_ingest.run(args) == 0
         assert seen["direct_io"] is expected
+
+
+def test_crc32c_without_the_gil_is_google_crc32c_s_and_so_is_its_fallback(monkeypatch):
+    """A chunk's checksum goes through ctypes (the GIL released) where google-crc32c's library
+    exports its function, through its Python extension otherwise: the same 4 bytes zarr appends."""
+    import google_crc32c
+
+    from xtstream.data import store
+
+    data = np.random.default_rng(3).integers(0, 256, (1 << 20) + 3, dtype=np.uint8)
+    expected = google_crc32c.extend(0, data.tobytes()).to_bytes(4, "little")
+    parts = [data[:7], memoryview(data[7:1000].tobytes()), data[1000:]]
+    assert store.crc32c(*parts) == expected
+    assert store.crc32c(b"") == bytes(4)
+    monkeypatch.setattr(store, "_crc32c_extend", lambda: None)
+    assert store.crc32c(*parts) == expected
