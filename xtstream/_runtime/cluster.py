@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import dask
 
 from xtstream import errors
-from xtstream._runtime.malloc import worker_malloc_environ
+from xtstream._runtime.malloc import huge_page_environ
 
 #: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
 _FLATTENED = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.S)
@@ -56,8 +56,7 @@ def dask_client(scheduler: str | None = None, preload: Sequence[str] = ()) -> It
 @contextlib.contextmanager
 def local_cluster(n: int, preload: Sequence[str] = (), *, dashboard: bool = False) -> Iterator[Any]:
     """A ``distributed.LocalCluster`` of ``n`` single-threaded worker processes, as ``local:N`` runs
-    start it: its workers' malloc keeps tile-sized blocks and backs them by huge pages
-    (:func:`~xtstream._runtime.malloc.worker_malloc_environ`), and
+    start it: its workers' malloc backs large blocks by huge pages (:func:`huge_page_environ`) and
     they import the ``preload`` modules as they start, before they count as up.
 
     Why preload: a worker otherwise imports the task's modules (xarray, zarr, rasterio: 0.5 s
@@ -67,7 +66,7 @@ def local_cluster(n: int, preload: Sequence[str] = (), *, dashboard: bool = Fals
     """
     from distributed import LocalCluster
 
-    environ = worker_malloc_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ = huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, preload=list(preload),
                          dashboard_address=":0" if dashboard else None, silence_logs=logging.ERROR) as cluster:
