@@ -8,7 +8,8 @@ vs a raw parallel floor, one worker vs two, and an archive on a local cluster vs
 Runs on the large scene: ours on threads / ``local:1`` / ``local:2``; the naive path
 (``rioxarray.open_rasterio(chunks=2048)`` per band, ``xr.concat``, ``to_zarr``) with zarr's defaults
 (as users run it) and with our codec and normalisation (the same work); the raw floor — read,
-encode, write, nothing else — serially and on two threads (the physical limit here); and an archive
+encode, write, nothing else — serially, on two threads (the physical limit here) and, for scale, on
+as many threads as ours (one more than the cores: ``ingest_threads``); and an archive
 of ``--archive`` scenes (``--archive-size``) on threads vs ``local:2`` (timed once the cluster is up,
 as one serving a whole archive is; its start-up is timed beside). Each measured run is a fresh
 process, repeated ``--repeats`` times in rounds, each round in a rotated order (medians of
@@ -286,6 +287,8 @@ def main() -> None:
         "large_threads": ["ingest", large, out, "threads"],
         "large_floor": ["floor", large, out, "1"],
         "large_floor_parallel": ["floor", large, out, "2"],
+        # for scale: the floor on as many threads as our threads ingest runs (one more than the cores)
+        "large_floor_parallel_ours": ["floor", large, out, str((os.cpu_count() or 1) + 1)],
         "large_naive_rioxarray": ["naive", large, out, "defaults"],
         "large_naive_same_work": ["naive", large, out, "same"],
         "archive_threads": ["archive", str(archive), out, "threads"],
@@ -347,6 +350,7 @@ def main() -> None:
         "threads_vs_naive": round(sec["large_naive_rioxarray"] / sec["large_threads"], 3),
         "threads_vs_naive_same_work": round(sec["large_naive_same_work"] / sec["large_threads"], 3),
         "threads_vs_parallel_floor": round(sec["large_floor_parallel"] / sec["large_threads"], 3),
+        "threads_vs_parallel_floor_same_threads": round(sec["large_floor_parallel_ours"] / sec["large_threads"], 3),
         "two_worker_speedup": round(sec["large_local1"] / sec["large_local2"], 3),
         # the cluster up (start-up amortised over an archive); with its start-up, for this archive
         "archive_local2_vs_threads": round(sec["archive_threads"] / sec["archive_local2"], 3),

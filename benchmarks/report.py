@@ -45,6 +45,10 @@ def ingest_rows(r: dict) -> list[tuple[str, str, str]]:
                     "ms_per_tile", {}) else ""),
              f"{r['threads_vs_parallel_floor']:.2f}× ({runs['large_floor_parallel']['seconds']:.1f} s)",
              f"≥ 0.9 {_mark(r['threads_vs_parallel_floor'] >= 0.9)}"),
+            *([("the same, the loop on as many threads as ours (one more than the cores)",
+                f"{r['threads_vs_parallel_floor_same_threads']:.2f}× "
+                f"({runs['large_floor_parallel_ours']['seconds']:.1f} s)", "for scale")]
+              if "threads_vs_parallel_floor_same_threads" in r else []),
             ("2 dask workers vs 1", f"{r['two_worker_speedup']:.2f}×", f"≥ 1.6 {_mark(r['two_worker_speedup'] >= 1.6)}"),
             (f"archive of {r['archive']['scenes']} × {r['archive']['size']}: `local:2` vs threads",
              f"{r['archive_local2_vs_threads']:.2f}× ({runs['archive_local2']['seconds']:.1f} vs "

