@@ -23,6 +23,7 @@ import errno
 import io
 import json
 import os
+import threading
 import resource
 import signal
 import sys
@@ -228,29 +229,35 @@ class _Budget:
         self.root, self.left, self.info_path, self.written = str(root.resolve()), budget, info_path, 0
         self.full_at_file, self.files = full_at_file, 0
         self.hit: str | None = None
+        # the command's threads write at once: one at a time here (two saves at once left the
+        # info file as one record over the tail of a longer one)
+        self.lock = threading.RLock()
 
     def opened(self) -> int:
-        self.files += 1
-        self.save()
-        return self.files
+        with self.lock:
+            self.files += 1
+            self.save()
+            return self.files
 
     def take(self, path: str, n: int, file_no: int) -> None:
-        if self.full_at_file is not None and file_no >= self.full_at_file:
-            self.left = 0
-        if self.left is not None and n > self.left:
-            self.left = 0
-            if self.hit is None:
-                self.hit = path
+        with self.lock:
+            if self.full_at_file is not None and file_no >= self.full_at_file:
+                self.left = 0
+            if self.left is not None and n > self.left:
+                self.left = 0
+                if self.hit is None:
+                    self.hit = path
+                self.save()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self.left is not None:
+                self.left -= n
+            self.written += n
             self.save()
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        if self.left is not None:
-            self.left -= n
-        self.written += n
-        self.save()
 
     def save(self) -> None:
-        self.info_path.write_text(json.dumps({"disk_full_at": self.hit, "bytes_written": self.written,
-                                              "files_written": self.files}))
+        with self.lock:
+            self.info_path.write_text(json.dumps({"disk_full_at": self.hit, "bytes_written": self.written,
+                                                  "files_written": self.files}))
 
 
 class _Limited:
@@ -300,3 +307,27 @@ def _install_budget(root: Path, budget: int | None, info_path: Path, full_at_fil
 
     builtins.open = limited_open
     io.open = limited_open
+
+    # files written with os.open/os.write (the ingest's direct, O_DIRECT tile writes) draw on it too
+    real_os_open, real_os_write, real_os_close = os.open, os.write, os.close
+    tracked: dict[int, tuple[str, int]] = {}
+
+    def limited_os_open(file: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        fd = real_os_open(file, flags, mode, **kw)
+        if flags & (os.O_WRONLY | os.O_RDWR) and isinstance(file, (str, os.PathLike)) and not kw:
+            path = os.path.abspath(os.fspath(file))
+            if path.startswith(state.root + os.sep):
+                tracked[fd] = (path, state.opened())
+        return fd
+
+    def limited_os_write(fd: int, data: Any) -> int:
+        if fd in tracked:
+            path, no = tracked[fd]
+            state.take(path, memoryview(data).nbytes, no)
+        return real_os_write(fd, data)
+
+    def limited_os_close(fd: int) -> None:
+        tracked.pop(fd, None)
+        real_os_close(fd)
+
+    os.open, os.write, os.close = limited_os_open, limited_os_write, limited_os_close
