@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ from xtstream.data.sources import is_image_dir, is_image_list, list_images, open
 from xtstream.data.grid import check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.tile_writer import tile_writer
+from xtstream.data.tile_writer import TileWriter, tile_writer
 from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, VALID_VAR, consolidate,
                                  missing_tiles, read_status, seal_attrs, tile_check, tile_keys)
 
@@ -430,7 +431,7 @@ def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None =
     # means a lost tile (readers refuse it instead of filling it in). Written directly (zarr's
     # own files, see tile_writer: four tile-sized buffers fewer per tile than zarr's path) where
     # the layout allows, else by zarr with write_empty_chunks
-    writers = [tile_writer(Path(store) / var, direct=direct) for var in ((IMAGE_VAR, VALID_VAR) if mask is not None else (IMAGE_VAR,))]
+    writers = _tile_writers(store, (IMAGE_VAR, VALID_VAR) if mask is not None else (IMAGE_VAR,), direct)
     if all(w is not None for w in writers):
         for w, data in zip(writers, (block, mask)):
             w.write((0, i, j), data)
@@ -443,6 +444,26 @@ def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None =
     # the marker goes last: a chunk counts as written only once its write has returned
     _ledger(store).mark(_tile_unit(i, j))
     return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
+
+
+def _tile_writers(store: str, names: tuple[str, ...], direct: bool) -> tuple[TileWriter | None, ...]:
+    """The :func:`tile_writer` of each of the store's variables ``names``, made once per process
+    and metadata: a task used to read and parse both ``zarr.json`` files for its one tile. Keyed by
+    each file's inode, mtime and size, so that a store laid out again (``overwrite``, another
+    codec) gets new writers."""
+    stamps = []
+    for name in names:
+        try:
+            st = os.stat(Path(store) / name / "zarr.json")
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamps.append(None)
+    return _made_tile_writers(store, names, direct, tuple(stamps))
+
+
+@functools.lru_cache(maxsize=16)
+def _made_tile_writers(store: str, names: tuple[str, ...], direct: bool, stamps: tuple) -> tuple[TileWriter | None, ...]:
+    return tuple(tile_writer(Path(store) / name, direct=direct) for name in names)
 
 
 def _ledger(store: str | Path) -> RunLedger:
