@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import dask
 
 from xtstream import errors
+from xtstream._runtime import fork_server
 from xtstream._runtime.malloc import huge_page_environ
 
 #: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
@@ -56,8 +58,10 @@ def dask_client(scheduler: str | None = None, preload: Sequence[str] = ()) -> It
 @contextlib.contextmanager
 def local_cluster(n: int, preload: Sequence[str] = (), *, dashboard: bool = False) -> Iterator[Any]:
     """A ``distributed.LocalCluster`` of ``n`` single-threaded worker processes, as ``local:N`` runs
-    start it: its workers' malloc backs large blocks by huge pages (:func:`huge_page_environ`) and
-    they import the ``preload`` modules as they start, before they count as up.
+    start it: its workers' malloc backs large blocks by huge pages (:func:`worker_environ`), they
+    import the ``preload`` modules before they count as up, and they are forked from a server that
+    has imported them already (:mod:`xtstream._runtime.fork_server`; spawned where there is none,
+    or where dask's ``distributed.worker.multiprocessing-method`` is set to other than its default).
 
     Why preload: a worker otherwise imports the task's modules (xarray, zarr, rasterio: 0.5 s
     here) when it unpickles its first task, so the first tasks of a run started 0.6 s after the
@@ -66,11 +70,54 @@ def local_cluster(n: int, preload: Sequence[str] = (), *, dashboard: bool = Fals
     """
     from distributed import LocalCluster
 
-    environ = huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+    environ = worker_environ()
+    config = {"distributed.nanny.pre-spawn-environ": environ}
+    if prestart(f"local:{n}", preload):
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
+    with dask.config.set(config), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, preload=list(preload),
                          dashboard_address=":0" if dashboard else None, silence_logs=logging.ERROR) as cluster:
         yield cluster
+
+
+def prestart(scheduler: str | None, preload: Sequence[str] = ()) -> bool:
+    """For a ``local``/``local:N`` scheduler, start the process its workers will be forked from
+    (importing ``preload``) and return at once, so that the imports overlap what the caller does
+    next (an ingest's planning); return whether the workers will be forked. Anything else: ``False``."""
+    if not (scheduler == "local" or (scheduler or "").startswith("local:")):
+        return False
+    if dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn":
+        return False  # the user's choice of how workers start
+    return fork_server.start(worker_environ(), preload)
+
+
+def worker_environ() -> dict[str, Any]:
+    """The variables a local cluster's workers start with: dask's ``pre-spawn-environ``, the huge
+    pages tunable (:func:`~xtstream._runtime.malloc.huge_page_environ`) and, as dask's nanny sets
+    it for spawned workers, ``PYTHONHASHSEED`` (the same string hashes in every worker)."""
+    _distributed_defaults()
+    environ = huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    if environ.get("PYTHONHASHSEED") in (None, "0"):
+        environ["PYTHONHASHSEED"] = "6640"  # dask's own choice
+    return environ
+
+
+@functools.lru_cache(maxsize=None)
+def _distributed_defaults() -> None:
+    """Load distributed's configuration defaults (the workers' ``pre-spawn-environ`` among them)
+    as importing it does, without the import (0.25-0.6 s, 14 ms for its YAML): the fork server
+    starts with them before this process has imported distributed."""
+    if "distributed" in sys.modules:
+        return
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("distributed")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    with open(os.path.join(spec.submodule_search_locations[0], "distributed.yaml")) as f:
+        dask.config.update_defaults(yaml.safe_load(f))
 
 
 def announce_dashboard(client: Any, scheduler: str) -> str | None:

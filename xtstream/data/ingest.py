@@ -44,7 +44,7 @@ import xarray as xr
 import zarr
 
 from xtstream import __version__
-from xtstream._runtime.cluster import dask_client, run_graph
+from xtstream._runtime.cluster import dask_client, prestart, run_graph
 from xtstream._runtime.lock import LOCK_FILE, output_lock
 from xtstream._runtime.oserrors import writing
 from xtstream.errors import SourceError, StoreError
@@ -225,6 +225,8 @@ def ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec | Non
     """
     tile = tile_size(tile, chunk)
     with output_lock(out, "scene store", error=StoreError), writing(out):
+        if client is None:
+            prestart(scheduler, preload=[__name__])  # a local cluster's workers: imported while we plan
         plan = plan_ingest(source, out, spec=spec, bands=bands, tile=tile, scene_id=scene_id,
                            codec=codec, level=level, overwrite=overwrite, allow_small=allow_small,
                            channels=channels, verify=verify, direct_io=direct_io)

@@ -341,8 +341,10 @@ def shard_stores(stores: Sequence[str | Path], out: str | Path, *, region: int,
 def _shard_locked(stores: Sequence[str | Path], out: str | Path, *, scheduler: str | None, client: Any,
                   progress: bool, verify: bool, **plan_kw: Any) -> Path:
     """:func:`shard_stores`, its output locked."""
-    from xtstream._runtime.cluster import dask_client, run_graph
+    from xtstream._runtime.cluster import dask_client, prestart, run_graph
 
+    if client is None:
+        prestart(scheduler, preload=[__name__])  # a local cluster's workers: imported while we plan
     plan = plan_shards(stores, out, **plan_kw)
     todo = plan.todo
     graph = {("xtstream-shard", t.name): (write_shard, t, str(plan.out)) for t in todo}
