@@ -331,3 +331,35 @@ def test_an_ingest_on_threads_runs_one_thread_more_than_the_cores_unless_dask_sa
     with dask.config.set(num_workers=5):
         ingest_module.ingest(ArraySource(image, scene_id="t"), tmp_path / "b.zarr", tile=32, progress=False)
     assert pools == [(os.cpu_count() or 1) + 1, 5]
+
+
+def test_an_archive_on_a_cluster_plans_the_next_scene_while_the_queue_runs(tmp_path, monkeypatch):
+    """Planned only once the oldest scene was gathered, the next scene left the workers idle
+    between scenes (the queued scenes tend to end together)."""
+    from distributed import LocalCluster
+
+    from xtstream._runtime import cluster as cluster_mod
+    from xtstream.data import ingest as ingest_mod
+
+    root = tmp_path / "archive"
+    for k in range(3):
+        synth_scene(root / f"s{k}", 300, 260, seed=k, progress=False)
+    events = []
+    real_plan, real_gather = ingest_mod.plan_ingest, cluster_mod.gather_graph
+
+    def plan(src, out, **kw):
+        events.append(("plan", os.path.basename(out)))
+        return real_plan(src, out, **kw)
+
+    def gather(futures, client):
+        events.append(("gather",))
+        return real_gather(futures, client)
+
+    monkeypatch.setattr(ingest_mod, "plan_ingest", plan)
+    monkeypatch.setattr(cluster_mod, "gather_graph", gather)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        stores = ingest_archive(root, tmp_path / "stores", spec="xview3", tile=128, allow_small=True,
+                                scenes_in_flight=1, scheduler=cluster.scheduler_address, progress=False)
+    assert [s.name for s in stores] == ["s0.zarr", "s1.zarr", "s2.zarr"]
+    assert events == [("plan", "s0.zarr"), ("plan", "s1.zarr"), ("gather",), ("plan", "s2.zarr"), ("gather",),
+                      ("gather",)]

@@ -324,7 +324,9 @@ def _archive_on_cluster(client: Any, scenes: list[tuple[str, str, Any]], out_roo
                         in_flight: int, progress: bool, kw: dict[str, Any]) -> list[Path]:
     """:func:`ingest_archive` on a dask cluster: a queue of ``in_flight`` scenes' graphs, the next
     scene submitted as soon as the oldest is finished, so that the workers never wait for a
-    whole group of scenes to end (the stragglers' tail) or for the next plan to be made."""
+    whole group of scenes to end (the stragglers' tail). The next scene is planned while the queue
+    runs: the queued scenes tend to end together, and planning then (0.06-0.12 s a scene here)
+    left both workers idle between an archive's scenes."""
     import collections
 
     from xtstream._runtime.cluster import gather_graph, submit_graph
@@ -333,17 +335,29 @@ def _archive_on_cluster(client: Any, scenes: list[tuple[str, str, Any]], out_roo
     queue: collections.deque = collections.deque()  # (plan, futures, lock) oldest first
     written: list[Path] = []
     todo = iter(scenes)
+    ahead = None  # (plan, lock) of the next scene, planned while the queue runs
+
+    def plan_next() -> tuple[ScenePlan, contextlib.ExitStack] | None:
+        scene = next(todo, None)
+        if scene is None:
+            return None
+        name, sid, src = scene
+        lock = contextlib.ExitStack()  # the store is locked from its planning to its end
+        lock.enter_context(output_lock(out_root / name, "scene store", error=StoreError))
+        try:
+            return plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw), lock
+        except BaseException:
+            lock.close()
+            raise
+
     try:
         while True:
             while len(queue) < in_flight:
-                scene = next(todo, None)
-                if scene is None:
+                planned, ahead = ahead or plan_next(), None
+                if planned is None:
                     break
-                name, sid, src = scene
-                lock = contextlib.ExitStack()  # the store is locked while its graph runs
-                lock.enter_context(output_lock(out_root / name, "scene store", error=StoreError))
+                plan, lock = planned
                 try:
-                    plan = plan_ingest(src, out_root / name, spec=spec, scene_id=sid, **kw)
                     futures = submit_graph(plan.graph, plan.keys, client) if plan.keys else []
                 except BaseException:
                     lock.close()
@@ -352,6 +366,8 @@ def _archive_on_cluster(client: Any, scenes: list[tuple[str, str, Any]], out_roo
                 queue.append((plan, futures, lock))
             if not queue:
                 return written
+            if ahead is None:
+                ahead = plan_next()
             plan, futures, lock = queue.popleft()
             with lock:
                 gather_graph(futures, client)
@@ -361,6 +377,8 @@ def _archive_on_cluster(client: Any, scenes: list[tuple[str, str, Any]], out_roo
         for _, futures, lock in queue:  # an error: what has not run is cancelled, the locks freed
             client.cancel(futures)
             lock.close()
+        if ahead is not None:
+            ahead[1].close()
         bar.close()
 
 
