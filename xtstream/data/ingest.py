@@ -47,10 +47,12 @@ from xtstream import __version__
 from xtstream._runtime.cluster import dask_client, prestart, run_graph
 from xtstream._runtime.lock import LOCK_FILE, output_lock
 from xtstream._runtime.oserrors import writing
+from xtstream._runtime.scratch import thread_array
 from xtstream.errors import SourceError, StoreError
 from xtstream.data.normalize import normalize, normalize_block, normalize_params, valid_mask
 from xtstream.data.sources import is_image_dir, is_image_list, list_images, open_source, source_fingerprint
-from xtstream.data.grid import check_block_bytes
+from xtstream.data.sources.base import WindowedSource, read_checked
+from xtstream.data.grid import Window, check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
 from xtstream.data.tile_writer import TileWriter, tile_writer
@@ -176,17 +178,48 @@ def plan_ingest(source: Any, out: str | Path, *, spec: str | Path | DatasetSpec 
 
     done = ledger.done()
     _, nby, nbx = arr.data.numblocks
-    # one output element per chunk; dask fuses read -> write into one task per chunk, so no block
-    # ever travels between workers; the write task normalises and takes the mask in one pass
-    # (``arr`` and ``valid`` above are the lazy results it matches: the store's template)
-    written = da.map_blocks(_write_chunk, raw.data, store=str(out), norm=norm, valid=valid is not None,
-                            direct=direct_io, dtype=np.int64,
-                            chunks=((1,), (1,) * nby, (1,) * nbx),
-                            name=f"ingest-{scene_id}-{attrs['fingerprint']}")
-    (written,) = dask.optimize(written)
-    graph = dict(written.__dask_graph__())
-    keys = [(written.name, 0, i, j) for i in range(nby) for j in range(nbx) if _tile_unit(i, j) not in done]
+    # one task per chunk reads, normalises (taking the mask in the same pass) and writes it, so no
+    # block ever travels between workers (``arr`` and ``valid`` above are the lazy results it
+    # matches: the store's template)
+    name = f"ingest-{scene_id}-{attrs['fingerprint']}"
+    write = dict(store=str(out), norm=norm, valid=valid is not None, direct=direct_io)
+    if isinstance(src, WindowedSource) and getattr(src, "reads_into", False):
+        graph = _window_graph(name, src, raw.data.chunks, **write)
+    else:  # any other source: its own dask array, each chunk's read fused into the write task
+        written = da.map_blocks(_write_chunk, raw.data, **write, dtype=np.int64,
+                                chunks=((1,), (1,) * nby, (1,) * nbx), name=name)
+        (written,) = dask.optimize(written)
+        graph = dict(written.__dask_graph__())
+    keys = [(name, 0, i, j) for i in range(nby) for j in range(nbx) if _tile_unit(i, j) not in done]
     return ScenePlan(out, scene_id, graph, keys, nby * nbx, nby * nbx - len(keys), attrs)
+
+
+def _window_graph(name: str, src: WindowedSource, chunks: tuple[tuple[int, ...], ...],
+                  **write: Any) -> dict:
+    """The ingest's tasks for a source that reads into a given array (``reads_into``): task
+    ``(name, 0, i, j)`` reads tile ``(i, j)`` of ``chunks`` (dask's ``(bands, rows, columns)``
+    chunk sizes) into a buffer its thread keeps (:func:`_ingest_window`) and writes it; the source
+    is one node of the graph, sent once."""
+    source_key = f"source-{name}"
+    graph: dict = {source_key: src}
+    ys, xs = np.cumsum((0, *chunks[1])), np.cumsum((0, *chunks[2]))
+    tile_bytes = src.shape[0] * chunks[1][0] * chunks[2][0] * np.dtype(src.dtype).itemsize  # the largest
+    task = functools.partial(_ingest_window, reserve=int(tile_bytes), **write)
+    for i in range(len(chunks[1])):
+        for j in range(len(chunks[2])):
+            graph[(name, 0, i, j)] = (task, source_key, i, j, int(ys[i]), int(xs[j]), int(ys[i + 1]), int(xs[j + 1]))
+    return graph
+
+
+def _ingest_window(src: WindowedSource, i: int, j: int, y0: int, x0: int, y1: int, x1: int, *,
+                   reserve: int = 0, **write: Any) -> np.ndarray:
+    """Read window ``[y0, y1) x [x0, x1)`` (tile ``(i, j)``) of ``src`` into this thread's kept read
+    buffer (``reserve``: the largest tile's bytes) and write it (:func:`_write_tile`); the buffer is
+    overwritten by the thread's next tile."""
+    window = Window(y0, x0, y1, x1)
+    out = thread_array("ingest-read", (src.shape[0], y1 - y0, x1 - x0), src.dtype, reserve=reserve)
+    block = read_checked(src, window, out=out)
+    return _write_tile(block, (i, j), window, **write)
 
 
 def finalize(plan: ScenePlan) -> Path:
@@ -435,16 +468,24 @@ def tile_size(tile: int | None, chunk: int | None) -> int | None:
     return tile
 
 
-def _write_chunk(block: np.ndarray, *, store: str, norm: dict[str, Any] | None = None, valid: bool = False,
-                 direct: bool = False, block_info: dict | None = None) -> np.ndarray:
-    """Normalise one ``(bands, h, w)`` source chunk with ``norm`` (:func:`normalize_block`'s
-    parameters; ``None``: written as read), write it and, with ``valid``, its valid-data mask where
-    they belong (with ``direct``, past the page cache where possible); return its byte count as
-    ``(1, 1, 1)``."""
-    info = block_info[0]
-    (_, _), (y0, y1), (x0, x1) = info["array-location"]
-    _, i, j = info["chunk-location"]
-    mask = np.empty(block.shape, np.uint8) if valid else None
+def _write_chunk(block: np.ndarray, *, block_info: dict | None = None, **write: Any) -> np.ndarray:
+    """:func:`_write_tile` of a ``(bands, h, w)`` chunk of the source's dask array, where
+    ``block_info`` (dask's) locates it."""
+    (_, _), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    _, i, j = block_info[0]["chunk-location"]
+    return _write_tile(block, (i, j), Window(y0, x0, y1, x1), **write)
+
+
+def _write_tile(block: np.ndarray, tile: tuple[int, int], window: Window, *, store: str, norm: dict[str, Any] | None = None,
+                valid: bool = False, direct: bool = False) -> np.ndarray:
+    """Normalise the ``(bands, h, w)`` source pixels of ``window``, the store's tile ``(i, j)``, with
+    ``norm`` (:func:`normalize_block`'s parameters; ``None``: written as read), write them and, with
+    ``valid``, their valid-data mask where they belong (with ``direct``, past the page cache where
+    possible); return the byte count as ``(1, 1, 1)``."""
+    i, j = tile
+    y0, x0, y1, x1 = window
+    # the mask is the task's own, so its thread keeps the buffer (a fresh one is faulted in again)
+    mask = thread_array("ingest-mask", block.shape, np.uint8) if valid else None
     if norm is not None:
         block = normalize_block(block, **norm, valid=mask)
     # every tile gets its file, even one equal to the fill value, so that a missing file always

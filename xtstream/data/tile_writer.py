@@ -20,6 +20,7 @@ import numpy as np
 
 from xtstream._runtime.atomic import replacing
 from xtstream._runtime.direct_io import write_direct
+from xtstream._runtime.scratch import thread_array
 from xtstream.data.chunk_codecs import ChunkLayout, chunk_layout
 
 
@@ -57,21 +58,12 @@ class TileWriter:
                         f.write(part)
 
 
-_pad = threading.local()
-
-
 def _padded(block: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> np.ndarray:
     """``block`` in the corner of a chunk of ``shape`` whose rest is ``fill``, in a buffer this
-    thread keeps for that shape (valid until its next edge chunk of that shape). Why kept: a fresh
-    tile-sized array each edge tile was faulted in anew — 40-60 ms for a 2,048² two-band tile on
-    this VM, against a few ms to refill a kept one."""
-    key = (shape, np.dtype(dtype).str)
-    kept = getattr(_pad, "buffers", None)
-    if kept is None or (key not in kept and len(kept) >= 4):  # a few layouts at a time
-        kept = _pad.buffers = {}
-    buf = kept.get(key)
-    if buf is None:
-        buf = kept[key] = np.empty(shape, dtype)
+    thread keeps (:func:`~xtstream._runtime.scratch.thread_array`; valid until its next edge chunk
+    of that dtype). Why kept: a fresh tile-sized array each edge tile was faulted in anew — 40-60 ms
+    for a 2,048² two-band tile on this VM, against a few ms to refill a kept one."""
+    buf = thread_array(("tile-pad", np.dtype(dtype).str), shape, dtype)
     inner: list[slice] = []
     for n in block.shape:  # each margin once, then the block
         buf[(*inner, slice(n, None))] = fill

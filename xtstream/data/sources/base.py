@@ -91,6 +91,10 @@ class WindowedSource:
     #: ingest may then normalise it in place (a source returning views of its own memory, or
     #: cached arrays, must leave it False, the default)
     fresh_windows: bool = False
+    #: True when ``read_window`` also takes ``out=``, a C-contiguous ``(bands, h, w)`` array of
+    #: ``dtype`` to read into and return: an ingest then reads every tile into a buffer its thread
+    #: keeps instead of a fresh array (:mod:`xtstream._runtime.scratch`)
+    reads_into: bool = False
 
     def read_window(self, window: Window) -> np.ndarray:
         """Pixels of ``window`` (inside the raster) as ``(bands, h, w)`` of ``self.dtype``."""
@@ -154,18 +158,23 @@ class _WindowReader:
         _, height, width = self.shape
         y0, y1, _ = ysl.indices(height)
         x0, x1, _ = xsl.indices(width)
-        window = Window(y0, x0, y1, x1)
-        try:
-            block = self.source.read_window(window)
-        except (XTStreamError, OSError):  # already named (an OSError: by its file, or the command's output)
-            raise
-        except Exception as err:  # a plug-in's own failure: name the source and the window
-            raise SourceError(f"{self.source.name}: read_window{tuple(window)} failed: "
-                              f"{type(err).__name__}: {err}") from err
-        expected = (self.shape[0], y1 - y0, x1 - x0)
-        if block.shape != expected:
-            raise SourceError(f"{self.source.name}: read_window returned {block.shape}, expected {expected}")
-        return block[bsl]
+        return read_checked(self.source, Window(y0, x0, y1, x1))[bsl]
+
+
+def read_checked(source: WindowedSource, window: Window, out: np.ndarray | None = None) -> np.ndarray:
+    """``source.read_window(window)`` (into ``out`` where given: a source with ``reads_into``),
+    its failure named by source and window, its shape checked: ``(bands, h, w)``."""
+    try:
+        block = source.read_window(window) if out is None else source.read_window(window, out=out)
+    except (XTStreamError, OSError):  # already named (an OSError: by its file, or the command's output)
+        raise
+    except Exception as err:  # a plug-in's own failure: name the source and the window
+        raise SourceError(f"{source.name}: read_window{tuple(window)} failed: "
+                          f"{type(err).__name__}: {err}") from err
+    expected = (source.shape[0], window.height, window.width)
+    if block.shape != expected:
+        raise SourceError(f"{source.name}: read_window returned {block.shape}, expected {expected}")
+    return block
 
 
 def build_dataarray(data: da.Array, band_names: Sequence[str], *, name: str, nodata=None,

@@ -128,9 +128,18 @@ class GeoTIFFSource(WindowedSource):
 
     #: every read_window call returns a new array nothing else holds (an ingest normalises it in place)
     fresh_windows = True
+    #: read_window takes ``out=``: an ingest reads each tile into a buffer its thread keeps
+    reads_into = True
 
-    def read_window(self, window: Window) -> np.ndarray:
-        out = np.empty((self.shape[0], window.height, window.width), dtype=self.dtype)
+    def read_window(self, window: Window, out: np.ndarray | None = None) -> np.ndarray:
+        """Pixels of ``window`` as ``(bands, h, w)`` of ``self.dtype``: a new array, or ``out``
+        (C-contiguous, that shape and dtype) read into and returned."""
+        shape = (self.shape[0], window.height, window.width)
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{self.name}: out= must be a C-contiguous {shape} {self.dtype} array, "
+                             f"got {out.shape} {out.dtype}")
         band = 0
         for f in self._files:
             part = out[band: band + f.count]
