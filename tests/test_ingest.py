@@ -392,7 +392,7 @@ def test_a_geotiff_ingest_reads_every_tile_into_the_buffer_its_thread_keeps(tmp_
         assert np.array_equal(a[var].values, b[var].values)
 
 
-def test_a_geotiff_read_into_a_wrong_array_is_refused(tmp_path):
+def test_a_geotiff_reads_into_a_given_array_or_a_tiles_corner_and_refuses_a_wrong_one(tmp_path):
     from xtstream.data.sources.geotiff import GeoTIFFSource
 
     scene = synth_scene(tmp_path / "s", 300, 260, seed=3, progress=False)
@@ -401,5 +401,28 @@ def test_a_geotiff_read_into_a_wrong_array_is_refused(tmp_path):
     fresh = src.read_window(window)
     out = np.empty_like(fresh)
     assert src.read_window(window, out=out) is out and np.array_equal(out, fresh)
-    with pytest.raises(ValueError, match="C-contiguous"):
+    room = np.zeros((fresh.shape[0], 128, 64), fresh.dtype)  # a whole tile's buffer: read into its corner
+    corner = room[:, :100, :50]
+    assert src.read_window(window, out=corner) is corner and np.array_equal(corner, fresh)
+    assert not room[:, 100:].any() and not room[:, :, 50:].any()
+    with pytest.raises(ValueError, match="writable"):
         src.read_window(window, out=np.empty((fresh.shape[0], 50, 100), fresh.dtype))
+
+
+def test_a_geotiff_ingest_pads_its_edge_tiles_where_they_were_read(tmp_path, monkeypatch):
+    """An edge tile is read into the corner of its thread's whole-tile buffer and padded there: the
+    tile writer's own padded copy (another tile-sized buffer kept per thread, 40 MiB for a 2,048²
+    two-band tile and its mask) is not made. The files are zarr's (test_ingest_codec)."""
+    from xtstream.data import tile_writer
+
+    def no_copy(*a, **k):
+        raise AssertionError("an edge tile was copied into the tile writer's padded buffer")
+
+    monkeypatch.setattr(tile_writer, "_padded", no_copy)
+    scene = synth_scene(tmp_path / "s", 300, 260, seed=3, progress=False)
+    store = ingest(scene.directory, tmp_path / "s.zarr", spec="xview3", tile=128, allow_small=True,
+                   progress=False)
+    with rasterio.open(scene.directory / "VV_dB.tif") as src:
+        raw = src.read(1)
+    valid = open_store(store)["valid"].values[0]
+    assert valid.shape == raw.shape and np.array_equal(valid == 1, raw != src.nodata)

@@ -47,8 +47,3 @@ def test_empty_and_scalar_shapes(shape):
     a = scratch.thread_array("t-empty", shape, "f4")
     assert a.shape == shape
 
-
-def test_a_reserve_sizes_the_buffer_for_the_largest_request_at_once():
-    edge = scratch.thread_array("t-reserve", (2, 10, 4), "f4", reserve=2 * 64 * 64 * 4)
-    full = scratch.thread_array("t-reserve", (2, 64, 64), "f4")
-    assert full.ctypes.data == edge.ctypes.data

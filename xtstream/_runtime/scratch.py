@@ -20,10 +20,9 @@ _kept = threading.local()
 MAX_NAMES = 8
 
 
-def thread_array(name: Hashable, shape: tuple[int, ...], dtype: np.dtype | str, *, reserve: int = 0) -> np.ndarray:
+def thread_array(name: Hashable, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     """A C-contiguous ``shape`` array of ``dtype``, its contents undefined: the front of a flat
-    buffer this thread keeps under ``name``, grown when asked for more — to ``reserve`` bytes at
-    least (a caller that knows its largest request: edge tiles first do not make it grow twice).
+    buffer this thread keeps under ``name``, grown when asked for more.
 
     Valid until this thread asks for ``name`` again: only for arrays that do not outlive the
     caller's step (an ingest task's read block and mask), never for what is returned or cached.
@@ -37,5 +36,5 @@ def thread_array(name: Hashable, shape: tuple[int, ...], dtype: np.dtype | str, 
         buffers = _kept.buffers = {}
     buf = buffers.get(name)
     if buf is None or buf.nbytes < n * dtype.itemsize:
-        buf = buffers[name] = np.empty(max(n * dtype.itemsize, reserve, 1), np.uint8)
+        buf = buffers[name] = np.empty(max(n * dtype.itemsize, 1), np.uint8)
     return buf[: n * dtype.itemsize].view(dtype).reshape(shape)

@@ -203,8 +203,7 @@ def _window_graph(name: str, src: WindowedSource, chunks: tuple[tuple[int, ...],
     source_key = f"source-{name}"
     graph: dict = {source_key: src}
     ys, xs = np.cumsum((0, *chunks[1])), np.cumsum((0, *chunks[2]))
-    tile_bytes = src.shape[0] * chunks[1][0] * chunks[2][0] * np.dtype(src.dtype).itemsize  # the largest
-    task = functools.partial(_ingest_window, reserve=int(tile_bytes), **write)
+    task = functools.partial(_ingest_window, chunk=(int(src.shape[0]), int(chunks[1][0]), int(chunks[2][0])), **write)
     for i in range(len(chunks[1])):
         for j in range(len(chunks[2])):
             graph[(name, 0, i, j)] = (task, source_key, i, j, int(ys[i]), int(xs[j]), int(ys[i + 1]), int(xs[j + 1]))
@@ -212,14 +211,14 @@ def _window_graph(name: str, src: WindowedSource, chunks: tuple[tuple[int, ...],
 
 
 def _ingest_window(src: WindowedSource, i: int, j: int, y0: int, x0: int, y1: int, x1: int, *,
-                   reserve: int = 0, **write: Any) -> np.ndarray:
-    """Read window ``[y0, y1) x [x0, x1)`` (tile ``(i, j)``) of ``src`` into this thread's kept read
-    buffer (``reserve``: the largest tile's bytes) and write it (:func:`_write_tile`); the buffer is
-    overwritten by the thread's next tile."""
+                   chunk: tuple[int, int, int], **write: Any) -> np.ndarray:
+    """Read window ``[y0, y1) x [x0, x1)`` (tile ``(i, j)``) of ``src`` into the corner of this
+    thread's kept ``chunk``-shaped ``(bands, H, W)`` buffer and write it (:func:`_write_tile`: an
+    edge tile is padded there, in place); the buffer is overwritten by the thread's next tile."""
     window = Window(y0, x0, y1, x1)
-    out = thread_array("ingest-read", (src.shape[0], y1 - y0, x1 - x0), src.dtype, reserve=reserve)
-    block = read_checked(src, window, out=out)
-    return _write_tile(block, (i, j), window, **write)
+    room = thread_array("ingest-read", chunk, src.dtype)
+    block = read_checked(src, window, out=room[:, : y1 - y0, : x1 - x0])
+    return _write_tile(block, (i, j), window, room=room, **write)
 
 
 def finalize(plan: ScenePlan) -> Path:
@@ -477,15 +476,22 @@ def _write_chunk(block: np.ndarray, *, block_info: dict | None = None, **write: 
 
 
 def _write_tile(block: np.ndarray, tile: tuple[int, int], window: Window, *, store: str, norm: dict[str, Any] | None = None,
-                valid: bool = False, direct: bool = False) -> np.ndarray:
+                valid: bool = False, direct: bool = False, room: np.ndarray | None = None) -> np.ndarray:
     """Normalise the ``(bands, h, w)`` source pixels of ``window``, the store's tile ``(i, j)``, with
     ``norm`` (:func:`normalize_block`'s parameters; ``None``: written as read), write them and, with
     ``valid``, their valid-data mask where they belong (with ``direct``, past the page cache where
-    possible); return the byte count as ``(1, 1, 1)``."""
+    possible); return the byte count as ``(1, 1, 1)``.
+
+    ``room``: a whole chunk's ``(bands, H, W)`` buffer whose corner ``block`` is (an edge tile read
+    into it): its margins are filled and the whole chunk written, instead of the tile writer
+    copying the tile into a padded buffer of its own."""
     i, j = tile
     y0, x0, y1, x1 = window
-    # the mask is the task's own, so its thread keeps the buffer (a fresh one is faulted in again)
-    mask = thread_array("ingest-mask", block.shape, np.uint8) if valid else None
+    nbytes = block.nbytes
+    # the mask is the task's own, so its thread keeps the buffer (a fresh one is faulted in
+    # again), a whole chunk's room too where the image has it
+    mask_room = thread_array("ingest-mask", room.shape if room is not None else block.shape, np.uint8) if valid else None
+    mask = mask_room[:, : block.shape[1], : block.shape[2]] if valid else None
     if norm is not None:
         block = normalize_block(block, **norm, valid=mask)
     # every tile gets its file, even one equal to the fill value, so that a missing file always
@@ -494,8 +500,8 @@ def _write_tile(block: np.ndarray, tile: tuple[int, int], window: Window, *, sto
     # the layout allows, else by zarr with write_empty_chunks
     writers = _tile_writers(store, (IMAGE_VAR, VALID_VAR) if mask is not None else (IMAGE_VAR,), direct)
     if all(w is not None for w in writers):
-        for w, data in zip(writers, (block, mask)):
-            w.write((0, i, j), data)
+        for w, data, whole in zip(writers, (block, mask), (room, mask_room)):
+            w.write((0, i, j), _in_room(data, whole, w.layout.chunk_shape, w.layout.fill_value))
     else:
         with zarr.config.set({**_ZARR_CONFIG, "array.write_empty_chunks": True}):
             arr = zarr.open_array(store, path=IMAGE_VAR, mode="r+", zarr_format=3)
@@ -504,7 +510,20 @@ def _write_tile(block: np.ndarray, tile: tuple[int, int], window: Window, *, sto
                 zarr.open_array(store, path=VALID_VAR, mode="r+", zarr_format=3)[:, y0:y1, x0:x1] = mask
     # the marker goes last: a chunk counts as written only once its write has returned
     _ledger(store).mark(_tile_unit(i, j))
-    return np.full((1, 1, 1), block.nbytes, dtype=np.int64)
+    return np.full((1, 1, 1), nbytes, dtype=np.int64)
+
+
+def _in_room(block: np.ndarray, room: np.ndarray | None, chunk_shape: tuple[int, ...], fill: Any) -> np.ndarray:
+    """``room`` with its margins around ``block`` (its corner) set to ``fill``, where ``room`` has
+    the chunk's shape and ``block`` is still its corner (normalisation worked in place); else
+    ``block``, for the tile writer to pad."""
+    if (room is None or room.shape != tuple(chunk_shape) or block.shape == room.shape or block.dtype != room.dtype
+            or block.ctypes.data != room.ctypes.data or block.strides != room.strides):
+        return block
+    _, h, w = block.shape
+    room[:, h:, :] = fill
+    room[:, :h, w:] = fill
+    return room
 
 
 def _tile_writers(store: str, names: tuple[str, ...], direct: bool) -> tuple[TileWriter | None, ...]:

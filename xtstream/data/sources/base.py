@@ -91,9 +91,10 @@ class WindowedSource:
     #: ingest may then normalise it in place (a source returning views of its own memory, or
     #: cached arrays, must leave it False, the default)
     fresh_windows: bool = False
-    #: True when ``read_window`` also takes ``out=``, a C-contiguous ``(bands, h, w)`` array of
-    #: ``dtype`` to read into and return: an ingest then reads every tile into a buffer its thread
-    #: keeps instead of a fresh array (:mod:`xtstream._runtime.scratch`)
+    #: True when ``read_window`` also takes ``out=``, a writable ``(bands, h, w)`` array of
+    #: ``dtype`` to read into and return — possibly a strided view, the corner of a whole tile's
+    #: buffer: an ingest then reads every tile into a buffer its thread keeps instead of a fresh
+    #: array (:mod:`xtstream._runtime.scratch`)
     reads_into: bool = False
 
     def read_window(self, window: Window) -> np.ndarray:

@@ -133,12 +133,13 @@ class GeoTIFFSource(WindowedSource):
 
     def read_window(self, window: Window, out: np.ndarray | None = None) -> np.ndarray:
         """Pixels of ``window`` as ``(bands, h, w)`` of ``self.dtype``: a new array, or ``out``
-        (C-contiguous, that shape and dtype) read into and returned."""
+        (that shape and dtype, writable; a view into a larger array is fine: GDAL writes with
+        its strides) read into and returned."""
         shape = (self.shape[0], window.height, window.width)
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
-        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"{self.name}: out= must be a C-contiguous {shape} {self.dtype} array, "
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.writeable:
+            raise ValueError(f"{self.name}: out= must be a writable {shape} {self.dtype} array, "
                              f"got {out.shape} {out.dtype}")
         band = 0
         for f in self._files:
