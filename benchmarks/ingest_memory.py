@@ -47,6 +47,17 @@ def child_ingest(scene: str, out: str, scheduler: str) -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
+def child_ingest_up(scene: str, out: str, scheduler: str) -> dict:
+    """:func:`child_ingest` on a ``local:N`` cluster already up (started as ``--scheduler local:N``
+    starts it; its start-up reported as ``start_seconds``): what is left without the start-up."""
+    from xtstream._runtime.cluster import local_cluster
+
+    t = time.perf_counter()
+    with local_cluster(int(scheduler.split(":")[1]), ["xtstream.data.ingest"]) as cluster:
+        start = time.perf_counter() - t
+        return {**child_ingest(scene, out, cluster.scheduler_address), "start_seconds": start}
+
+
 def child_floor(scene: str, out: str, threads: str = "1") -> dict:
     """The raw floor: plain rasterio windowed reads of both bands, our codec, each chunk's file
     written as the ingest writes it (:mod:`xtstream.data.tile_writer`, past the page cache) — no
@@ -258,7 +269,7 @@ def main() -> None:
     args = scale_args(__doc__, HERE / "work", extra=_options)
     if args.child:
         kind, *rest = args.child
-        child = {"ingest": child_ingest, "floor": child_floor, "naive": child_naive, "stages": child_stages,
+        child = {"ingest": child_ingest, "ingest_up": child_ingest_up, "floor": child_floor, "naive": child_naive, "stages": child_stages,
                  "archive": child_archive}[kind]
         print(json.dumps(child(*rest)))
         return
@@ -284,6 +295,9 @@ def main() -> None:
         "small_local2": ["ingest", str(scenes["small"]), out, "local:2"],
         "large_local2": ["ingest", large, out, "local:2"],
         "large_local1": ["ingest", large, out, "local:1"],
+        # for scale: the same with the cluster up (its start-up timed apart)
+        "large_local2_up": ["ingest_up", large, out, "local:2"],
+        "large_local1_up": ["ingest_up", large, out, "local:1"],
         "large_threads": ["ingest", large, out, "threads"],
         "large_floor": ["floor", large, out, "1"],
         "large_floor_parallel": ["floor", large, out, "2"],
@@ -352,6 +366,8 @@ def main() -> None:
         "threads_vs_parallel_floor": round(sec["large_floor_parallel"] / sec["large_threads"], 3),
         "threads_vs_parallel_floor_same_threads": round(sec["large_floor_parallel_ours"] / sec["large_threads"], 3),
         "two_worker_speedup": round(sec["large_local1"] / sec["large_local2"], 3),
+        "two_worker_speedup_cluster_up": round(sec["large_local1_up"] / sec["large_local2_up"], 3),
+        "local2_start_s": round(runs["large_local2_up"]["start_seconds"], 2),
         # the cluster up (start-up amortised over an archive); with its start-up, for this archive
         "archive_local2_vs_threads": round(sec["archive_threads"] / sec["archive_local2"], 3),
         "archive_local2_start_s": round(runs["archive_local2"]["start_seconds"], 2),
