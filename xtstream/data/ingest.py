@@ -55,7 +55,7 @@ from xtstream.data.sources.base import WindowedSource, read_checked
 from xtstream.data.grid import Window, check_block_bytes
 from xtstream.data.specs import DatasetSpec, load_spec
 from xtstream.data.ledger import RunLedger
-from xtstream.data.tile_writer import TileWriter, tile_writer
+from xtstream.data.tile_writer import TileWriter, fill_margins, tile_writer
 from xtstream.data.store import (IMAGE_VAR, NOT_NODES, STORE_FORMAT, TEMPLATE_MARK, VALID_VAR, consolidate,
                                  missing_tiles, read_status, seal_attrs, tile_check, tile_keys)
 
@@ -520,9 +520,7 @@ def _in_room(block: np.ndarray, room: np.ndarray | None, chunk_shape: tuple[int,
     if (room is None or room.shape != tuple(chunk_shape) or block.shape == room.shape or block.dtype != room.dtype
             or block.ctypes.data != room.ctypes.data or block.strides != room.strides):
         return block
-    _, h, w = block.shape
-    room[:, h:, :] = fill
-    room[:, :h, w:] = fill
+    fill_margins(room, block.shape, fill)
     return room
 
 
