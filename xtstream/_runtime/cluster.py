@@ -17,7 +17,7 @@ import dask
 
 from xtstream import errors
 from xtstream._runtime import fork_server
-from xtstream._runtime.malloc import huge_page_environ
+from xtstream._runtime.malloc import heap_reuse_environ, huge_page_environ
 
 #: ``Name('message')``: how dask.distributed hands back an exception it could not unpickle
 _FLATTENED = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.S)
@@ -93,10 +93,12 @@ def prestart(scheduler: str | None, preload: Sequence[str] = ()) -> bool:
 
 def worker_environ() -> dict[str, Any]:
     """The variables a local cluster's workers start with: dask's ``pre-spawn-environ``, the huge
-    pages tunable (:func:`~xtstream._runtime.malloc.huge_page_environ`) and, as dask's nanny sets
-    it for spawned workers, ``PYTHONHASHSEED`` (the same string hashes in every worker)."""
+    pages tunable (:func:`~xtstream._runtime.malloc.huge_page_environ`), malloc thresholds that
+    let a heap reuse what it freed (:func:`~xtstream._runtime.malloc.heap_reuse_environ`) and, as
+    dask's nanny sets it for spawned workers, ``PYTHONHASHSEED`` (the same string hashes in every
+    worker)."""
     _distributed_defaults()
-    environ = huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ = heap_reuse_environ(huge_page_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {})))
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = "6640"  # dask's own choice
     return environ

@@ -23,6 +23,14 @@ M_ARENA_MAX = -8  # from glibc's malloc.h
 ARENAS = 2
 #: glibc (2.35+) tunable: ``madvise(MADV_HUGEPAGE)`` on the blocks malloc maps
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
+#: dask's ``pre-spawn-environ`` default for a worker's ``MALLOC_TRIM_THRESHOLD_``
+DASK_TRIM_THRESHOLD = 65536
+#: a worker's malloc: blocks below this come from its heap, larger ones are mapped (and unmapped
+#: when freed); GDAL's decoded blocks (1 MiB for a 512² float32 block) fall below it
+WORKER_MMAP_THRESHOLD = 4 << 20
+#: … and this much free memory may stay at the top of a heap: the blocks GDAL's cache holds for one
+#: read (``geotiff.GDAL_CACHE_MB``, freed when the read closes its file) are reused by the next
+WORKER_TRIM_THRESHOLD = 64 << 20
 
 _done = False
 
@@ -80,6 +88,31 @@ def huge_page_environ(environ: Mapping[str, Any], inherited: Mapping[str, str] |
     if "GLIBC_TUNABLES" in environ or "GLIBC_TUNABLES" in inherited:
         return dict(environ)
     return {**environ, "GLIBC_TUNABLES": HUGE_PAGES}
+
+
+def heap_reuse_environ(environ: Mapping[str, Any], inherited: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``environ`` (variables a dask worker starts with) with dask's ``MALLOC_TRIM_THRESHOLD_``
+    (:data:`DASK_TRIM_THRESHOLD`) replaced by :data:`WORKER_TRIM_THRESHOLD` and
+    ``MALLOC_MMAP_THRESHOLD_`` set to :data:`WORKER_MMAP_THRESHOLD`; as it is where the user set
+    either (there, or in ``inherited``, default ``os.environ``) or removed dask's.
+
+    Why: dask's 64 KiB makes a worker hand back every freed heap page at once (and, set at all,
+    it stops glibc raising its mmap threshold). Each read of a GeoTIFF tile closes its file, and
+    GDAL frees the blocks it decoded into its cache: the next tile's blocks were fresh memory,
+    faulted in and zeroed by the kernel again: 1,600 page faults a 2,048² two-band tile in a
+    ``local:N`` worker, 70-140 with these two. A 29,400 × 24,400 scene, cluster up, 2 alternating
+    rounds: the workers' system time 1.3-1.6 s instead of 2.2-2.4 s, their GDAL reads 12-15 % shorter;
+    ``local:1`` 12.4-12.5 s instead of 12.9-13.1, ``local:2`` 7.3-7.5 s instead of 7.9-8.3; each
+    worker's peak RSS 195-199 MiB instead of 193-196. What a heap may keep is bounded (64 MiB at
+    its top), and buffers of 4 MiB and more (a tile's) are unmapped when freed, as before.
+    """
+    inherited = os.environ if inherited is None else inherited
+    mine = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+    if any(k in inherited for k in mine) or "MALLOC_MMAP_THRESHOLD_" in environ or \
+            str(environ.get("MALLOC_TRIM_THRESHOLD_")) != str(DASK_TRIM_THRESHOLD):
+        return dict(environ)
+    return {**environ, "MALLOC_TRIM_THRESHOLD_": WORKER_TRIM_THRESHOLD,
+            "MALLOC_MMAP_THRESHOLD_": WORKER_MMAP_THRESHOLD}
 
 
 @functools.lru_cache(maxsize=None)
