@@ -50,7 +50,7 @@ def ingest_rows(r: dict) -> list[tuple[str, str, str]]:
                 f"({runs['large_floor_parallel_ours']['seconds']:.1f} s)", "for scale")]
               if "threads_vs_parallel_floor_same_threads" in r else []),
             ("2 dask workers vs 1", f"{r['two_worker_speedup']:.2f}× ({runs['large_local1']['seconds']:.1f} vs "
-             f"{runs['large_local2']['seconds']:.1f} s, start-up included)",
+             f"{runs['large_local2']['seconds']:.1f} s, start-up included{_round_ratios(runs, 'large_local1', 'large_local2')})",
              f"≥ 1.6 {_mark(r['two_worker_speedup'] >= 1.6)}"),
             *([("the same, the cluster up (its start-up timed apart: "
                 f"{r['local2_start_s']:.1f} s for 2 workers)",
@@ -76,6 +76,15 @@ def ingest_rows(r: dict) -> list[tuple[str, str, str]]:
             ("naive `rioxarray` whole-scene `to_zarr`, peak RSS", f"{r['peak_rss_naive_rioxarray_mib']:.0f} MiB", "for scale"),
         ]
     return rows
+
+
+def _round_ratios(runs: dict, a: str, b: str) -> str:
+    """``; each round: x, y, z×``: run ``a``'s seconds over run ``b``'s, round by round (the medians'
+    ratio above hides how far apart the rounds were on a machine whose speed drifts)."""
+    each = list(zip(runs[a].get("seconds_each", []), runs[b].get("seconds_each", [])))
+    if len(each) < 2:
+        return ""
+    return "; each round: " + ", ".join(f"{x / y:.2f}" for x, y in each) + "×"
 
 
 def ingest_note(r: dict) -> str | None:
