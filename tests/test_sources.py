@@ -67,6 +67,19 @@ def test_missing_file_is_named(tmp_path):
         GeoTIFFSource([tmp_path / "nope.tif"])
 
 
+def test_one_path_alone_is_that_file(tmp_path):
+    """``GeoTIFFSource("scene.tif")`` read the string's characters as files and failed on ``/``:
+    ``/: not a readable raster``, naming no file of the user's."""
+    pixels = np.arange(2 * 64 * 96, dtype="float32").reshape(2, 64, 96)
+    path = _write_tif(tmp_path / "scene.tif", pixels)
+    for given in (str(path), path):
+        src = GeoTIFFSource(given)
+        assert src.shape == (2, 64, 96) and src.band_names == ["scene_1", "scene_2"]
+        assert np.array_equal(src.read_window(Window(0, 0, 64, 96)), pixels)
+    with pytest.raises(SourceError, match="nope.tif: no such file"):
+        GeoTIFFSource(str(tmp_path / "nope.tif"))
+
+
 def test_not_a_raster_is_named(tmp_path):
     bad = tmp_path / "text.tif"
     bad.write_text("hello")

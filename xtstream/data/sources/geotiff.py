@@ -67,7 +67,8 @@ class GeoTIFFSource(WindowedSource):
     Parameters
     ----------
     paths
-        The files, in band order. A multi-band file contributes all its bands.
+        The files, in band order (one path alone: that file). A multi-band file contributes all
+        its bands.
     band_names
         One name per band (default: file stem, with ``_1``, ``_2``… for multi-band files).
     resample
@@ -82,9 +83,11 @@ class GeoTIFFSource(WindowedSource):
         Output dtype (default: the common dtype of the files).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], band_names: Sequence[str] | None = None,
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], band_names: Sequence[str] | None = None,
                  *, resample: str | Sequence[str | None] | None = None,
                  dtype: str | np.dtype | None = None):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]  # a str is a sequence too: of one-letter "files"
         if not paths:
             raise SourceError("GeoTIFFSource: no files given")
         # remote paths stay strings as given: a Path would fold a URL's "//"
