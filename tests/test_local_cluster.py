@@ -35,3 +35,21 @@ def test_ingest_and_sharding_preload_their_own_modules(tmp_path, monkeypatch):
     out = ingest_mod.ingest(src, tmp_path / "s.zarr", tile=32, scheduler="local:1", progress=False)
     writer.shard_stores([out], tmp_path / "shards", region=32, scheduler="local:1", progress=False)
     assert asked == [["xtstream.data.ingest"], ["xtstream.data.shards.writer"]]
+
+
+def test_a_scheduler_without_a_dashboard_gets_no_link_to_one(capfd):
+    """A scheduler without bokeh's dashboard still runs its HTTP server under the service name
+    "dashboard": the command printed ``dask dashboard (tcp://…): http://…:8787/status``, a page
+    that answers 404. It now says there is none; a served dashboard's link is still printed."""
+    from distributed import LocalCluster
+
+    for dashboard in (None, ":0"):
+        with LocalCluster(n_workers=1, processes=False, protocol="tcp", dashboard_address=dashboard) as local, \
+                cluster.dask_client(local.scheduler_address) as client:
+            link = client.dashboard_link
+        err = capfd.readouterr().err
+        if dashboard is None:
+            assert "dask dashboard" not in err, err
+            assert f"dask scheduler {local.scheduler_address}: no dashboard" in err
+        else:
+            assert f"dask dashboard ({local.scheduler_address}): {link}" in err

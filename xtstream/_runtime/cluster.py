@@ -123,24 +123,47 @@ def _distributed_defaults() -> None:
 
 
 def announce_dashboard(client: Any, scheduler: str) -> str | None:
-    """Print ``client``'s dashboard address to stderr (or why there is none); return it."""
+    """Print ``client``'s dashboard address to stderr (or that there is none); return it."""
     link = dashboard_link(client)
     if link:
         print(f"dask dashboard ({scheduler}): {link}", file=sys.stderr, flush=True)
-    elif not _has_bokeh():
-        print(f"dask scheduler {scheduler}: no dashboard (install bokeh for one)", file=sys.stderr, flush=True)
+    else:
+        print(f"dask scheduler {scheduler}: no dashboard (install bokeh where the scheduler runs for one)",
+              file=sys.stderr, flush=True)
     return link
 
 
 def dashboard_link(client: Any) -> str | None:
-    """The dashboard URL of ``client``'s scheduler, or ``None`` when it serves none."""
+    """The dashboard URL of ``client``'s scheduler, or ``None`` when it serves none.
+
+    A scheduler without bokeh still runs its HTTP server (health, metrics) under the service
+    name "dashboard", and dask's own link then leads to a 404: that answer drops it. A link this
+    process cannot reach (a proxy, a firewall) is kept: it may still serve the user's browser.
+    """
     try:
         services = client.scheduler_info().get("services", {})
     except Exception:  # noqa: BLE001 - a scheduler that cannot say has no link to give
         return None
     if "dashboard" not in services:
         return None
-    return client.dashboard_link
+    link = client.dashboard_link
+    return None if _answers_not_found(link) else link
+
+
+def _answers_not_found(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``url`` answers HTTP 404, asked directly (past any proxy of the environment's) and
+    by ``HEAD``: 2 ms, where a ``GET`` of the dashboard's page made bokeh render it (0.3 s)."""
+    import urllib.error
+    import urllib.request
+
+    head = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(head, timeout=timeout):
+            return False
+    except urllib.error.HTTPError as err:
+        return err.code == 404
+    except (OSError, ValueError):
+        return False
 
 
 def _has_bokeh() -> bool:
