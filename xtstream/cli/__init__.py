@@ -23,7 +23,8 @@ EXIT_CODES = """exit codes:
   4    the output is in use by another run (its pid and host are named)
   130  interrupted (rerun the same command to resume)"""
 
-# name -> (module, one-line help); modules are imported only when their command runs
+# name -> (module, one-line help). Every module is imported to build the parser (0.4 s with the
+# data side's xarray, zarr and dask); torch and timm load only when a command that needs them runs
 COMMANDS = {
     "synth": ("xtstream.cli.synth", "write a synthetic xView3-like scene (GeoTIFFs + labels)"),
     "ingest": ("xtstream.cli.ingest", "ingest a raster source (or an archive of scenes) into Zarr v3"),
